@@ -1,0 +1,54 @@
+# make help lists the targets. Targets create .venv on first use (Python >= 3.11).
+SHELL := bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= bert
+RUNTIME ?= standard
+PRECISION ?= fp32
+ARGS ?=
+BUNDLE ?=
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run bundle test test-gpu lint typecheck check clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@echo "  overrides: MODEL=$(MODEL) RUNTIME=$(RUNTIME) PRECISION=$(PRECISION) ARGS='...' BUNDLE=PATH"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip -q
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the package with its dev tools
+
+run: $(STAMP) ## run the pipeline: make run MODEL=bert RUNTIME=preallocated ARGS="precision=fp16"
+	$(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS)
+
+bundle: $(STAMP) ## build a bundle and pack it as .tar.gz: make bundle MODEL=bert RUNTIME=preallocated
+	@set -o pipefail; path=$$($(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS) | sed -n 's/^bundle: //p' | tail -n 1); \
+	test -n "$$path" && $(PY) -m pipeline.bundle pack "$$path"
+
+test: $(STAMP) ## test suite (what CI runs); GPU tests skip themselves without a GPU
+	$(PY) -m pytest -q
+
+# The GPU host has no network: it runs with its own python3 plus the wheelhouse (README).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+test-gpu: ## GPU suite: needs a CUDA GPU and torch_tensorrt (README, "GPU host")
+	$(GPU_PY) -m pytest -m gpu tests/gpu -v -p no:cacheprovider
+
+lint: $(STAMP) ## ruff lint and format check
+	$(PY) -m ruff check pipeline tests scripts
+	$(PY) -m ruff format --check pipeline tests scripts
+
+typecheck: $(STAMP) ## mypy on pipeline/
+	$(PY) -m mypy
+
+check: lint typecheck test ## lint + typecheck + tests
+
+clean: ## remove artifacts (keeps artifacts/README.md), caches and .venv
+	find artifacts -mindepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

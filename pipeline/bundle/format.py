@@ -1,0 +1,208 @@
+"""The bundle format, in one place.
+
+A bundle is a directory (or a .tar.gz of one)::
+
+    <model>-<precision>-<runtime>-<backend>-<id>/
+        manifest.json         what this is, how it was built, how to run it, every file's sha256
+        config.yaml           the resolved pipeline config
+        golden.safetensors    golden inputs ("input.<name>") and reference outputs ("output.<i>")
+        model/<artifact>      the serialized model (model.pt2 for export, model.ep for tensorrt)
+
+``manifest.json`` is the only file read before every other file's size and sha256 are checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+CONFIG_NAME = "config.yaml"
+GOLDEN_NAME = "golden.safetensors"
+MODEL_DIR = "model"
+GOLDEN_INPUT_PREFIX = "input."
+GOLDEN_OUTPUT_PREFIX = "output."
+_HASH_CHUNK = 8 << 20
+
+
+@dataclass
+class FileEntry:
+    """One file of a bundle, relative to its root."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """Everything a host needs to know about a bundle before and after loading it."""
+
+    format_version: int
+    pipeline_version: str
+    bundle_id: str
+    created_at: str
+    backend: str
+    device: str
+    precision: str
+    model_name: str
+    model_file: str
+    environment: dict[str, str]
+    config: dict[str, Any]
+    overrides: list[str]
+    compile_settings: dict[str, Any]
+    runtime: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    verification: dict[str, Any]
+    weights: dict[str, Any]
+    engine_count: int
+    timings: dict[str, float] = field(default_factory=dict)
+    files: list[FileEntry] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys), as written to ``manifest.json``."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Parse ``manifest.json``; anything malformed raises :class:`BundleError`."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{MANIFEST_NAME}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{MANIFEST_NAME}: expected a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{MANIFEST_NAME}: format_version {version!r}, this pipeline reads {FORMAT_VERSION}"
+            )
+        expected = {f.name: f for f in fields(cls)}
+        required = [
+            name
+            for name, f in expected.items()
+            if f.default is NO_DEFAULT and f.default_factory is NO_DEFAULT
+        ]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise BundleError(f"{MANIFEST_NAME}: missing fields {missing}")
+        try:
+            files = [FileEntry(**entry) for entry in data.get("files", [])]
+        except TypeError as exc:
+            raise BundleError(f"{MANIFEST_NAME}: malformed file entry ({exc})") from None
+        values = {name: data[name] for name in expected if name in data and name != "files"}
+        manifest = cls(**values, files=files)
+        _check_types(manifest)
+        return manifest
+
+
+def _check_types(manifest: Manifest) -> None:
+    checks: dict[str, type | tuple[type, ...]] = {
+        "bundle_id": str,
+        "backend": str,
+        "device": str,
+        "precision": str,
+        "model_file": str,
+        "environment": dict,
+        "config": dict,
+        "runtime": dict,
+        "inputs": list,
+        "outputs": list,
+        "verification": dict,
+        "engine_count": int,
+    }
+    for name, kind in checks.items():
+        if not isinstance(getattr(manifest, name), kind):
+            raise BundleError(f"{MANIFEST_NAME}: field {name!r} has the wrong type")
+    for entry in manifest.files:
+        if not (
+            isinstance(entry.path, str)
+            and isinstance(entry.size, int)
+            and isinstance(entry.sha256, str)
+        ):
+            raise BundleError(f"{MANIFEST_NAME}: malformed file entry {entry.path!r}")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_files(root: Path) -> list[FileEntry]:
+    """Every file under ``root`` except the manifest, with size and sha256, in path order."""
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        if relative != MANIFEST_NAME:
+            entries.append(FileEntry(relative, path.stat().st_size, sha256_file(path)))
+    return entries
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Read and parse ``root/manifest.json`` (nothing else is read)."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{root}: no {MANIFEST_NAME}; not a bundle")
+    return Manifest.from_json(path.read_bytes().decode("utf-8", errors="strict"))
+
+
+def check_files(root: Path, manifest: Manifest) -> None:
+    """Check every listed file's size and sha256, and that no unlisted file exists.
+
+    Raises :class:`BundleError` naming the first offending file.
+    """
+    listed = {entry.path for entry in manifest.files}
+    for entry in manifest.files:
+        path = (root / entry.path).resolve()
+        if not path.is_relative_to(root.resolve()) or entry.path == MANIFEST_NAME:
+            raise BundleError(f"{entry.path}: file path escapes the bundle")
+        if not path.is_file():
+            raise BundleError(f"{entry.path}: listed in the manifest but missing")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise BundleError(f"{entry.path}: size {size} bytes, manifest says {entry.size}")
+        if sha256_file(path) != entry.sha256:
+            raise BundleError(f"{entry.path}: sha256 does not match the manifest (modified or corrupt)")
+    for path in root.rglob("*"):
+        relative = path.relative_to(root).as_posix()
+        if path.is_file() and relative != MANIFEST_NAME and relative not in listed:
+            raise BundleError(f"{relative}: file not listed in the manifest")
+    if manifest.model_file not in listed:
+        raise BundleError(f"{manifest.model_file}: the model file is not listed in the manifest")
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` and flush it to disk."""
+    path = root / MANIFEST_NAME
+    with path.open("w", encoding="utf-8") as stream:
+        stream.write(manifest.to_json())
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def bundle_dir_name(model: str, precision: str, runtime: str, backend: str, bundle_id: str) -> str:
+    """Directory name of a bundle: readable prefix, content-derived id."""
+    return f"{model}-{precision}-{runtime}-{backend}-{bundle_id}"
+
+
+def bundle_id(config: dict[str, Any], environment: dict[str, str], weights_sha256: str) -> str:
+    """Deterministic id from what decides the artifact: config, environment and weights."""
+    payload = json.dumps(
+        {"format": FORMAT_VERSION, "config": config, "env": environment, "weights": weights_sha256},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,137 @@
+"""Loading bundles on deployment hosts: check everything, then deserialize, then apply the policy.
+
+Order matters: deserializing a model runs code (pickle inside torch.export archives, native
+engines), so the manifest and every file's sha256 are checked first, then host compatibility,
+and only then is the model file handed to its backend.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from pipeline.backends import get_backend
+from pipeline.bundle.format import (
+    GOLDEN_INPUT_PREFIX,
+    GOLDEN_NAME,
+    GOLDEN_OUTPUT_PREFIX,
+    Manifest,
+    check_files,
+    read_manifest,
+)
+from pipeline.config.presets import as_policy
+from pipeline.config.schema import BackendKind, DType, InputSpec, Precision, RuntimeConfig, Tolerance
+from pipeline.errors import BundleError
+from pipeline.loaded import LoadedModel
+from pipeline.verification import VerificationReport, compare
+
+
+class LoadedBundle(LoadedModel):
+    """A loaded bundle: call it like the model; ``manifest`` says what it is."""
+
+    def __init__(self, root: Path, manifest: Manifest, **kwargs: Any) -> None:
+        self.root = root
+        self.manifest = manifest
+        super().__init__(**kwargs)
+
+
+def open_bundle(path: str | Path) -> tuple[Path, Manifest]:
+    """Locate (extracting a .tar.gz), read and integrity-check a bundle; deserialize nothing."""
+    root = _as_directory(Path(path))
+    manifest = read_manifest(root)
+    check_files(root, manifest)
+    return root, manifest
+
+
+def load_bundle(
+    path: str | Path,
+    runtime: RuntimeConfig | str | None = None,
+    device: str | torch.device | None = None,
+) -> LoadedBundle:
+    """Load a bundle directory or .tar.gz and put its runtime policy back on.
+
+    ``runtime`` overrides the recorded policy (a preset name such as ``"cudagraphs"`` or a
+    :class:`RuntimeConfig`); it can be switched later with ``loaded.set_runtime(...)``.
+    Raises :class:`BundleError` before deserializing anything if the bundle is not intact or
+    was built for another kind of host.
+    """
+    root, manifest = open_bundle(path)
+    try:
+        kind = BackendKind(manifest.backend)
+    except ValueError:
+        raise BundleError(f"manifest.json: unknown backend {manifest.backend!r}") from None
+    backend = get_backend(kind)
+    backend.check_compatible(manifest.environment, manifest.compile_settings)
+    target = torch.device(device) if device is not None else _default_device(manifest)
+    module = backend.load(root / manifest.model_file, target)
+    policy = as_policy(runtime) if runtime is not None else RuntimeConfig(**manifest.runtime["policy"])
+    return LoadedBundle(
+        root=root,
+        manifest=manifest,
+        module=module,
+        backend=backend,
+        specs=input_specs(manifest),
+        precision=Precision(manifest.precision),
+        device=target,
+        policy=policy,
+        expected_engines=manifest.engine_count if kind is BackendKind.tensorrt else None,
+    )
+
+
+def verify_bundle(path: str | Path) -> VerificationReport:
+    """Re-run the golden check on this host: load the bundle, run the golden inputs, compare."""
+    loaded = load_bundle(path)
+    golden = load_file(str(loaded.root / GOLDEN_NAME))
+    inputs = tuple(
+        golden[GOLDEN_INPUT_PREFIX + spec.name].to(loaded.device) for spec in loaded.specs
+    )
+    reference = [golden[f"{GOLDEN_OUTPUT_PREFIX}{i}"] for i in range(len(loaded.manifest.outputs))]
+    tolerance = Tolerance(**loaded.manifest.verification["tolerance"])
+    report = VerificationReport(tolerance=tolerance)
+    report.comparisons = compare("golden", loaded(*inputs), reference, tolerance)
+    return report
+
+
+def input_specs(manifest: Manifest) -> list[InputSpec]:
+    """The manifest's input specs as typed objects."""
+    try:
+        return [
+            InputSpec(**{**spec, "dtype": DType(spec["dtype"])}) for spec in manifest.inputs
+        ]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise BundleError(f"manifest.json: malformed input spec ({exc})") from None
+
+
+def _default_device(manifest: Manifest) -> torch.device:
+    if manifest.device.startswith("cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if manifest.device.startswith("cuda"):
+        raise BundleError("bundle was built for CUDA but no CUDA GPU is visible on this host")
+    return torch.device("cpu")
+
+
+def _as_directory(path: Path) -> Path:
+    if path.is_dir():
+        return path
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        return _extract(path)
+    raise BundleError(f"{path}: not a bundle directory or .tar.gz")
+
+
+def _extract(archive: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="bundle-"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            # The "data" filter refuses absolute paths, "..", links and device files.
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{archive}: cannot unpack ({exc})") from None
+    entries = [p for p in target.iterdir()]
+    if len(entries) != 1 or not entries[0].is_dir():
+        raise BundleError(f"{archive}: expected one bundle directory inside the archive")
+    return entries[0]

@@ -1,0 +1,51 @@
+"""Where bundles live: ``<artifacts_dir>/bundles``; staged, locked and renamed into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+from pipeline.bundle.format import MANIFEST_NAME
+
+STAGING_PREFIX = ".staging-"
+
+
+class BundleStore:
+    """A directory of published bundles. Bundles appear only complete, by an atomic rename."""
+
+    def __init__(self, artifacts_dir: str | Path) -> None:
+        self.root = Path(artifacts_dir) / "bundles"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def lock(self, bundle_id: str) -> FileLock:
+        """A cross-process lock for building the bundle ``bundle_id``."""
+        locks = self.root / ".locks"
+        locks.mkdir(exist_ok=True)
+        return FileLock(str(locks / f"{bundle_id}.lock"))
+
+    def find(self, bundle_id: str) -> Path | None:
+        """The published bundle with this id, if any."""
+        for path in self.root.glob(f"*-{bundle_id}"):
+            if (path / MANIFEST_NAME).is_file():
+                return path
+        return None
+
+    def staging_dir(self, bundle_id: str) -> Path:
+        """A fresh private directory to assemble a bundle in."""
+        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{bundle_id}-", dir=self.root))
+
+    def publish(self, staging: Path, name: str) -> Path:
+        """Rename a complete staging directory to ``name``, replacing an older bundle of that name."""
+        final = self.root / name
+        if final.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}retired-", dir=self.root))
+            os.replace(final, retired / name)
+            os.replace(staging, final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        return final

@@ -1,0 +1,223 @@
+"""Composition, conversion to the typed schema, and validation with one-line errors.
+
+Hydra reports composition problems as multi-line messages with exit code 1. Users of this tool
+(and CI jobs that grep logs) get one line naming the key and what is allowed, and exit code 2:
+:func:`compose` turns Hydra's and OmegaConf's exceptions into :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config.schema import (
+    BackendKind,
+    DeviceKind,
+    DType,
+    PipelineConfig,
+    Stage,
+    WeightsSource,
+)
+from pipeline.config.store import register_configs
+from pipeline.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONFIG_NAME = "config"
+
+# Each stage consumes what the stage before it in this map produced.
+STAGE_NEEDS: dict[Stage, Stage] = {
+    Stage.compile: Stage.build,
+    Stage.serialize: Stage.compile,
+    Stage.reload: Stage.serialize,
+    Stage.verify: Stage.reload,
+    Stage.bench: Stage.reload,
+    Stage.package: Stage.verify,
+}
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with command-line style ``overrides``.
+
+    Raises :class:`ConfigError` with a one-line message for an unknown group option, an
+    unknown key or a value of the wrong type.
+    """
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        try:
+            return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+        except MissingConfigException as exc:
+            raise _missing_option_error(exc) from None
+        except (ConfigCompositionException, OmegaConfBaseException) as exc:
+            raise _composition_error(exc) from None
+        finally:
+            GlobalHydra.instance().clear()
+
+
+def resolve(cfg: DictConfig) -> PipelineConfig:
+    """Convert a composed config to the typed :class:`PipelineConfig` and validate it."""
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _composition_error(exc) from None
+    if not isinstance(config, PipelineConfig):
+        raise ConfigError(f"the config root is {type(config).__name__}, expected PipelineConfig")
+    validate(config)
+    return config
+
+
+def validate(config: PipelineConfig) -> None:
+    """Reject values and combinations that cannot run, naming the key and what is allowed."""
+    _validate_model(config)
+    _validate_compile_and_runtime(config)
+    _validate_stages(config.stages)
+    if config.verify.random_input_sets < 0:
+        raise ConfigError("verify.random_input_sets must be >= 0")
+    for name in ("fp32", "fp16"):
+        tol = getattr(config.verify, name)
+        if tol.atol < 0 or tol.rtol < 0 or not -1.0 <= tol.min_cosine <= 1.0:
+            raise ConfigError(
+                f"verify.{name}: atol and rtol must be >= 0 and min_cosine in [-1, 1]"
+            )
+    if config.bench.warmup < 0 or config.bench.iterations < 1:
+        raise ConfigError("bench.warmup must be >= 0 and bench.iterations >= 1")
+
+
+def _validate_model(config: PipelineConfig) -> None:
+    model = config.model
+    if not isinstance(model.architecture, dict) or "_target_" not in model.architecture:
+        raise ConfigError("model.architecture must be a mapping with a _target_ factory")
+    if model.weights.source is WeightsSource.pretrained and not model.weights.name_or_path:
+        raise ConfigError(
+            "model.weights.source=pretrained needs model.weights.name_or_path "
+            "(a hub id, a local directory or a state-dict file)"
+        )
+    if not model.inputs:
+        raise ConfigError("model.inputs must declare at least one input")
+    names = [spec.name for spec in model.inputs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"model.inputs: duplicate input names {duplicates}")
+    for spec in model.inputs:
+        key = f"model.inputs[{spec.name}]"
+        if not spec.shape or any(d < 1 for d in spec.shape):
+            raise ConfigError(f"{key}.shape must be a non-empty list of positive sizes")
+        for bound_name in ("min_shape", "max_shape"):
+            bound = getattr(spec, bound_name)
+            if bound is not None and len(bound) != len(spec.shape):
+                raise ConfigError(f"{key}.{bound_name} must have rank {len(spec.shape)}")
+        low = spec.min_shape or spec.shape
+        high = spec.max_shape or spec.shape
+        if any(not lo <= d <= hi for lo, d, hi in zip(low, spec.shape, high, strict=True)):
+            raise ConfigError(f"{key}: need min_shape <= shape <= max_shape in every dimension")
+        if spec.low >= spec.high:
+            raise ConfigError(f"{key}: value range needs low < high")
+        if spec.dtype in (DType.int32, DType.int64) and spec.low != int(spec.low):
+            raise ConfigError(f"{key}: integer inputs need a whole-number low bound")
+
+
+def _validate_compile_and_runtime(config: PipelineConfig) -> None:
+    settings, runtime = config.compile, config.runtime
+    if settings.optimization_level is not None and not 0 <= settings.optimization_level <= 5:
+        raise ConfigError("compile.optimization_level must be null or 0..5")
+    if settings.min_block_size < 1:
+        raise ConfigError("compile.min_block_size must be >= 1")
+    if settings.workspace_size < 0:
+        raise ConfigError("compile.workspace_size must be >= 0 (0: TensorRT's default)")
+    if runtime.dynamic_allocation and not settings.dynamically_allocate_resources:
+        raise ConfigError(
+            f"runtime={runtime.name} allocates engine memory per call, which needs "
+            "compile.dynamically_allocate_resources=true"
+        )
+    if runtime.cuda_graphs and runtime.dynamic_allocation:
+        raise ConfigError(
+            "runtime.cuda_graphs and runtime.dynamic_allocation cannot be combined: a recorded "
+            "CUDA graph replays fixed memory addresses, which per-call allocation frees"
+        )
+    if config.backend.kind is BackendKind.tensorrt and config.backend.device is DeviceKind.cpu:
+        raise ConfigError("backend=tensorrt runs on CUDA only; set backend.device=cuda or auto")
+
+
+def _validate_stages(stages: list[Stage]) -> None:
+    if not stages:
+        raise ConfigError(f"stages must name at least one of {[s.value for s in Stage]}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError("stages lists a stage twice")
+    for stage in stages:
+        needed = STAGE_NEEDS.get(stage)
+        if needed is not None and needed not in stages:
+            raise ConfigError(f"stage '{stage.value}' needs stage '{needed.value}' in stages")
+
+
+def _missing_option_error(exc: MissingConfigException) -> ConfigError:
+    missing = exc.missing_cfg_file or ""
+    group, _, option = missing.rpartition("/")
+    if not group:
+        return ConfigError(_first_line(str(exc)))
+    options = exc.options or _group_options(group)
+    return ConfigError(
+        f"{group}={option}: no such option in config group '{group}'; "
+        f"available: {', '.join(options)}"
+    )
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _composition_error(exc: Exception) -> ConfigError:
+    cause: Any = exc
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if cause is None:
+        return ConfigError(_first_line(str(exc)))
+    full_key = getattr(cause, "full_key", None) or ""
+    message = _first_line(getattr(cause, "msg", None) or str(cause))
+    if "not in struct" in message or "not in '" in message or "Key '" in message:
+        return ConfigError(_unknown_key_message(full_key, message))
+    if "Missing mandatory value" in message:
+        return ConfigError(f"{full_key}: a value is required")
+    value_message = message.replace("$VALUE", "").strip()
+    return ConfigError(f"{full_key}: {value_message}" if full_key else value_message)
+
+
+def _unknown_key_message(full_key: str, fallback: str) -> str:
+    if not full_key:
+        return fallback
+    parent, _, leaf = full_key.rpartition(".")
+    allowed = _schema_keys(parent)
+    if allowed is None:
+        return f"{full_key}: unknown key"
+    hint = difflib.get_close_matches(leaf, allowed, n=1)
+    did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+    where = f"'{parent}'" if parent else "the top level"
+    return f"{full_key}: unknown key in {where}; {did_you_mean}allowed: {', '.join(allowed)}"
+
+
+def _schema_keys(path: str) -> list[str] | None:
+    """Field names of the schema dataclass at dotted ``path`` (None where it is not a dataclass)."""
+    node: Any = PipelineConfig
+    for part in filter(None, path.split(".")):
+        if not dataclasses.is_dataclass(node):
+            return None
+        hints = get_type_hints(node)
+        if part not in hints:
+            return None
+        node = hints[part]
+    if not dataclasses.is_dataclass(node):
+        return None
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)

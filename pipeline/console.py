@@ -1,0 +1,51 @@
+"""Terminal output: a spinner per stage while it runs, a summary table at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config.schema import Stage
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class StageClock:
+    """Times stages and shows progress while each one runs."""
+
+    def __init__(self, out: Console = console) -> None:
+        self.out = out
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, stage: Stage, detail: str = "") -> Iterator[None]:
+        """Run the body as ``stage``: spinner while running, a line with its time after."""
+        label = f"{stage.value}{f' ({detail})' if detail else ''}"
+        start = time.perf_counter()
+        try:
+            with self.out.status(f"[bold]{label}[/] ..."):
+                yield
+        except BaseException:
+            self.seconds[stage.value] = time.perf_counter() - start
+            self.out.print(f"[red]✗[/] {label} failed after {self.seconds[stage.value]:.1f}s")
+            raise
+        self.seconds[stage.value] = time.perf_counter() - start
+        self.out.print(f"[green]✓[/] {label} {self.seconds[stage.value]:.1f}s")
+
+    def skipped(self, stage: Stage, why: str) -> None:
+        """Note a stage that did not run."""
+        self.out.print(f"[dim]- {stage.value}: {why}[/]")
+
+
+def summary_table(rows: list[tuple[str, str]], title: str) -> Table:
+    """A two-column table of labelled values."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for label, value in rows:
+        table.add_row(label, value)
+    return table

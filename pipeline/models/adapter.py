@@ -1,0 +1,49 @@
+"""One calling convention for every model: positional tensors in, a tuple of tensors out.
+
+Models from transformers take keyword arguments and return ``ModelOutput`` objects; torchvision
+models take one tensor and return one. Compilers, verification and bundles all want the same
+flat form, so the build stage wraps every model in :class:`PositionalAdapter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def flatten_outputs(outputs: Any) -> tuple[torch.Tensor, ...]:
+    """Flatten a model's return value (tensor, tuple, list, dict or ModelOutput) to tensors."""
+    if isinstance(outputs, torch.Tensor):
+        return (outputs,)
+    if hasattr(outputs, "to_tuple"):
+        outputs = outputs.to_tuple()
+    if isinstance(outputs, Mapping):
+        outputs = list(outputs.values())
+    if isinstance(outputs, Sequence):
+        flat: list[torch.Tensor] = []
+        for item in outputs:
+            flat.extend(flatten_outputs(item))
+        return tuple(flat)
+    if outputs is None:
+        return ()
+    raise TypeError(f"model returned {type(outputs).__name__}, which holds no tensors")
+
+
+class PositionalAdapter(nn.Module):
+    """Calls ``model(**{name: tensor})`` in input-spec order and returns a flat tensor tuple."""
+
+    def __init__(self, model: nn.Module, input_names: Sequence[str], keyword: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = tuple(input_names)
+        self.keyword = keyword
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.keyword:
+            outputs = self.model(**dict(zip(self.input_names, args, strict=True)))
+        else:
+            outputs = self.model(*args)
+        return flatten_outputs(outputs)

@@ -1,0 +1,191 @@
+"""Runs the configured stages in order, handing each one's typed result to the next."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+import pipeline
+from pipeline.backends import BackendChoice, PolicyReport, select_backend
+from pipeline.bundle.format import FORMAT_VERSION, Manifest, bundle_dir_name, bundle_id, read_manifest
+from pipeline.bundle.store import BundleStore
+from pipeline.config.schema import PipelineConfig, Stage
+from pipeline.console import StageClock, console, summary_table
+from pipeline.environment import host_environment
+from pipeline.errors import ConfigError, VerificationError
+from pipeline.stages.build import BuiltModel, build_model
+from pipeline.stages.compile import compile_model
+from pipeline.stages.package import PublishedBundle, package_bundle
+from pipeline.stages.reload import reload_model
+from pipeline.stages.serialize import serialize_model
+from pipeline.stages.verify import VerifiedModel, verify_model
+
+# Keys that change where or whether things run, not what the bundle holds.
+_NOT_IDENTITY = ("artifacts_dir", "force", "stages", "bench")
+
+
+@dataclass
+class RunResult:
+    """What a pipeline run did."""
+
+    config: PipelineConfig
+    backend: str
+    device: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    bundle: PublishedBundle | None = None
+    verified: VerifiedModel | None = None
+    policy: PolicyReport | None = None
+
+    @property
+    def passed(self) -> bool:
+        """False only when verification ran and failed."""
+        return self.verified is None or self.verified.report.passed
+
+
+def config_dict(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-ready data (enums as their values)."""
+    container = OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
+
+
+def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> RunResult:
+    """Run ``config.stages``; raises VerificationError (nothing published) on a failed check."""
+    if Stage.bench in config.stages:
+        raise ConfigError("stage 'bench' is not available yet; remove it from stages")
+    choice = select_backend(config.backend.kind, config.backend.device)
+    choice.backend.check_config(config)
+    console.print(
+        f"backend: [bold]{choice.backend.kind.value}[/] on {choice.device} ({choice.reason})"
+    )
+    result = RunResult(config=config, backend=choice.backend.kind.value, device=str(choice.device))
+    clock = StageClock()
+    with clock.stage(Stage.build, config.model.name):
+        built = build_model(config, choice.device)
+    result.seconds = clock.seconds
+    if Stage.compile not in config.stages:
+        return result
+
+    store = BundleStore(config.artifacts_dir)
+    environment = {**host_environment(), **choice.backend.environment()}
+    identity = {k: v for k, v in config_dict(config).items() if k not in _NOT_IDENTITY}
+    bid = bundle_id(identity, choice.backend.environment(), built.weights_sha256)
+    with store.lock(bid):
+        existing = store.find(bid)
+        if existing is not None and Stage.package in config.stages and not config.force:
+            clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
+            result.bundle = PublishedBundle(existing, read_manifest(existing), reused=True)
+            return result
+        staging = store.staging_dir(bid)
+        try:
+            _build_bundle(config, overrides or [], choice, built, store, staging, bid, environment, clock, result)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _build_bundle(
+    config: PipelineConfig,
+    overrides: list[str],
+    choice: BackendChoice,
+    built: BuiltModel,
+    store: BundleStore,
+    staging: Path,
+    bid: str,
+    environment: dict[str, str],
+    clock: StageClock,
+    result: RunResult,
+) -> None:
+    backend = choice.backend
+    with clock.stage(Stage.compile, backend.kind.value):
+        compiled = compile_model(backend, built, config)
+    if Stage.serialize not in config.stages:
+        return
+    with clock.stage(Stage.serialize):
+        serialized = serialize_model(backend, compiled, staging, config.model.inputs)
+    if Stage.reload not in config.stages:
+        return
+    with clock.stage(Stage.reload, f"runtime={config.runtime.name}"):
+        loaded = reload_model(backend, serialized, compiled, config, choice.device)
+    result.policy = loaded.policy_report
+    if Stage.verify not in config.stages:
+        return
+    with clock.stage(Stage.verify):
+        verified = verify_model(built, loaded, config)
+    result.verified = verified
+    console.print(f"verification: {verified.report.summary()}")
+    if not verified.report.passed:
+        raise VerificationError(f"verification failed, nothing published: {verified.report.summary()}")
+    if Stage.package not in config.stages:
+        return
+    with clock.stage(Stage.package):
+        resolved = config_dict(config)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            pipeline_version=pipeline.__version__,
+            bundle_id=bid,
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            backend=backend.kind.value,
+            device=str(choice.device),
+            precision=config.precision.value,
+            model_name=config.model.name,
+            model_file=serialized.relative_path,
+            environment=environment,
+            config=resolved,
+            overrides=overrides,
+            compile_settings=resolved["compile"],
+            runtime={
+                "policy": asdict(loaded.policy),
+                "applied": loaded.policy_report.applied,
+                "reason": loaded.policy_report.reason,
+                "engines_configured": loaded.policy_report.engines_configured,
+            },
+            inputs=resolved["model"]["inputs"],
+            outputs=[
+                {"index": i, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                for i, t in enumerate(verified.golden_outputs)
+            ],
+            verification=verified.report.to_dict(),
+            weights={**resolved["model"]["weights"], "sha256": built.weights_sha256},
+            engine_count=compiled.engine_count,
+            timings=dict(clock.seconds),
+        )
+        result.bundle = package_bundle(
+            store,
+            staging,
+            bundle_dir_name(config.model.name, config.precision.value, config.runtime.name, backend.kind.value, bid),
+            manifest,
+            OmegaConf.to_yaml(resolved),
+            config.model.inputs,
+            built.golden_inputs,
+            verified.golden_outputs,
+        )
+
+
+def print_summary(result: RunResult) -> None:
+    """The end-of-run table: stage times, bundle, policy and verdict."""
+    rows = [(f"{stage} (s)", f"{seconds:.2f}") for stage, seconds in result.seconds.items()]
+    rows.append(("backend", f"{result.backend} on {result.device}"))
+    config = result.config
+    rows.append(("model", f"{config.model.name} {config.precision.value}"))
+    policy = result.policy
+    if policy is not None:
+        state = "applied" if policy.applied else f"recorded, NOT applied: {policy.reason}"
+        engines = f", {policy.engines_configured} engines" if policy.engines_configured else ""
+        rows.append(("runtime", f"{policy.policy.name} ({state}{engines})"))
+    if result.verified is not None:
+        rows.append(("verdict", result.verified.report.summary()))
+    if result.bundle is not None:
+        rows.append(("bundle", f"{result.bundle.path}{' (reused)' if result.bundle.reused else ''}"))
+        if result.bundle.reused:
+            runtime = result.bundle.manifest.runtime
+            rows.append(("runtime", f"{runtime['policy']['name']} (applied: {runtime['applied']})"))
+    console.print(summary_table(rows, title="pipeline summary"))
+    if result.bundle is not None:
+        # The one line scripts read: where the bundle is.
+        print(f"bundle: {result.bundle.path}")

@@ -1,0 +1,122 @@
+"""Every config option composes into the typed schema; every class of bad config fails clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import (
+    CONFIG_DIR,
+    BackendKind,
+    PipelineConfig,
+    Precision,
+    RuntimeConfig,
+    compose,
+    resolve,
+)
+from pipeline.config.presets import runtime_names, runtime_preset
+from pipeline.errors import ConfigError
+
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+GROUP_OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+
+
+def test_config_groups_cover_what_users_select_when_listed() -> None:
+    assert {"model", "precision", "runtime", "backend", "compile", "verify", "bench"} <= set(GROUPS)
+    assert {"bert", "resnet152", "resnet50", "tiny_bert", "tiny_cnn"} <= {
+        option for group, option in GROUP_OPTIONS if group == "model"
+    }
+    assert set(runtime_names()) == {"standard", "preallocated", "dynamic", "cudagraphs"}
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_config_converts_to_schema_when_any_group_option_is_selected(group: str, option: str) -> None:
+    config = resolve(compose([f"{group}={option}"]))
+    assert isinstance(config, PipelineConfig)
+    if group == "model":
+        assert config.model.name == option
+        assert config.model.inputs
+    elif group == "precision":
+        assert config.precision is Precision(option)
+    elif group == "runtime":
+        assert config.runtime.name == option
+    elif group == "backend":
+        assert config.backend.kind is BackendKind(option)
+
+
+def test_runtime_dynamic_sets_the_seed_compile_flags_when_selected() -> None:
+    config = resolve(compose(["runtime=dynamic"]))
+    assert config.runtime.dynamic_allocation
+    assert config.compile.lazy_engine_init
+    assert config.compile.dynamically_allocate_resources
+    assert not config.compile.immutable_weights
+
+
+@pytest.mark.parametrize("name", ["standard", "preallocated", "dynamic", "cudagraphs"])
+def test_runtime_preset_equals_composed_runtime_when_loaded_by_name(name: str) -> None:
+    assert runtime_preset(name) == resolve(compose([f"runtime={name}"])).runtime
+
+
+def test_compose_lists_available_models_when_model_option_is_unknown() -> None:
+    with pytest.raises(ConfigError) as caught:
+        compose(["model=bret"])
+    message = str(caught.value)
+    assert "model=bret" in message
+    assert "bert, resnet152, resnet50, tiny_bert, tiny_cnn" in message
+    assert "\n" not in message
+
+
+def test_compose_names_key_and_suggestion_when_key_is_misspelled() -> None:
+    with pytest.raises(ConfigError) as caught:
+        compose(["compile.lazy_engin_init=true"])
+    message = str(caught.value)
+    assert message.startswith("compile.lazy_engin_init: unknown key")
+    assert "did you mean 'lazy_engine_init'" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("compile.min_block_size=abc", "compile.min_block_size"),
+        ("model.inputs.0.dtype=int8", "expected one of [float32, float16, int32, int64]"),
+        ("backend.kind=onnx", "expected one of [auto, tensorrt, export]"),
+        ("precision=fp8", "available: fp16, fp32"),
+        ("runtime=fast", "available: cudagraphs, dynamic, preallocated, standard"),
+    ],
+)
+def test_compose_explains_allowed_values_when_value_is_bad(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(compose([override]))
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["runtime=dynamic", "compile.dynamically_allocate_resources=false"], "dynamically_allocate_resources=true"),
+        (
+            ["runtime=cudagraphs", "runtime.dynamic_allocation=true", "compile.dynamically_allocate_resources=true"],
+            "cannot be combined",
+        ),
+        (["stages=[build,verify]"], "stage 'verify' needs stage 'reload'"),
+        (["stages=[]"], "at least one"),
+        (["model.weights.source=pretrained"], "needs model.weights.name_or_path"),
+        (["model=tiny_cnn", "model.inputs.0.min_shape=[4,3,32,32]"], "min_shape <= shape <= max_shape"),
+        (["model=tiny_cnn", "model.inputs.0.max_shape=[8,3,32]"], "max_shape must have rank 4"),
+        (["compile.optimization_level=9"], "optimization_level"),
+        (["backend=tensorrt", "backend.device=cpu"], "CUDA only"),
+        (["verify.random_input_sets=-1"], "random_input_sets"),
+    ],
+)
+def test_validate_rejects_contradictions_when_combined(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(compose(overrides))
+    assert expected in str(caught.value)
+
+
+def test_config_error_exits_with_code_2() -> None:
+    assert ConfigError.exit_code == 2
+
+
+def test_runtime_config_defaults_are_the_standard_policy() -> None:
+    assert RuntimeConfig() == runtime_preset("standard")

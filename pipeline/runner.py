@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 import pipeline
-from pipeline.backends import BackendChoice, PolicyReport, select_backend
+from pipeline.backends import BackendChoice, CompiledModel, PolicyReport, select_backend
 from pipeline.bundle.format import FORMAT_VERSION, Manifest, bundle_dir_name, bundle_id, read_manifest
 from pipeline.bundle.store import BundleStore
 from pipeline.config.schema import PipelineConfig, Stage
@@ -40,6 +40,8 @@ class RunResult:
     bundle: PublishedBundle | None = None
     verified: VerifiedModel | None = None
     policy: PolicyReport | None = None
+    # The freshly compiled model, kept for in-process comparisons (tests, benchmarks).
+    compiled: CompiledModel | None = None
 
     @property
     def passed(self) -> bool:
@@ -104,6 +106,7 @@ def _build_bundle(
     backend = choice.backend
     with clock.stage(Stage.compile, backend.kind.value):
         compiled = compile_model(backend, built, config)
+    result.compiled = compiled
     if Stage.serialize not in config.stages:
         return
     with clock.stage(Stage.serialize):

@@ -17,20 +17,26 @@ from pipeline.config.schema import WeightsConfig, WeightsSource
 from pipeline.errors import ConfigError
 
 
-def bert(weights: WeightsConfig, **config: Any) -> nn.Module:
-    """A transformers ``BertModel``: random from ``BertConfig(**config)`` or ``from_pretrained``."""
+def bert(weights: WeightsConfig, attn_implementation: str = "eager", **config: Any) -> nn.Module:
+    """A transformers ``BertModel``: random from ``BertConfig(**config)`` or ``from_pretrained``.
+
+    ``attn_implementation`` defaults to "eager": TensorRT-RTX fuses the SDPA form into a cuDNN
+    attention graph that fails to build on Hopper (seen on an H200), while the eager form builds.
+    """
     from transformers import BertConfig, BertModel
 
     if weights.source is WeightsSource.pretrained:
         try:
-            return BertModel.from_pretrained(weights.name_or_path).eval()
+            return BertModel.from_pretrained(
+                weights.name_or_path, attn_implementation=attn_implementation
+            ).eval()
         except OSError as exc:
             raise ConfigError(
                 f"model.weights.name_or_path={weights.name_or_path}: cannot load BERT weights "
                 f"({str(exc).splitlines()[0]})"
             ) from None
     torch.manual_seed(weights.seed)
-    return BertModel(BertConfig(**config)).eval()
+    return BertModel(BertConfig(attn_implementation=attn_implementation, **config)).eval()
 
 
 def torchvision_classifier(arch: str, weights: WeightsConfig, **kwargs: Any) -> nn.Module:

@@ -62,9 +62,7 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
         raise ConfigError("stage 'bench' is not available yet; remove it from stages")
     choice = select_backend(config.backend.kind, config.backend.device)
     choice.backend.check_config(config)
-    console.print(
-        f"backend: [bold]{choice.backend.kind.value}[/] on {choice.device} ({choice.reason})"
-    )
+    console.print(f"backend: [bold]{choice.backend.kind.value}[/] on {choice.device} ({choice.reason})")
     result = RunResult(config=config, backend=choice.backend.kind.value, device=str(choice.device))
     clock = StageClock()
     with clock.stage(Stage.build, config.model.name):
@@ -85,7 +83,9 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
             return result
         staging = store.staging_dir(bid)
         try:
-            _build_bundle(config, overrides or [], choice, built, store, staging, bid, environment, clock, result)
+            _build_bundle(
+                config, overrides or [], choice, built, store, staging, bid, environment, clock, result
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return result
@@ -161,7 +161,9 @@ def _build_bundle(
         result.bundle = package_bundle(
             store,
             staging,
-            bundle_dir_name(config.model.name, config.precision.value, config.runtime.name, backend.kind.value, bid),
+            bundle_dir_name(
+                config.model.name, config.precision.value, config.runtime.name, backend.kind.value, bid
+            ),
             manifest,
             OmegaConf.to_yaml(resolved),
             config.model.inputs,

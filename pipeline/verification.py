@@ -72,7 +72,9 @@ def compare(
         out64 = out.detach().to("cpu", torch.float64).reshape(-1)
         ref64 = ref.detach().to("cpu", torch.float64).reshape(-1)
         if out64.shape != ref64.shape:
-            raise ValueError(f"{input_set}: output {index} has {out64.numel()} values, reference {ref64.numel()}")
+            raise ValueError(
+                f"{input_set}: output {index} has {out64.numel()} values, reference {ref64.numel()}"
+            )
         diff = (out64 - ref64).abs()
         max_abs = float(diff.max()) if diff.numel() else 0.0
         max_rel = float((diff / ref64.abs().clamp_min(1e-6)).max()) if diff.numel() else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,9 +15,7 @@ from pipeline.runner import RunResult, run_pipeline
 
 def config_for(artifacts: Path, *overrides: str) -> PipelineConfig:
     """A resolved config with artifacts under ``artifacts`` and one random verification set."""
-    return resolve(
-        compose([f"artifacts_dir={artifacts}", "verify.random_input_sets=1", *overrides])
-    )
+    return resolve(compose([f"artifacts_dir={artifacts}", "verify.random_input_sets=1", *overrides]))
 
 
 def run(artifacts: Path, *overrides: str) -> RunResult:
@@ -31,7 +30,7 @@ class NoisyModel(nn.Module):
         return images + torch.rand_like(images)
 
 
-def noisy_model(weights: WeightsConfig) -> nn.Module:
+def noisy_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
     """Factory for ``model.architecture._target_=tests.helpers.noisy_model``."""
     return NoisyModel().eval()
 

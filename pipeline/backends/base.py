@@ -42,7 +42,7 @@ class Backend(ABC):
     #: File name of the serialized model inside a bundle's ``model/`` directory.
     artifact_name: str
 
-    def check_config(self, config: PipelineConfig) -> None:
+    def check_config(self, config: PipelineConfig) -> None:  # noqa: B027 - optional hook
         """Raise ConfigError for settings this backend (as installed) cannot honour."""
 
     @abstractmethod

@@ -14,6 +14,7 @@ from pipeline.backends.exported import dynamic_shapes, unguarded_module
 from pipeline.config.schema import BackendKind, InputSpec, PipelineConfig, RuntimeConfig
 from pipeline.errors import BundleError
 
+
 class ExportBackend(Backend):
     """Portable baseline: the exported program runs with PyTorch's own kernels."""
 

@@ -77,7 +77,7 @@ class TensorRTBackend(Backend):
     """Torch-TensorRT with runtime policies restored at engine level on load."""
 
     kind = BackendKind.tensorrt
-    artifact_name = "model.ep"
+    artifact_name = "model.pt2"
 
     def __init__(self) -> None:
         self.trt = _torch_tensorrt()

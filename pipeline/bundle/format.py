@@ -125,9 +125,7 @@ def _check_types(manifest: Manifest) -> None:
             raise BundleError(f"{MANIFEST_NAME}: field {name!r} has the wrong type")
     for entry in manifest.files:
         if not (
-            isinstance(entry.path, str)
-            and isinstance(entry.size, int)
-            and isinstance(entry.sha256, str)
+            isinstance(entry.path, str) and isinstance(entry.size, int) and isinstance(entry.sha256, str)
         ):
             raise BundleError(f"{MANIFEST_NAME}: malformed file entry {entry.path!r}")
 

@@ -87,9 +87,7 @@ def verify_bundle(path: str | Path) -> VerificationReport:
     """Re-run the golden check on this host: load the bundle, run the golden inputs, compare."""
     loaded = load_bundle(path)
     golden = load_file(str(loaded.root / GOLDEN_NAME))
-    inputs = tuple(
-        golden[GOLDEN_INPUT_PREFIX + spec.name].to(loaded.device) for spec in loaded.specs
-    )
+    inputs = tuple(golden[GOLDEN_INPUT_PREFIX + spec.name].to(loaded.device) for spec in loaded.specs)
     reference = [golden[f"{GOLDEN_OUTPUT_PREFIX}{i}"] for i in range(len(loaded.manifest.outputs))]
     tolerance = Tolerance(**loaded.manifest.verification["tolerance"])
     report = VerificationReport(tolerance=tolerance)
@@ -100,9 +98,7 @@ def verify_bundle(path: str | Path) -> VerificationReport:
 def input_specs(manifest: Manifest) -> list[InputSpec]:
     """The manifest's input specs as typed objects."""
     try:
-        return [
-            InputSpec(**{**spec, "dtype": DType(spec["dtype"])}) for spec in manifest.inputs
-        ]
+        return [InputSpec(**{**spec, "dtype": DType(spec["dtype"])}) for spec in manifest.inputs]
     except (TypeError, KeyError, ValueError) as exc:
         raise BundleError(f"manifest.json: malformed input spec ({exc})") from None
 

@@ -86,9 +86,7 @@ def validate(config: PipelineConfig) -> None:
     for name in ("fp32", "fp16"):
         tol = getattr(config.verify, name)
         if tol.atol < 0 or tol.rtol < 0 or not -1.0 <= tol.min_cosine <= 1.0:
-            raise ConfigError(
-                f"verify.{name}: atol and rtol must be >= 0 and min_cosine in [-1, 1]"
-            )
+            raise ConfigError(f"verify.{name}: atol and rtol must be >= 0 and min_cosine in [-1, 1]")
     if config.bench.warmup < 0 or config.bench.iterations < 1:
         raise ConfigError("bench.warmup must be >= 0 and bench.iterations >= 1")
 
@@ -166,8 +164,7 @@ def _missing_option_error(exc: MissingConfigException) -> ConfigError:
         return ConfigError(_first_line(str(exc)))
     options = exc.options or _group_options(group)
     return ConfigError(
-        f"{group}={option}: no such option in config group '{group}'; "
-        f"available: {', '.join(options)}"
+        f"{group}={option}: no such option in config group '{group}'; available: {', '.join(options)}"
     )
 
 

@@ -23,7 +23,8 @@ def runtime_preset(name: str) -> RuntimeConfig:
     path = CONFIG_DIR / "runtime" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"runtime={name}: no such preset; available: {', '.join(runtime_names())}")
-    node = OmegaConf.merge(OmegaConf.structured(RuntimeConfig), OmegaConf.load(path)["runtime"])
+    preset = OmegaConf.load(path)
+    node = OmegaConf.merge(OmegaConf.structured(RuntimeConfig), OmegaConf.select(preset, "runtime"))
     policy = OmegaConf.to_object(node)
     assert isinstance(policy, RuntimeConfig)
     return policy

@@ -196,8 +196,6 @@ class PipelineConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-    stages: list[Stage] = field(
-        default_factory=lambda: [s for s in Stage if s is not Stage.bench]
-    )
+    stages: list[Stage] = field(default_factory=lambda: [s for s in Stage if s is not Stage.bench])
     artifacts_dir: str = "artifacts"
     force: bool = False

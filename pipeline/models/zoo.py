@@ -36,7 +36,9 @@ def bert(weights: WeightsConfig, attn_implementation: str = "eager", **config: A
                 f"({str(exc).splitlines()[0]})"
             ) from None
     torch.manual_seed(weights.seed)
-    return BertModel(BertConfig(attn_implementation=attn_implementation, **config)).eval()
+    bert_config = BertConfig(**config)
+    bert_config._attn_implementation = attn_implementation
+    return BertModel(bert_config).eval()
 
 
 def torchvision_classifier(arch: str, weights: WeightsConfig, **kwargs: Any) -> nn.Module:
@@ -84,7 +86,5 @@ def small_cnn(weights: WeightsConfig, channels: int = 8, num_classes: int = 10) 
     torch.manual_seed(weights.seed)
     model = SmallConvNet(channels, num_classes)
     if weights.source is WeightsSource.pretrained:
-        model.load_state_dict(
-            torch.load(str(weights.name_or_path), map_location="cpu", weights_only=True)
-        )
+        model.load_state_dict(torch.load(str(weights.name_or_path), map_location="cpu", weights_only=True))
     return model.eval()

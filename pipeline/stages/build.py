@@ -29,7 +29,9 @@ def build_model(config: PipelineConfig, device: torch.device) -> BuiltModel:
     factory = instantiate(config.model.architecture, _partial_=True)
     model = factory(weights=config.model.weights)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{config.model.architecture['_target_']} returned {type(model).__name__}, not an nn.Module")
+        raise TypeError(
+            f"{config.model.architecture['_target_']} returned {type(model).__name__}, not an nn.Module"
+        )
     weights_sha256 = state_dict_digest(model)
     names = [spec.name for spec in config.model.inputs]
     parameters = inspect.signature(model.forward).parameters

@@ -29,11 +29,11 @@ from tests.helpers import run
 
 RUNTIMES = ["standard", "preallocated", "dynamic", "cudagraphs"]
 MODELS = [
-    tuple(case.split(":"))
-    for case in os.environ.get("GPU_TEST_CASES", "bert:fp16,resnet50:fp32").split(",")
+    tuple(case.split(":")) for case in os.environ.get("GPU_TEST_CASES", "bert:fp16,resnet50:fp32").split(",")
 ]
 CASES = [(model, precision, runtime) for model, precision in MODELS for runtime in RUNTIMES]
 REPORT: dict[str, dict[str, Any]] = {}
+PROBES: dict[Path, dict[str, Any]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -46,25 +46,33 @@ def bundles(artifacts: Path) -> dict[tuple[str, str, str], RunResult]:
     return {}
 
 
-def build(bundles: dict[tuple[str, str, str], RunResult], artifacts: Path, case: tuple[str, str, str]) -> RunResult:
+def build(
+    bundles: dict[tuple[str, str, str], RunResult], artifacts: Path, case: tuple[str, str, str]
+) -> RunResult:
     if case not in bundles:
         model, precision, runtime = case
-        result = run(artifacts, f"model={model}", f"precision={precision}", f"runtime={runtime}", "backend=tensorrt")
+        result = run(
+            artifacts, f"model={model}", f"precision={precision}", f"runtime={runtime}", "backend=tensorrt"
+        )
         assert result.bundle is not None and result.compiled is not None
         bundles[case] = result
     return bundles[case]
 
 
-def probe(bundle: Path, *extra: str) -> dict[str, Any]:
+def probe(bundle: Path) -> dict[str, Any]:
+    """Load ``bundle`` in a fresh process (once per bundle) and return what it reports."""
+    if bundle in PROBES:
+        return PROBES[bundle]
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.gpu.probe", str(bundle), *extra],
+        [sys.executable, "-m", "tests.gpu.probe", str(bundle)],
         capture_output=True,
         text=True,
         check=False,
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    PROBES[bundle] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return PROBES[bundle]
 
 
 def fresh_latency(result: RunResult) -> float:
@@ -77,7 +85,9 @@ def fresh_latency(result: RunResult) -> float:
     if policy.cuda_graphs:
         import torch_tensorrt
 
-        mode = ScopedMode(torch_tensorrt.runtime.get_cudagraphs_mode, torch_tensorrt.runtime.set_cudagraphs_mode)
+        mode = ScopedMode(
+            torch_tensorrt.runtime.get_cudagraphs_mode, torch_tensorrt.runtime.set_cudagraphs_mode
+        )
 
         def call() -> object:
             with mode:
@@ -97,7 +107,7 @@ def test_tensorrt_bundle_restores_policy_on_every_engine_when_loaded_in_fresh_pr
     result = build(bundles, artifacts, case)
     assert result.bundle is not None
     policy = runtime_preset(case[2])
-    report = probe(result.bundle.path)
+    report = dict(probe(result.bundle.path))
 
     assert report["engines_configured"] == report["engines_in_manifest"] > 0
     for path, state in report["engines"].items():

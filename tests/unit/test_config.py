@@ -93,9 +93,16 @@ def test_compose_explains_allowed_values_when_value_is_bad(override: str, expect
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["runtime=dynamic", "compile.dynamically_allocate_resources=false"], "dynamically_allocate_resources=true"),
         (
-            ["runtime=cudagraphs", "runtime.dynamic_allocation=true", "compile.dynamically_allocate_resources=true"],
+            ["runtime=dynamic", "compile.dynamically_allocate_resources=false"],
+            "dynamically_allocate_resources=true",
+        ),
+        (
+            [
+                "runtime=cudagraphs",
+                "runtime.dynamic_allocation=true",
+                "compile.dynamically_allocate_resources=true",
+            ],
             "cannot be combined",
         ),
         (["stages=[build,verify]"], "stage 'verify' needs stage 'reload'"),

@@ -1,0 +1,181 @@
+"""The TensorRT adapter's GPU-free logic: engine discovery, policy application, settings mapping.
+
+Engines are faked here; tests/gpu/ runs the same functions on real engines.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.backends.engines import (
+    ScopedMode,
+    apply_to_engines,
+    find_engines,
+    is_engine,
+    resources_held,
+)
+from pipeline.backends.tensorrt import compile_settings
+from pipeline.config import CompileConfig, RuntimeConfig
+from pipeline.config.presets import runtime_preset
+from pipeline.errors import ConfigError
+
+
+class FakeEngine:
+    """Mimics the settable surface of torch.classes.tensorrt.Engine."""
+
+    def __init__(self, accepts_pre_allocation: bool = True) -> None:
+        self._pre_allocated = False
+        self._accepts = accepts_pre_allocation
+        self.dynamic_calls: list[bool] = []
+
+    @property
+    def use_pre_allocated_outputs(self) -> bool:
+        return self._pre_allocated
+
+    @use_pre_allocated_outputs.setter
+    def use_pre_allocated_outputs(self, value: bool) -> None:
+        if self._accepts:
+            self._pre_allocated = value
+
+    def use_dynamically_allocated_resources(self, dynamic: bool, /) -> None:
+        self.dynamic_calls.append(dynamic)
+
+
+def is_fake(value: object) -> bool:
+    return isinstance(value, FakeEngine)
+
+
+class Holder(nn.Module):
+    def __init__(self, engine: FakeEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+
+def reloaded_graph(engines: list[FakeEngine]) -> nn.Module:
+    """The two layouts seen after torch_tensorrt.save/load: holder submodules and root attributes."""
+    root = nn.Module()
+    root.add_module("_run_on_acc_0", Holder(engines[0]))
+    root.linear = nn.Linear(2, 2)
+    for index, engine in enumerate(engines[1:], start=1):
+        setattr(root, f"_run_on_acc_{index}_engine", engine)
+    return root
+
+
+def test_find_engines_finds_holder_and_root_engines_when_graph_mixes_layouts() -> None:
+    engines = [FakeEngine(), FakeEngine(), FakeEngine()]
+    found = find_engines(reloaded_graph(engines), predicate=is_fake)
+    by_path = {ref.path: ref.engine for ref in found}
+    assert by_path == {
+        "_run_on_acc_0.engine": engines[0],
+        "_run_on_acc_1_engine": engines[1],
+        "_run_on_acc_2_engine": engines[2],
+    }
+
+
+def test_find_engines_lists_each_engine_once_when_shared_by_two_holders() -> None:
+    engine = FakeEngine()
+    root = nn.Module()
+    root.add_module("a", Holder(engine))
+    root.add_module("b", Holder(engine))
+    assert len(find_engines(root, predicate=is_fake)) == 1
+
+
+def test_find_engines_finds_none_when_module_has_no_engines() -> None:
+    assert find_engines(nn.Sequential(nn.Linear(2, 2), nn.ReLU())) == []
+
+
+def test_is_engine_rejects_objects_that_are_not_tensorrt_script_objects() -> None:
+    assert not is_engine(FakeEngine())
+    assert not is_engine(torch.zeros(1))
+    assert not is_engine("engine")
+
+
+@pytest.mark.parametrize("name", ["standard", "preallocated", "dynamic", "cudagraphs"])
+def test_apply_to_engines_sets_policy_on_every_engine_when_applied(name: str) -> None:
+    policy = runtime_preset(name)
+    engines = [FakeEngine(), FakeEngine()]
+    readback = apply_to_engines(find_engines(reloaded_graph(engines), predicate=is_fake), policy)
+    assert len(readback) == 2
+    for engine in engines:
+        assert engine.use_pre_allocated_outputs is policy.pre_allocated_outputs
+        assert engine.dynamic_calls == [policy.dynamic_allocation]
+    assert all(state["pre_allocated_outputs"] is policy.pre_allocated_outputs for state in readback.values())
+
+
+def test_apply_to_engines_fails_when_engine_does_not_take_the_setting() -> None:
+    engines = [FakeEngine(accepts_pre_allocation=False)]
+    with pytest.raises(RuntimeError, match="did not take"):
+        apply_to_engines(
+            find_engines(reloaded_graph(engines), predicate=is_fake), runtime_preset("preallocated")
+        )
+
+
+def test_resources_held_keeps_memory_then_restores_dynamic_when_block_exits() -> None:
+    engines = [FakeEngine(), FakeEngine()]
+    refs = find_engines(reloaded_graph(engines), predicate=is_fake)
+    with resources_held(refs, runtime_preset("dynamic")):
+        assert all(e.dynamic_calls[-1] is False for e in engines)
+    assert all(e.dynamic_calls[-1] is True for e in engines)
+
+
+def test_resources_held_restores_even_when_block_raises() -> None:
+    engines = [FakeEngine()]
+    refs = find_engines(reloaded_graph(engines), predicate=is_fake)
+    with pytest.raises(ValueError), resources_held(refs, runtime_preset("dynamic")):
+        raise ValueError
+    assert engines[0].dynamic_calls == [False, True]
+
+
+def test_scoped_mode_turns_mode_on_only_inside_and_restores_when_nested() -> None:
+    state = {"on": False}
+    mode = ScopedMode(lambda: state["on"], lambda value: state.update(on=value))
+    with mode:
+        assert state["on"]
+        with mode:
+            assert state["on"]
+        assert state["on"]
+    assert not state["on"]
+
+
+def test_scoped_mode_leaves_mode_on_when_it_was_already_on() -> None:
+    state = {"on": True}
+    mode = ScopedMode(lambda: state["on"], lambda value: state.update(on=value))
+    with mode:
+        pass
+    assert state["on"]
+
+
+ALL_SETTINGS = {f for f in CompileConfig.__dataclass_fields__} | {"use_python_runtime"}
+
+
+def test_compile_settings_pass_every_field_and_force_cpp_runtime_when_all_supported() -> None:
+    kwargs = compile_settings(CompileConfig(lazy_engine_init=True, optimization_level=3), ALL_SETTINGS)
+    assert kwargs["lazy_engine_init"] is True
+    assert kwargs["optimization_level"] == 3
+    assert kwargs["use_python_runtime"] is False
+
+
+def test_compile_settings_leave_optimization_level_to_tensorrt_when_null() -> None:
+    assert "optimization_level" not in compile_settings(CompileConfig(), ALL_SETTINGS)
+
+
+def test_compile_settings_drop_unsupported_setting_when_it_holds_its_default() -> None:
+    kwargs = compile_settings(CompileConfig(), ALL_SETTINGS - {"truncate_double", "use_python_runtime"})
+    assert "truncate_double" not in kwargs
+    assert "use_python_runtime" not in kwargs
+
+
+def test_compile_settings_reject_unsupported_setting_when_config_changes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.backends.tensorrt as trt
+
+    monkeypatch.setattr(trt, "_torch_tensorrt", lambda: type("T", (), {"__version__": "9.9"}))
+    with pytest.raises(ConfigError, match=r"compile.truncate_double=True: not supported .*9\.9"):
+        compile_settings(CompileConfig(truncate_double=True), ALL_SETTINGS - {"truncate_double"})
+
+
+def test_runtime_config_is_a_plain_dataclass_when_compared() -> None:
+    assert RuntimeConfig(name="x", cuda_graphs=True) != RuntimeConfig(name="x")

@@ -28,6 +28,7 @@ MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.yaml"
 GOLDEN_NAME = "golden.safetensors"
 MODEL_DIR = "model"
+DIGEST_KEY = "manifest_sha256"
 GOLDEN_INPUT_PREFIX = "input."
 GOLDEN_OUTPUT_PREFIX = "output."
 _HASH_CHUNK = 8 << 20
@@ -69,8 +70,10 @@ class Manifest:
     files: list[FileEntry] = field(default_factory=list)
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys), as written to ``manifest.json``."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        """Canonical JSON (sorted keys) with its own digest, as written to ``manifest.json``."""
+        data = asdict(self)
+        data[DIGEST_KEY] = _content_digest(data)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -81,6 +84,12 @@ class Manifest:
             raise BundleError(f"{MANIFEST_NAME}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise BundleError(f"{MANIFEST_NAME}: expected a JSON object")
+        # The manifest lists every other file's sha256; this digest covers the manifest itself,
+        # so that no byte of a bundle can change unnoticed.
+        if data.pop(DIGEST_KEY, None) != _content_digest(data):
+            raise BundleError(
+                f"{MANIFEST_NAME}: content does not match its {DIGEST_KEY} (modified or corrupt)"
+            )
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleError(
@@ -103,6 +112,13 @@ class Manifest:
         manifest = cls(**values, files=files)
         _check_types(manifest)
         return manifest
+
+
+def _content_digest(data: dict[str, Any]) -> str:
+    canonical = json.dumps(
+        {k: v for k, v in data.items() if k != DIGEST_KEY}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _check_types(manifest: Manifest) -> None:
@@ -154,7 +170,11 @@ def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{root}: no {MANIFEST_NAME}; not a bundle")
-    return Manifest.from_json(path.read_bytes().decode("utf-8", errors="strict"))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise BundleError(f"{MANIFEST_NAME}: not UTF-8 text (modified or corrupt)") from None
+    return Manifest.from_json(text)
 
 
 def check_files(root: Path, manifest: Manifest) -> None:

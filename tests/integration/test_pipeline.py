@@ -155,10 +155,23 @@ def test_load_bundle_refuses_without_deserializing_when_one_byte_is_flipped(
     assert loads == []
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 0.75, 0.99])
+def test_load_bundle_refuses_naming_manifest_when_one_byte_of_it_is_flipped(
+    fraction: float, bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: loads.append("called"))
+    manifest = bundle_copy / MANIFEST_NAME
+    flip_byte(manifest, int(fraction * (manifest.stat().st_size - 1)))
+    with pytest.raises(BundleError, match="manifest.json"):
+        load_bundle(bundle_copy)
+    assert loads == []
+
+
 def test_load_bundle_refuses_when_manifest_is_edited(bundle_copy: Path) -> None:
     manifest = bundle_copy / MANIFEST_NAME
     manifest.write_text(manifest.read_text().replace('"size": ', '"size": 1', 1))
-    with pytest.raises(BundleError, match="size"):
+    with pytest.raises(BundleError, match="manifest.json: content does not match"):
         load_bundle(bundle_copy)
 
 

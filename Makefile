@@ -11,7 +11,7 @@ BUNDLE ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle test test-gpu lint typecheck check clean
+.PHONY: help setup run bundle test test-gpu bench report lint typecheck check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,20 @@ test: $(STAMP) ## test suite (what CI runs); GPU tests skip themselves without a
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 test-gpu: ## GPU suite: needs a CUDA GPU and torch_tensorrt (README, "GPU host")
 	$(GPU_PY) -m pytest -m gpu tests/gpu -v -p no:cacheprovider
+
+BENCH_STAGES := stages=[build,compile,serialize,reload,verify,bench,package]
+BENCH_RESNET ?= resnet50
+ARTIFACTS ?= artifacts
+bench: ## GPU: the two seed scenarios (BERT fp16 policies; ResNet standard vs dynamic), then the report
+	$(GPU_PY) -m pipeline model=bert precision=fp16 runtime=preallocated $(BENCH_STAGES) \
+		bench.policies=[standard,preallocated,cudagraphs] artifacts_dir=$(ARTIFACTS) $(ARGS)
+	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=standard $(BENCH_STAGES) artifacts_dir=$(ARTIFACTS) $(ARGS)
+	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=dynamic $(BENCH_STAGES) bench.baselines=[fresh] \
+		artifacts_dir=$(ARTIFACTS) $(ARGS)
+	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
+
+report: $(STAMP) ## markdown table + PNG comparing policies across benchmarked bundles in ARTIFACTS
+	$(PY) -m pipeline.report $(ARTIFACTS)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(PY) -m ruff check pipeline tests scripts

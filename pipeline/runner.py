@@ -17,7 +17,8 @@ from pipeline.bundle.store import BundleStore
 from pipeline.config.schema import PipelineConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
-from pipeline.errors import ConfigError, VerificationError
+from pipeline.errors import VerificationError
+from pipeline.stages.bench import BenchReport, bench_model, report_rows
 from pipeline.stages.build import BuiltModel, build_model
 from pipeline.stages.compile import compile_model
 from pipeline.stages.package import PublishedBundle, package_bundle
@@ -42,6 +43,7 @@ class RunResult:
     policy: PolicyReport | None = None
     # The freshly compiled model, kept for in-process comparisons (tests, benchmarks).
     compiled: CompiledModel | None = None
+    bench: BenchReport | None = None
 
     @property
     def passed(self) -> bool:
@@ -58,8 +60,6 @@ def config_dict(config: PipelineConfig) -> dict[str, Any]:
 
 def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> RunResult:
     """Run ``config.stages``; raises VerificationError (nothing published) on a failed check."""
-    if Stage.bench in config.stages:
-        raise ConfigError("stage 'bench' is not available yet; remove it from stages")
     choice = select_backend(config.backend.kind, config.backend.device)
     choice.backend.check_config(config)
     console.print(f"backend: [bold]{choice.backend.kind.value}[/] on {choice.device} ({choice.reason})")
@@ -78,9 +78,11 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
     with store.lock(bid):
         existing = store.find(bid)
         if existing is not None and Stage.package in config.stages and not config.force:
-            clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
-            result.bundle = PublishedBundle(existing, read_manifest(existing), reused=True)
-            return result
+            manifest = read_manifest(existing)
+            if Stage.bench not in config.stages or manifest.bench:
+                clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
+                result.bundle = PublishedBundle(existing, manifest, reused=True)
+                return result
         staging = store.staging_dir(bid)
         try:
             _build_bundle(
@@ -115,7 +117,7 @@ def _build_bundle(
         return
     with clock.stage(Stage.reload, f"runtime={config.runtime.name}"):
         loaded = reload_model(backend, serialized, compiled, config, choice.device)
-    result.policy = loaded.policy_report
+    result.policy = policy_report = loaded.policy_report
     if Stage.verify not in config.stages:
         return
     with clock.stage(Stage.verify):
@@ -124,6 +126,18 @@ def _build_bundle(
     console.print(f"verification: {verified.report.summary()}")
     if not verified.report.passed:
         raise VerificationError(f"verification failed, nothing published: {verified.report.summary()}")
+    del loaded  # the bench stage loads its own copies; free this one's engines first
+    if Stage.bench in config.stages:
+        with clock.stage(Stage.bench, f"{config.bench.iterations} calls per variant"):
+            result.bench = bench_model(
+                lambda policy: reload_model(backend, serialized, compiled, config, choice.device, policy),
+                config.runtime,
+                built.golden_inputs,
+                config.bench,
+                eager=built.eager,
+                fresh=compiled.module,
+            )
+        console.print(summary_table(report_rows(result.bench), title="bench"))
     if Stage.package not in config.stages:
         return
     with clock.stage(Stage.package):
@@ -143,10 +157,10 @@ def _build_bundle(
             overrides=overrides,
             compile_settings=resolved["compile"],
             runtime={
-                "policy": asdict(loaded.policy),
-                "applied": loaded.policy_report.applied,
-                "reason": loaded.policy_report.reason,
-                "engines_configured": loaded.policy_report.engines_configured,
+                "policy": asdict(policy_report.policy),
+                "applied": policy_report.applied,
+                "reason": policy_report.reason,
+                "engines_configured": policy_report.engines_configured,
             },
             inputs=resolved["model"]["inputs"],
             outputs=[
@@ -157,6 +171,7 @@ def _build_bundle(
             weights={**resolved["model"]["weights"], "sha256": built.weights_sha256},
             engine_count=compiled.engine_count,
             timings=dict(clock.seconds),
+            bench=result.bench.to_dict() if result.bench is not None else {},
         )
         result.bundle = package_bundle(
             store,

@@ -1,11 +1,17 @@
-"""Latency and GPU-memory measurement, as in the seeds: host wall-clock around a synchronized call."""
+"""Latency and GPU-memory measurement, as in the seeds.
+
+Latency: host wall-clock around each call ending in ``torch.cuda.synchronize()`` (the first
+seed's measure) and, on CUDA, the device time between CUDA events around the same call.
+Variants are measured in interleaved rounds so that clock and thermal drift hit all alike.
+Memory: device-wide bytes in use from ``torch.cuda.mem_get_info`` (the second seed's measure).
+"""
 
 from __future__ import annotations
 
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -13,11 +19,12 @@ import torch
 
 @dataclass
 class Latency:
-    """Host wall-clock per call (synchronized), in milliseconds."""
+    """Per-call latency statistics, in milliseconds."""
 
     median_ms: float
     p90_ms: float
     min_ms: float
+    device_median_ms: float | None
     iterations: int
 
 
@@ -26,25 +33,57 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure_latency(call: Callable[[], object], warmup: int = 20, iterations: int = 100) -> Latency:
-    """Time ``call`` after ``warmup`` untimed calls; each timed call ends with a synchronize."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            call()
-        _sync()
-        samples = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            call()
-            _sync()
-            samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
+def _stats(host: list[float], device: list[float]) -> Latency:
+    host = sorted(host)
     return Latency(
-        median_ms=statistics.median(samples),
-        p90_ms=samples[min(len(samples) - 1, int(0.9 * len(samples)))],
-        min_ms=samples[0],
-        iterations=iterations,
+        median_ms=statistics.median(host),
+        p90_ms=host[min(len(host) - 1, int(0.9 * len(host)))],
+        min_ms=host[0],
+        device_median_ms=statistics.median(device) if device else None,
+        iterations=len(host),
     )
+
+
+def _timed_calls(call: Callable[[], object], count: int, host: list[float], device: list[float]) -> None:
+    cuda = torch.cuda.is_available()
+    for _ in range(count):
+        if cuda:
+            start_event = torch.cuda.Event(enable_timing=True)
+            end_event = torch.cuda.Event(enable_timing=True)
+            start_event.record()
+        start = time.perf_counter()
+        call()
+        if cuda:
+            end_event.record()
+        _sync()
+        host.append((time.perf_counter() - start) * 1e3)
+        if cuda:
+            device.append(start_event.elapsed_time(end_event))
+
+
+def compare_latency(
+    calls: Mapping[str, Callable[[], object]], warmup: int = 50, iterations: int = 200, rounds: int = 5
+) -> dict[str, Latency]:
+    """Latency of each call, measured side by side: warm-up each, then ``iterations`` timed calls
+    per variant spread over ``rounds`` interleaved rounds."""
+    host: dict[str, list[float]] = {name: [] for name in calls}
+    device: dict[str, list[float]] = {name: [] for name in calls}
+    rounds = max(1, min(rounds, iterations))
+    per_round = [iterations // rounds + (1 if r < iterations % rounds else 0) for r in range(rounds)]
+    with torch.inference_mode():
+        for call in calls.values():
+            for _ in range(warmup):
+                call()
+        _sync()
+        for count in per_round:
+            for name, call in calls.items():
+                _timed_calls(call, count, host[name], device[name])
+    return {name: _stats(host[name], device[name]) for name in calls}
+
+
+def measure_latency(call: Callable[[], object], warmup: int = 20, iterations: int = 100) -> Latency:
+    """Latency of one call (see :func:`compare_latency` to compare several)."""
+    return compare_latency({"call": call}, warmup=warmup, iterations=iterations, rounds=1)["call"]
 
 
 def gpu_memory_in_use() -> int:

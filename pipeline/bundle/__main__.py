@@ -1,4 +1,4 @@
-"""``python -m pipeline.bundle {pack,inspect,verify} PATH``: tools for shipped bundles."""
+"""``python -m pipeline.bundle {pack,inspect,verify,bench} PATH``: tools for shipped bundles."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.bundle.format import Manifest
-from pipeline.bundle.loader import open_bundle, verify_bundle
+from pipeline.bundle.loader import bench_bundle, open_bundle, verify_bundle
 from pipeline.bundle.pack import pack_bundle
+from pipeline.config.schema import BenchConfig
 from pipeline.console import console, summary_table
 from pipeline.errors import PipelineError
+from pipeline.stages.bench import report_rows
 
 
 def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
@@ -48,6 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("path")
         if name == "inspect":
             sub.add_argument("--json", action="store_true", help="print manifest.json as is")
+    bench = commands.add_parser(
+        "bench", help="time the bundle on this host (load, first call, latency, memory)"
+    )
+    bench.add_argument("path")
+    bench.add_argument("--runtime", help="runtime preset to load with (default: the recorded one)")
+    bench.add_argument("--policies", default="", help="comma-separated presets to time as well")
+    bench.add_argument("--warmup", type=int, default=BenchConfig.warmup)
+    bench.add_argument("--iterations", type=int, default=BenchConfig.iterations)
+    bench.add_argument("--json", dest="json_path", help="also write the report as JSON here")
     args = parser.parse_args(argv)
     try:
         if args.command == "pack":
@@ -58,6 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(manifest.to_json(), end="")
             else:
                 console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
+        elif args.command == "bench":
+            settings = BenchConfig(
+                warmup=args.warmup,
+                iterations=args.iterations,
+                baselines=[],
+                policies=[p for p in args.policies.split(",") if p],
+            )
+            bench_report = bench_bundle(args.path, args.runtime, settings)
+            console.print(summary_table(report_rows(bench_report), title=f"bench {args.path}"))
+            if args.json_path:
+                Path(args.json_path).write_text(json.dumps(bench_report.to_dict(), indent=2))
         else:
             report = verify_bundle(args.path)
             print(report.summary())

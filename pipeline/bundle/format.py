@@ -67,6 +67,7 @@ class Manifest:
     weights: dict[str, Any]
     engine_count: int
     timings: dict[str, float] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)
     files: list[FileEntry] = field(default_factory=list)
 
     def to_json(self) -> str:

@@ -25,9 +25,19 @@ from pipeline.bundle.format import (
     read_manifest,
 )
 from pipeline.config.presets import as_policy
-from pipeline.config.schema import BackendKind, DType, InputSpec, Precision, RuntimeConfig, Tolerance
+from pipeline.config.schema import (
+    BackendKind,
+    BenchConfig,
+    DType,
+    InputSpec,
+    Precision,
+    RuntimeConfig,
+    Tolerance,
+)
 from pipeline.errors import BundleError
 from pipeline.loaded import LoadedModel
+from pipeline.models import make_inputs
+from pipeline.stages.bench import BenchReport, bench_model
 from pipeline.verification import VerificationReport, compare
 
 
@@ -93,6 +103,16 @@ def verify_bundle(path: str | Path) -> VerificationReport:
     report = VerificationReport(tolerance=tolerance)
     report.comparisons = compare("golden", loaded(*inputs), reference, tolerance)
     return report
+
+
+def bench_bundle(path: str | Path, runtime: str | None, settings: BenchConfig) -> BenchReport:
+    """Time a bundle on this host: load, first call, latency (and extra policies), memory."""
+    root, manifest = open_bundle(path)
+    policy = as_policy(runtime) if runtime else RuntimeConfig(**manifest.runtime["policy"])
+    specs = input_specs(manifest)
+    device = _default_device(manifest)
+    inputs = make_inputs(specs, 0, Precision(manifest.precision), device)
+    return bench_model(lambda p: load_bundle(root, runtime=p), policy, inputs, settings)
 
 
 def input_specs(manifest: Manifest) -> list[InputSpec]:

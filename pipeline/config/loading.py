@@ -87,8 +87,13 @@ def validate(config: PipelineConfig) -> None:
         tol = getattr(config.verify, name)
         if tol.atol < 0 or tol.rtol < 0 or not -1.0 <= tol.min_cosine <= 1.0:
             raise ConfigError(f"verify.{name}: atol and rtol must be >= 0 and min_cosine in [-1, 1]")
-    if config.bench.warmup < 0 or config.bench.iterations < 1:
-        raise ConfigError("bench.warmup must be >= 0 and bench.iterations >= 1")
+    if config.bench.warmup < 0 or config.bench.iterations < 1 or config.bench.rounds < 1:
+        raise ConfigError("bench.warmup must be >= 0, bench.iterations and bench.rounds >= 1")
+    unknown = sorted(set(config.bench.policies) - set(runtime_names()))
+    if unknown:
+        raise ConfigError(
+            f"bench.policies: unknown runtime presets {unknown}; available: {', '.join(runtime_names())}"
+        )
 
 
 def _validate_model(config: PipelineConfig) -> None:
@@ -166,6 +171,11 @@ def _missing_option_error(exc: MissingConfigException) -> ConfigError:
     return ConfigError(
         f"{group}={option}: no such option in config group '{group}'; available: {', '.join(options)}"
     )
+
+
+def runtime_names() -> list[str]:
+    """Names of the runtime presets (``conf/runtime/*.yaml``)."""
+    return _group_options("runtime")
 
 
 def _group_options(group: str) -> list[str]:

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from pipeline.config.loading import CONFIG_DIR
+from pipeline.config.loading import CONFIG_DIR, runtime_names
 from pipeline.config.schema import RuntimeConfig
 from pipeline.errors import ConfigError
-
-
-def runtime_names() -> list[str]:
-    """Names of the runtime presets."""
-    return sorted(p.stem for p in (CONFIG_DIR / "runtime").glob("*.yaml"))
 
 
 def runtime_preset(name: str) -> RuntimeConfig:

@@ -177,12 +177,30 @@ class VerifyConfig:
         return self.fp16 if precision is Precision.fp16 else self.fp32
 
 
+class Baseline(str, Enum):
+    """What the loaded bundle is compared against in the ``bench`` stage."""
+
+    eager = "eager"
+    inductor = "inductor"
+    fresh = "fresh"
+
+
 @dataclass
 class BenchConfig:
-    """Benchmark settings (used by the ``bench`` stage)."""
+    """Benchmark settings (the ``bench`` stage and ``python -m pipeline.bundle bench``).
 
-    warmup: int = 20
-    iterations: int = 100
+    Every variant is timed side by side: ``rounds`` interleaved rounds of
+    ``iterations / rounds`` calls each, after ``warmup`` untimed calls.
+    """
+
+    warmup: int = 50
+    iterations: int = 200
+    rounds: int = 5
+    baselines: list[Baseline] = field(
+        default_factory=lambda: [Baseline.eager, Baseline.inductor, Baseline.fresh]
+    )
+    # Further runtime presets to time on the same engines (one load each), e.g. [standard, cudagraphs].
+    policies: list[str] = field(default_factory=list)
 
 
 @dataclass

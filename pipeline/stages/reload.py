@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.backends.base import Backend, CompiledModel
-from pipeline.config.schema import PipelineConfig
+from pipeline.config.schema import PipelineConfig, RuntimeConfig
 from pipeline.loaded import LoadedModel
 from pipeline.stages.serialize import SerializedModel
 
@@ -16,8 +16,10 @@ def reload_model(
     compiled: CompiledModel,
     config: PipelineConfig,
     device: torch.device,
+    policy: RuntimeConfig | None = None,
 ) -> LoadedModel:
-    """Deserialize and apply ``config.runtime``; engine counts must match the fresh compile."""
+    """Deserialize and apply ``policy`` (default ``config.runtime``); engine counts must match
+    the fresh compile."""
     module = backend.load(serialized.path, device)
     return LoadedModel(
         module=module,
@@ -25,6 +27,6 @@ def reload_model(
         specs=config.model.inputs,
         precision=config.precision,
         device=device,
-        policy=config.runtime,
+        policy=policy or config.runtime,
         expected_engines=compiled.engine_count if compiled.engine_count else None,
     )

@@ -56,7 +56,10 @@ def with_digest(data: dict[str, Any]) -> str:
         (lambda d: with_digest({k: v for k, v in d.items() if k != "backend"}), "missing fields ['backend']"),
         (lambda d: with_digest({**d, "engine_count": "1"}), "'engine_count' has the wrong type"),
         (lambda d: with_digest({**d, "files": [{"path": "x"}]}), "malformed file entry"),
-        (lambda d: with_digest({**d, "files": [{"path": 1, "size": 1, "sha256": "0"}]}), "malformed file entry"),
+        (
+            lambda d: with_digest({**d, "files": [{"path": 1, "size": 1, "sha256": "0"}]}),
+            "malformed file entry",
+        ),
         (lambda d: json.dumps({**d, "backend": "tensorrt", "manifest_sha256": "0" * 64}), "manifest_sha256"),
     ],
 )

@@ -1,0 +1,165 @@
+"""bench: what a runtime policy buys, measured side by side on the loaded artifact.
+
+The loaded model (with its policy, plus any ``bench.policies``) is timed against eager PyTorch,
+``torch.compile`` (inductor) and the freshly compiled module, in interleaved rounds. On CUDA the
+second seed's memory measure is taken around a fresh load: in use before loading, after loading,
+after the first call and idle after the timed calls (after freeing PyTorch's cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config.presets import runtime_preset
+from pipeline.config.schema import Baseline, BenchConfig, RuntimeConfig
+from pipeline.loaded import LoadedModel
+from pipeline.timing import Latency, compare_latency, gpu_memory_in_use
+
+LOADED = "loaded"
+
+
+@dataclass
+class LoadMeasurement:
+    """Cost of bringing a model up: time and (on CUDA) device memory in use around it."""
+
+    load_seconds: float
+    first_call_seconds: float
+    memory_before_load: int | None = None
+    memory_after_load: int | None = None
+    memory_after_first_call: int | None = None
+    memory_idle_after_calls: int | None = None
+    peak_allocated: int | None = None
+
+    @property
+    def idle_engine_memory(self) -> int | None:
+        """Memory the loaded model holds while idle between calls."""
+        if self.memory_idle_after_calls is None or self.memory_before_load is None:
+            return None
+        return self.memory_idle_after_calls - self.memory_before_load
+
+
+@dataclass
+class BenchReport:
+    """Latency per variant (``loaded``, ``loaded:<policy>``, baselines) and the load costs."""
+
+    policy: str
+    latency: dict[str, Latency]
+    load: LoadMeasurement
+    extra_seconds: dict[str, float] = field(default_factory=dict)
+
+    def ratio(self, variant: str, baseline: str) -> float | None:
+        """``variant``'s median host latency over ``baseline``'s (None if either is missing)."""
+        if variant not in self.latency or baseline not in self.latency:
+            return None
+        return self.latency[variant].median_ms / self.latency[baseline].median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as recorded in the manifest."""
+        return {
+            "policy": self.policy,
+            "latency": {name: asdict(value) for name, value in self.latency.items()},
+            "load": {**asdict(self.load), "idle_engine_memory": self.load.idle_engine_memory},
+            "extra_seconds": self.extra_seconds,
+        }
+
+
+def measure_load(
+    load: Callable[[], LoadedModel], inputs: tuple[torch.Tensor, ...]
+) -> tuple[LoadedModel, LoadMeasurement]:
+    """Load a model and make its first call, recording time and device memory around both."""
+    cuda = torch.cuda.is_available()
+    before = gpu_memory_in_use() if cuda else None
+    start = time.perf_counter()
+    loaded = load()
+    load_seconds = time.perf_counter() - start
+    after_load = gpu_memory_in_use() if cuda else None
+    start = time.perf_counter()
+    loaded(*inputs)
+    if cuda:
+        torch.cuda.synchronize()
+    first_call = time.perf_counter() - start
+    measurement = LoadMeasurement(
+        load_seconds=load_seconds,
+        first_call_seconds=first_call,
+        memory_before_load=before,
+        memory_after_load=after_load,
+        memory_after_first_call=gpu_memory_in_use() if cuda else None,
+    )
+    return loaded, measurement
+
+
+def finish_load_measurement(measurement: LoadMeasurement, peak_from: int | None) -> None:
+    """Record idle memory after the timed calls and the peak allocated during them."""
+    if torch.cuda.is_available():
+        measurement.memory_idle_after_calls = gpu_memory_in_use()
+        measurement.peak_allocated = torch.cuda.max_memory_allocated() - (peak_from or 0)
+
+
+def bench_model(
+    load: Callable[[RuntimeConfig], LoadedModel],
+    policy: RuntimeConfig,
+    inputs: tuple[torch.Tensor, ...],
+    settings: BenchConfig,
+    eager: nn.Module | None = None,
+    fresh: nn.Module | None = None,
+) -> BenchReport:
+    """Time the loaded model (and extra policies) against the requested baselines."""
+    loaded, load_measurement = measure_load(lambda: load(policy), inputs)
+    calls: dict[str, Callable[[], object]] = {LOADED: lambda: loaded(*inputs)}
+    for name in settings.policies:
+        if name != policy.name:
+            variant = load(runtime_preset(name))
+            calls[f"{LOADED}:{name}"] = lambda variant=variant: variant(*inputs)  # type: ignore[misc]
+    extra_seconds: dict[str, float] = {}
+    if eager is not None and Baseline.eager in settings.baselines:
+        calls[Baseline.eager.value] = lambda: eager(*inputs)
+    if eager is not None and Baseline.inductor in settings.baselines:
+        compiled = torch.compile(eager)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(*inputs)
+        extra_seconds["inductor_compile"] = time.perf_counter() - start
+        calls[Baseline.inductor.value] = lambda: compiled(*inputs)
+    if fresh is not None and Baseline.fresh in settings.baselines:
+        calls[Baseline.fresh.value] = lambda: fresh(*inputs)
+    peak_from = None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        peak_from = torch.cuda.memory_allocated()
+    latency = compare_latency(calls, settings.warmup, settings.iterations, settings.rounds)
+    finish_load_measurement(load_measurement, peak_from)
+    return BenchReport(
+        policy=policy.name, latency=latency, load=load_measurement, extra_seconds=extra_seconds
+    )
+
+
+def report_rows(report: BenchReport) -> list[tuple[str, str]]:
+    """Label/value rows for the terminal."""
+    rows = []
+    for name, value in report.latency.items():
+        device = f", device {value.device_median_ms:.3f}" if value.device_median_ms is not None else ""
+        ratio = report.ratio(name, Baseline.fresh.value)
+        versus = f" ({ratio:.2f}x fresh)" if ratio is not None and name != Baseline.fresh.value else ""
+        rows.append(
+            (
+                f"latency {name}",
+                f"median {value.median_ms:.3f} ms, p90 {value.p90_ms:.3f}, "
+                f"min {value.min_ms:.3f}{device}{versus}",
+            )
+        )
+    load = report.load
+    rows.append(("load / first call", f"{load.load_seconds:.2f} s / {load.first_call_seconds * 1e3:.1f} ms"))
+    if load.idle_engine_memory is not None:
+        rows.append(
+            ("memory idle after calls", f"{load.idle_engine_memory / 2**20:.0f} MiB held by the loaded model")
+        )
+        rows.append(("peak allocated (torch)", f"{(load.peak_allocated or 0) / 2**20:.0f} MiB"))
+    for name, seconds in report.extra_seconds.items():
+        rows.append((name, f"{seconds:.1f} s"))
+    return rows

@@ -1,0 +1,108 @@
+"""The bench stage, ``python -m pipeline.bundle bench`` and the policy report, on CPU bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.report import COLUMNS, main, write_report
+from pipeline.stages.package import PublishedBundle
+from tests.helpers import run
+from tests.integration.test_cli import cli
+
+BENCH = [
+    "stages=[build,compile,serialize,reload,verify,bench,package]",
+    "bench.warmup=2",
+    "bench.iterations=10",
+    "bench.rounds=2",
+    "bench.baselines=[eager,fresh]",
+]
+
+
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[PublishedBundle]]:
+    artifacts = tmp_path_factory.mktemp("bench")
+    bundles = []
+    for runtime in ("standard", "preallocated"):
+        result = run(artifacts, "model=tiny_cnn", f"runtime={runtime}", *BENCH, "bench.policies=[cudagraphs]")
+        assert result.bundle is not None
+        bundles.append(result.bundle)
+    return artifacts, bundles
+
+
+def test_bench_stage_records_every_variant_in_manifest_when_requested(
+    benched: tuple[Path, list[PublishedBundle]],
+) -> None:
+    _, bundles = benched
+    bench = bundles[0].manifest.bench
+    assert bench["policy"] == "standard"
+    assert set(bench["latency"]) == {"loaded", "loaded:cudagraphs", "eager", "fresh"}
+    for stats in bench["latency"].values():
+        assert stats["iterations"] == 10
+        assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+    assert bench["load"]["load_seconds"] > 0 and bench["load"]["first_call_seconds"] > 0
+
+
+def test_pipeline_rebuilds_when_bench_is_requested_for_bundle_built_without_it(tmp_path: Path) -> None:
+    plain = run(tmp_path, "model=tiny_cnn")
+    benched = run(tmp_path, "model=tiny_cnn", *BENCH)
+    assert plain.bundle is not None and benched.bundle is not None
+    assert not benched.bundle.reused and benched.bundle.manifest.bench
+    again = run(tmp_path, "model=tiny_cnn", *BENCH)
+    assert again.bundle is not None and again.bundle.reused
+
+
+def test_report_table_lists_each_variant_with_ratios_from_manifests_when_written(
+    benched: tuple[Path, list[PublishedBundle]],
+) -> None:
+    artifacts, bundles = benched
+    written = write_report(artifacts)
+    assert written is not None
+    table, picture = written
+    assert picture.stat().st_size > 1000 and picture.read_bytes()[:4] == b"\x89PNG"
+    lines = table.read_text().splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header == COLUMNS
+    rows = [
+        dict(zip(COLUMNS, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[4:]
+    ]
+    assert len(rows) == 8  # 2 bundles x (loaded, loaded:cudagraphs, eager, fresh)
+    loaded = [r for r in rows if r["variant"] == "loaded bundle"]
+    assert sorted(r["policy"] for r in loaded) == ["cudagraphs", "cudagraphs", "preallocated", "standard"]
+    for bundle in bundles:
+        latency = bundle.manifest.bench["latency"]
+        row = next(r for r in loaded if r["policy"] == bundle.manifest.bench["policy"])
+        assert float(row["median ms"]) == pytest.approx(latency["loaded"]["median_ms"], abs=1e-3)
+        expected = latency["loaded"]["median_ms"] / latency["fresh"]["median_ms"]
+        assert row["vs fresh"] == f"{expected:.2f}x"
+        assert float(row["compile s"]) == pytest.approx(bundle.manifest.timings["compile"], abs=0.05)
+
+
+def test_report_exits_1_when_no_bundle_was_benchmarked(tmp_path: Path) -> None:
+    assert main([str(tmp_path)]) == 1
+
+
+def test_bundle_bench_cli_writes_json_report_when_run_on_a_bundle(
+    benched: tuple[Path, list[PublishedBundle]], tmp_path: Path
+) -> None:
+    _, bundles = benched
+    out = tmp_path / "bench.json"
+    completed = cli(
+        "pipeline.bundle",
+        "bench",
+        str(bundles[0].path),
+        "--iterations",
+        "6",
+        "--warmup",
+        "1",
+        "--policies",
+        "preallocated",
+        "--json",
+        str(out),
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(out.read_text())
+    assert set(report["latency"]) == {"loaded", "loaded:preallocated"}
+    assert report["latency"]["loaded"]["iterations"] == 6

@@ -1,0 +1,31 @@
+"""Side-by-side latency measurement."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.timing import compare_latency
+
+
+@pytest.mark.parametrize(("iterations", "rounds"), [(10, 3), (7, 5), (3, 10), (1, 1)])
+def test_compare_latency_times_exactly_the_requested_calls_when_split_into_rounds(
+    iterations: int, rounds: int
+) -> None:
+    counts = {"a": 0, "b": 0}
+
+    def call(name: str) -> None:
+        counts[name] += 1
+
+    result = compare_latency(
+        {"a": lambda: call("a"), "b": lambda: call("b")}, warmup=2, iterations=iterations, rounds=rounds
+    )
+    assert counts == {"a": iterations + 2, "b": iterations + 2}
+    assert result["a"].iterations == result["b"].iterations == iterations
+
+
+def test_compare_latency_interleaves_variants_when_rounds_exceed_one() -> None:
+    order: list[str] = []
+    compare_latency(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=0, iterations=4, rounds=2
+    )
+    assert order == ["a", "a", "b", "b", "a", "a", "b", "b"]

@@ -26,6 +26,7 @@ COLUMNS = [
     "p90 ms",
     "device ms",
     "vs fresh",
+    "vs fresh same policy",
     "vs eager",
     "vs inductor",
     "idle MiB",
@@ -97,6 +98,9 @@ def rows_for(manifest: Manifest) -> list[Row]:
             "p90 ms": _fmt(stats["p90_ms"]),
             "device ms": _fmt(stats.get("device_median_ms")),
             "vs fresh": ratio("fresh"),
+            "vs fresh same policy": (
+                ratio(f"fresh:{policy}" if f"fresh:{policy}" in latency else "fresh") if is_loaded else ""
+            ),
             "vs eager": ratio("eager"),
             "vs inductor": ratio("inductor"),
             "idle MiB": _fmt(idle / 2**20, 0) if is_loaded and name == "loaded" and idle is not None else "",

@@ -18,7 +18,7 @@ from pipeline.config.schema import PipelineConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
 from pipeline.errors import VerificationError
-from pipeline.stages.bench import BenchReport, bench_model, report_rows
+from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
 from pipeline.stages.build import BuiltModel, build_model
 from pipeline.stages.compile import compile_model
 from pipeline.stages.package import PublishedBundle, package_bundle
@@ -135,7 +135,7 @@ def _build_bundle(
                 built.golden_inputs,
                 config.bench,
                 eager=built.eager,
-                fresh=compiled.module,
+                fresh=FreshModel(compiled.module, backend),
             )
         console.print(summary_table(report_rows(result.bench), title="bench"))
     if Stage.package not in config.stages:

@@ -62,21 +62,39 @@ def _timed_calls(call: Callable[[], object], count: int, host: list[float], devi
 
 
 def compare_latency(
-    calls: Mapping[str, Callable[[], object]], warmup: int = 50, iterations: int = 200, rounds: int = 5
+    calls: Mapping[str, Callable[[], object]],
+    warmup: int = 50,
+    iterations: int = 200,
+    rounds: int = 5,
+    prepare: Mapping[str, Callable[[], object]] | None = None,
+    settle: int = 3,
 ) -> dict[str, Latency]:
     """Latency of each call, measured side by side: warm-up each, then ``iterations`` timed calls
-    per variant spread over ``rounds`` interleaved rounds."""
+    per variant spread over ``rounds`` interleaved rounds.
+
+    Variants that share state (one module timed under several policies) name a ``prepare``
+    callable; it runs before the variant's warm-up and before each of its rounds, followed by
+    ``settle`` untimed calls (e.g. a CUDA graph re-recorded after a mode switch).
+    """
+    prepare = prepare or {}
     host: dict[str, list[float]] = {name: [] for name in calls}
     device: dict[str, list[float]] = {name: [] for name in calls}
     rounds = max(1, min(rounds, iterations))
     per_round = [iterations // rounds + (1 if r < iterations % rounds else 0) for r in range(rounds)]
     with torch.inference_mode():
-        for call in calls.values():
+        for name, call in calls.items():
+            if name in prepare:
+                prepare[name]()
             for _ in range(warmup):
                 call()
         _sync()
         for count in per_round:
             for name, call in calls.items():
+                if name in prepare and len(calls) > 1:
+                    prepare[name]()
+                    for _ in range(settle):
+                        call()
+                    _sync()
                 _timed_calls(call, count, host[name], device[name])
     return {name: _stats(host[name], device[name]) for name in calls}
 

@@ -39,7 +39,7 @@ class ExportBackend(Backend):
         return unguarded_module(torch.export.load(str(path)))
 
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
-        if _is_standard(policy):
+        if policy.is_default():
             return PolicyReport(policy=policy, applied=True)
         return PolicyReport(
             policy=policy,
@@ -55,10 +55,6 @@ class ExportBackend(Backend):
                 f"bundle was exported with torch {built_with['torch']}, this host has "
                 f"{torch.__version__}: an older torch cannot read it; upgrade torch or rebuild here"
             )
-
-
-def _is_standard(policy: RuntimeConfig) -> bool:
-    return not (policy.pre_allocated_outputs or policy.dynamic_allocation or policy.cuda_graphs)
 
 
 def _major_minor(version: str) -> tuple[int, ...]:

@@ -149,6 +149,10 @@ class RuntimeConfig:
     dynamic_allocation: bool = False
     cuda_graphs: bool = False
 
+    def is_default(self) -> bool:
+        """True when this policy changes nothing from Torch-TensorRT's defaults."""
+        return not (self.pre_allocated_outputs or self.dynamic_allocation or self.cuda_graphs)
+
 
 @dataclass
 class Tolerance:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.backends.base import Backend
 from pipeline.config.presets import runtime_preset
 from pipeline.config.schema import Baseline, BenchConfig, RuntimeConfig
 from pipeline.loaded import LoadedModel
@@ -107,14 +108,20 @@ def bench_model(
     inputs: tuple[torch.Tensor, ...],
     settings: BenchConfig,
     eager: nn.Module | None = None,
-    fresh: nn.Module | None = None,
+    fresh: FreshModel | None = None,
 ) -> BenchReport:
-    """Time the loaded model (and extra policies) against the requested baselines."""
+    """Time the loaded model (and extra policies) against the requested baselines.
+
+    With a fresh module, ``fresh`` is Torch-TensorRT's default (standard) state and
+    ``fresh:<policy>`` the same engines under each timed policy, for like-for-like ratios.
+    """
     loaded, load_measurement = measure_load(lambda: load(policy), inputs)
     calls: dict[str, Callable[[], object]] = {LOADED: lambda: loaded(*inputs)}
+    policies = [policy]
     for name in settings.policies:
         if name != policy.name:
             variant = load(runtime_preset(name))
+            policies.append(variant.policy)
             calls[f"{LOADED}:{name}"] = lambda variant=variant: variant(*inputs)  # type: ignore[misc]
     extra_seconds: dict[str, float] = {}
     if eager is not None and Baseline.eager in settings.baselines:
@@ -126,17 +133,41 @@ def bench_model(
             compiled(*inputs)
         extra_seconds["inductor_compile"] = time.perf_counter() - start
         calls[Baseline.inductor.value] = lambda: compiled(*inputs)
+    prepare: dict[str, Callable[[], object]] = {}
     if fresh is not None and Baseline.fresh in settings.baselines:
-        calls[Baseline.fresh.value] = lambda: fresh(*inputs)
+        variants = {Baseline.fresh.value: RuntimeConfig()}
+        variants.update({f"fresh:{p.name}": p for p in policies if not p.is_default()})
+        for name, fresh_policy in variants.items():
+            calls[name], prepare[name] = fresh.variant(fresh_policy, inputs)
     peak_from = None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         peak_from = torch.cuda.memory_allocated()
-    latency = compare_latency(calls, settings.warmup, settings.iterations, settings.rounds)
+    latency = compare_latency(calls, settings.warmup, settings.iterations, settings.rounds, prepare)
     finish_load_measurement(load_measurement, peak_from)
     return BenchReport(
         policy=policy.name, latency=latency, load=load_measurement, extra_seconds=extra_seconds
     )
+
+
+@dataclass
+class FreshModel:
+    """The freshly compiled module and the backend that can set policies on its engines."""
+
+    module: nn.Module
+    backend: Backend
+
+    def variant(
+        self, policy: RuntimeConfig, inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[Callable[[], object], Callable[[], object]]:
+        """A call under ``policy`` and the preparation that puts the policy on the engines."""
+        context = self.backend.call_context(policy)
+
+        def call() -> object:
+            with context:
+                return self.module(*inputs)
+
+        return call, lambda: self.backend.apply_policy(self.module, policy)
 
 
 def report_rows(report: BenchReport) -> list[tuple[str, str]]:

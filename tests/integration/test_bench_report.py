@@ -38,7 +38,9 @@ def test_bench_stage_records_every_variant_in_manifest_when_requested(
     _, bundles = benched
     bench = bundles[0].manifest.bench
     assert bench["policy"] == "standard"
-    assert set(bench["latency"]) == {"loaded", "loaded:cudagraphs", "eager", "fresh"}
+    assert set(bench["latency"]) == {"loaded", "loaded:cudagraphs", "eager", "fresh", "fresh:cudagraphs"}
+    preallocated = bundles[1].manifest.bench["latency"]
+    assert {"fresh:preallocated", "fresh:cudagraphs", "loaded:cudagraphs"} <= set(preallocated)
     for stats in bench["latency"].values():
         assert stats["iterations"] == 10
         assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
@@ -68,7 +70,7 @@ def test_report_table_lists_each_variant_with_ratios_from_manifests_when_written
     rows = [
         dict(zip(COLUMNS, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[4:]
     ]
-    assert len(rows) == 8  # 2 bundles x (loaded, loaded:cudagraphs, eager, fresh)
+    assert len(rows) == 11  # standard: 2 loaded + eager + 2 fresh; preallocated: 2 loaded + eager + 3 fresh
     loaded = [r for r in rows if r["variant"] == "loaded bundle"]
     assert sorted(r["policy"] for r in loaded) == ["cudagraphs", "cudagraphs", "preallocated", "standard"]
     for bundle in bundles:
@@ -77,6 +79,8 @@ def test_report_table_lists_each_variant_with_ratios_from_manifests_when_written
         assert float(row["median ms"]) == pytest.approx(latency["loaded"]["median_ms"], abs=1e-3)
         expected = latency["loaded"]["median_ms"] / latency["fresh"]["median_ms"]
         assert row["vs fresh"] == f"{expected:.2f}x"
+        same = latency.get(f"fresh:{bundle.manifest.bench['policy']}", latency["fresh"])
+        assert row["vs fresh same policy"] == f"{latency['loaded']['median_ms'] / same['median_ms']:.2f}x"
         assert float(row["compile s"]) == pytest.approx(bundle.manifest.timings["compile"], abs=0.05)
 
 

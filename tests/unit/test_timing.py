@@ -29,3 +29,12 @@ def test_compare_latency_interleaves_variants_when_rounds_exceed_one() -> None:
         {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=0, iterations=4, rounds=2
     )
     assert order == ["a", "a", "b", "b", "a", "a", "b", "b"]
+
+
+def test_compare_latency_prepares_shared_state_before_each_round_when_variants_share_it() -> None:
+    state = {"mode": ""}
+    seen: list[tuple[str, str]] = []
+    calls = {"a": lambda: seen.append(("a", state["mode"])), "b": lambda: seen.append(("b", state["mode"]))}
+    prepare = {"a": lambda: state.update(mode="A"), "b": lambda: state.update(mode="B")}
+    compare_latency(calls, warmup=1, iterations=4, rounds=2, prepare=prepare, settle=1)
+    assert all(mode == name.upper() for name, mode in seen)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# On the GPU host, from the repository root: install the wheelhouse, run `make bench` (the two seed
+# scenarios) and the per-call overhead comparison; copy the report and figures under $OUT.
+set -uo pipefail
+OUT=${OUT:-artifacts/gpu}
+ARTIFACTS=${BENCH_ARTIFACTS:-/tmp/bench-artifacts}
+mkdir -p "$OUT"
+# shellcheck disable=SC1091
+source .gpu-wheelhouse/install.sh .gpu-wheelhouse || exit 1
+export PYTHONUNBUFFERED=1
+quiet() { grep --line-buffered -vE "WARNING|modelopt|createInfer|TRT-LLM"; }
+make bench ARTIFACTS="$ARTIFACTS" 2>&1 | quiet | tee "$OUT/bench.log"
+status=${PIPESTATUS[0]}
+cp "$ARTIFACTS/report.md" "$ARTIFACTS/report.png" "$OUT/" 2>/dev/null
+bert=$(ls -d "$ARTIFACTS"/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
+if [ -n "$bert" ]; then
+  python3 scripts/reload_overhead.py "$bert" --json "$OUT/reload-overhead.json" 2>&1 | quiet
+  python3 -m pipeline.bundle bench "$bert" --json "$OUT/bert-bundle-bench.json" 2>&1 | quiet
+  du -b "$bert"/model/* "$bert"/golden.safetensors | tee "$OUT/bert-sizes.txt"
+fi
+exit "$status"

@@ -1,0 +1,74 @@
+"""Where a reloaded Torch-TensorRT module spends its time per call, side by side.
+
+    python scripts/reload_overhead.py BUNDLE [--json OUT]
+
+Times the same engines, under the bundle's policy, four ways: as ``torch.export.load(...).module()``
+returns them (guard function and input-constraint pre-hooks on every call), with those removed,
+through ``load_bundle`` (hooks removed, the loader's own input check added), and the engine op
+alone (``torch.ops.tensorrt.execute_engine``), the floor for Python-side overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from pipeline import load_bundle
+from pipeline.backends.engines import apply_to_engines, find_engines
+from pipeline.backends.exported import unguarded_module
+from pipeline.models import make_inputs
+from pipeline.timing import compare_latency
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("bundle")
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+
+    loaded = load_bundle(args.bundle)
+    policy = loaded.policy
+    inputs = make_inputs(loaded.specs, 0, loaded.precision, loaded.device)
+    model_file = str(loaded.root / loaded.manifest.model_file)
+    raw = torch.export.load(model_file).module()
+    stripped = unguarded_module(torch.export.load(model_file))
+    for module in (raw, stripped):
+        apply_to_engines(find_engines(module), policy)
+    context = loaded.backend.call_context(policy)
+
+    def under_policy(module: torch.nn.Module) -> object:
+        with context:
+            return module(*inputs)
+
+    calls = {
+        "torch.export.load().module()": lambda: under_policy(raw),
+        "hooks removed": lambda: under_policy(stripped),
+        "load_bundle (hooks removed + input check)": lambda: loaded(*inputs),
+    }
+    engines = find_engines(loaded.module)
+    if len(engines) == 1:
+        engine = engines[0].engine
+        calls["execute_engine op alone"] = lambda: under_policy_op(engine, inputs, context)
+    latency = compare_latency(calls, warmup=50, iterations=args.iterations, rounds=5)
+    rows = {name: asdict(value) for name, value in latency.items()}
+    for name, value in latency.items():
+        device = value.device_median_ms
+        print(f"{name:45s} median {value.median_ms:.3f} ms  p90 {value.p90_ms:.3f}  device {device}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({"policy": policy.name, "latency": rows}, indent=2))
+
+
+def under_policy_op(engine: object, inputs: tuple[torch.Tensor, ...], context: object) -> object:
+    with context:  # type: ignore[attr-defined]
+        return torch.ops.tensorrt.execute_engine(list(inputs), engine)
+
+
+if __name__ == "__main__":
+    main()

@@ -123,5 +123,8 @@ class LoadedModel:
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._check_inputs(inputs)
-        with torch.inference_mode(), self._call_context:
+        if torch.is_grad_enabled():
+            with torch.inference_mode(), self._call_context:
+                return tuple(self.module(*inputs))
+        with self._call_context:
             return tuple(self.module(*inputs))

@@ -3,23 +3,27 @@
     python scripts/reload_overhead.py BUNDLE [--json OUT]
 
 Times the same engines, under the bundle's policy, four ways: as ``torch.export.load(...).module()``
-returns them (guard function and input-constraint pre-hooks on every call), with those removed,
-through ``load_bundle`` (hooks removed, the loader's own input check added), and the engine op
-alone (``torch.ops.tensorrt.execute_engine``), the floor for Python-side overhead.
+returns them (guard function, input-constraint hooks and pytree wrapping on every call), with
+those removed (``flat_module``), through ``load_bundle`` (flat module plus the loader's own input
+check), and the engine op alone (``torch.ops.tensorrt.execute_engine``), the floor for
+Python-side overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
+
 from pipeline import load_bundle
 from pipeline.backends.engines import apply_to_engines, find_engines
-from pipeline.backends.exported import unguarded_module
+from pipeline.backends.exported import flat_module
 from pipeline.models import make_inputs
 from pipeline.timing import compare_latency
 
@@ -38,7 +42,7 @@ def main() -> None:
     inputs = make_inputs(loaded.specs, 0, loaded.precision, loaded.device)
     model_file = str(loaded.root / loaded.manifest.model_file)
     raw = torch.export.load(model_file).module()
-    stripped = unguarded_module(torch.export.load(model_file))
+    stripped = flat_module(torch.export.load(model_file))
     for module in (raw, stripped):
         apply_to_engines(find_engines(module), policy)
     context = loaded.backend.call_context(policy)
@@ -49,8 +53,8 @@ def main() -> None:
 
     calls = {
         "torch.export.load().module()": lambda: under_policy(raw),
-        "hooks removed": lambda: under_policy(stripped),
-        "load_bundle (hooks removed + input check)": lambda: loaded(*inputs),
+        "guards, hooks and pytree removed": lambda: under_policy(stripped),
+        "load_bundle (flat module + input check)": lambda: loaded(*inputs),
     }
     engines = find_engines(loaded.module)
     if len(engines) == 1:

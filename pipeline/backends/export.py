@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.backends.base import Backend, CompiledModel, PolicyReport
-from pipeline.backends.exported import dynamic_shapes, unguarded_module
+from pipeline.backends.exported import dynamic_shapes, flat_module
 from pipeline.config.schema import BackendKind, InputSpec, PipelineConfig, RuntimeConfig
 from pipeline.errors import BundleError
 
@@ -36,7 +36,7 @@ class ExportBackend(Backend):
         torch.export.save(compiled.artifact, str(path))
 
     def load(self, path: Path, device: torch.device) -> nn.Module:
-        return unguarded_module(torch.export.load(str(path)))
+        return flat_module(torch.export.load(str(path)))
 
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
         if policy.is_default():

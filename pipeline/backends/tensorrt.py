@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.backends.base import Backend, CompiledModel, PolicyReport
 from pipeline.backends.engines import ScopedMode, apply_to_engines, find_engines, resources_held
-from pipeline.backends.exported import dynamic_shapes, unguarded_module
+from pipeline.backends.exported import dynamic_shapes, flat_module
 from pipeline.config.schema import (
     BackendKind,
     CompileConfig,
@@ -147,7 +147,7 @@ class TensorRTBackend(Backend):
 
     def load(self, path: Path, device: torch.device) -> nn.Module:
         with torch.cuda.device(device):
-            return unguarded_module(torch.export.load(str(path)))
+            return flat_module(torch.export.load(str(path)))
 
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
         engines = find_engines(module)

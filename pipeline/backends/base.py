@@ -67,10 +67,6 @@ class Backend(ABC):
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
         """Configure every engine of a loaded ``module`` for ``policy``."""
 
-    @abstractmethod
-    def check_compatible(self, built_with: dict[str, str], compile_settings: dict[str, Any]) -> None:
-        """Raise BundleError when an artifact built in ``built_with`` cannot load on this host."""
-
     def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
         """A reusable context manager entered around each call (scopes process-wide modes)."""
         return nullcontext()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -12,7 +11,6 @@ from torch import nn
 from pipeline.backends.base import Backend, CompiledModel, PolicyReport
 from pipeline.backends.exported import dynamic_shapes, flat_module
 from pipeline.config.schema import BackendKind, InputSpec, PipelineConfig, RuntimeConfig
-from pipeline.errors import BundleError
 
 
 class ExportBackend(Backend):
@@ -46,17 +44,3 @@ class ExportBackend(Backend):
             applied=False,
             reason=f"runtime={policy.name} configures TensorRT engines; the export backend has none",
         )
-
-    def check_compatible(self, built_with: dict[str, str], compile_settings: dict[str, Any]) -> None:
-        built = _major_minor(built_with.get("torch", ""))
-        here = _major_minor(torch.__version__)
-        if built and built > here:
-            raise BundleError(
-                f"bundle was exported with torch {built_with['torch']}, this host has "
-                f"{torch.__version__}: an older torch cannot read it; upgrade torch or rebuild here"
-            )
-
-
-def _major_minor(version: str) -> tuple[int, ...]:
-    parts = version.split("+")[0].split(".")[:2]
-    return tuple(int(p) for p in parts if p.isdigit())

@@ -25,7 +25,7 @@ from pipeline.config.schema import (
     PipelineConfig,
     RuntimeConfig,
 )
-from pipeline.errors import BundleError, ConfigError
+from pipeline.errors import ConfigError
 from pipeline.models.inputs import torch_dtype
 
 
@@ -167,16 +167,3 @@ class TensorRTBackend(Backend):
 
     def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
         return resources_held(find_engines(module), policy)
-
-    def check_compatible(self, built_with: dict[str, str], compile_settings: dict[str, Any]) -> None:
-        here = self.environment()
-        keys = ["torch_tensorrt", "tensorrt", "tensorrt_build", "platform"]
-        if not compile_settings.get("hardware_compatible", False):
-            keys.append("sm")
-        for key in keys:
-            if built_with.get(key) != here.get(key):
-                raise BundleError(
-                    f"bundle engines were built for {key}={built_with.get(key)}, this host has "
-                    f"{key}={here.get(key)}: TensorRT engines do not load across these; rebuild "
-                    "the bundle on this host (python -m pipeline ...)"
-                )

@@ -1,4 +1,4 @@
-"""``python -m pipeline.bundle {pack,inspect,verify,bench} PATH``: tools for shipped bundles."""
+"""``python -m pipeline.bundle {pack,inspect,verify,bench,keygen,sign,gc}``: tools for bundles."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from pipeline.bundle.format import Manifest
 from pipeline.bundle.loader import bench_bundle, open_bundle, verify_bundle
 from pipeline.bundle.pack import pack_bundle
+from pipeline.bundle.store import BundleStore
+from pipeline.bundle.trust import TrustPolicy, generate_key_pair, sign_bundle
 from pipeline.config.schema import BenchConfig
 from pipeline.console import console, summary_table
 from pipeline.errors import PipelineError
@@ -60,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--warmup", type=int, default=BenchConfig.warmup)
     bench.add_argument("--iterations", type=int, default=BenchConfig.iterations)
     bench.add_argument("--json", dest="json_path", help="also write the report as JSON here")
+    keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing bundles")
+    keygen.add_argument("private", help="private key file to write (PEM, mode 600)")
+    keygen.add_argument("public", help="public key file to write (PEM): give it to hosts to trust")
+    sign = commands.add_parser("sign", help="sign a bundle directory's manifest (writes manifest.sig)")
+    sign.add_argument("path")
+    sign.add_argument("--key", required=True, help="ed25519 private key (PEM)")
+    gc = commands.add_parser("gc", help="remove staging directories left by builders that died")
+    gc.add_argument("artifacts", nargs="?", default="artifacts")
     args = parser.parse_args(argv)
     try:
         if args.command == "pack":
@@ -70,6 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(manifest.to_json(), end="")
             else:
                 console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
+        elif args.command == "keygen":
+            generate_key_pair(Path(args.private), Path(args.public))
+            print(args.public)
+        elif args.command == "sign":
+            root, _ = open_bundle(args.path, TrustPolicy())
+            print(sign_bundle(root, Path(args.key).read_bytes()))
+        elif args.command == "gc":
+            for removed in BundleStore(args.artifacts).collect_garbage():
+                print(f"removed {removed}")
         elif args.command == "bench":
             settings = BenchConfig(
                 warmup=args.warmup,

@@ -29,6 +29,9 @@ CONFIG_NAME = "config.yaml"
 GOLDEN_NAME = "golden.safetensors"
 MODEL_DIR = "model"
 DIGEST_KEY = "manifest_sha256"
+SIGNATURE_NAME = "manifest.sig"
+# Files that a manifest cannot list: itself, and a signature made over it.
+UNLISTED = (MANIFEST_NAME, SIGNATURE_NAME)
 GOLDEN_INPUT_PREFIX = "input."
 GOLDEN_OUTPUT_PREFIX = "output."
 _HASH_CHUNK = 8 << 20
@@ -161,7 +164,7 @@ def describe_files(root: Path) -> list[FileEntry]:
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
-        if relative != MANIFEST_NAME:
+        if relative not in UNLISTED:
             entries.append(FileEntry(relative, path.stat().st_size, sha256_file(path)))
     return entries
 
@@ -175,7 +178,11 @@ def read_manifest(root: Path) -> Manifest:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise BundleError(f"{MANIFEST_NAME}: not UTF-8 text (modified or corrupt)") from None
-    return Manifest.from_json(text)
+    manifest = Manifest.from_json(text)
+    # Byte-exact: whitespace or a dropped newline changes no value, but it is still a changed file.
+    if manifest.to_json() != text:
+        raise BundleError(f"{MANIFEST_NAME}: not in canonical form (modified)")
+    return manifest
 
 
 def check_files(root: Path, manifest: Manifest) -> None:
@@ -186,8 +193,10 @@ def check_files(root: Path, manifest: Manifest) -> None:
     listed = {entry.path for entry in manifest.files}
     for entry in manifest.files:
         path = (root / entry.path).resolve()
-        if not path.is_relative_to(root.resolve()) or entry.path == MANIFEST_NAME:
+        if not path.is_relative_to(root.resolve()) or entry.path in UNLISTED:
             raise BundleError(f"{entry.path}: file path escapes the bundle")
+        if (root / entry.path).is_symlink():
+            raise BundleError(f"{entry.path}: is a link; bundles hold only regular files")
         if not path.is_file():
             raise BundleError(f"{entry.path}: listed in the manifest but missing")
         size = path.stat().st_size
@@ -197,7 +206,7 @@ def check_files(root: Path, manifest: Manifest) -> None:
             raise BundleError(f"{entry.path}: sha256 does not match the manifest (modified or corrupt)")
     for path in root.rglob("*"):
         relative = path.relative_to(root).as_posix()
-        if path.is_file() and relative != MANIFEST_NAME and relative not in listed:
+        if (path.is_file() or path.is_symlink()) and relative not in UNLISTED and relative not in listed:
             raise BundleError(f"{relative}: file not listed in the manifest")
     if manifest.model_file not in listed:
         raise BundleError(f"{manifest.model_file}: the model file is not listed in the manifest")

@@ -7,15 +7,15 @@ and only then is the model file handed to its backend.
 
 from __future__ import annotations
 
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from pipeline.backends import get_backend
+from pipeline.backends import Backend, get_backend, tensorrt_unavailable_reason
+from pipeline.bundle.archive import extract_bundle
+from pipeline.bundle.compat import compatibility_problems
 from pipeline.bundle.format import (
     GOLDEN_INPUT_PREFIX,
     GOLDEN_NAME,
@@ -24,6 +24,7 @@ from pipeline.bundle.format import (
     check_files,
     read_manifest,
 )
+from pipeline.bundle.trust import TrustPolicy, check_signature
 from pipeline.config.presets import as_policy
 from pipeline.config.schema import (
     BackendKind,
@@ -34,6 +35,7 @@ from pipeline.config.schema import (
     RuntimeConfig,
     Tolerance,
 )
+from pipeline.console import console
 from pipeline.errors import BundleError
 from pipeline.loaded import LoadedModel
 from pipeline.models import make_inputs
@@ -50,11 +52,17 @@ class LoadedBundle(LoadedModel):
         super().__init__(**kwargs)
 
 
-def open_bundle(path: str | Path) -> tuple[Path, Manifest]:
-    """Locate (extracting a .tar.gz), read and integrity-check a bundle; deserialize nothing."""
+def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> tuple[Path, Manifest]:
+    """Locate (unpacking a .tar.gz safely), read and check a bundle; deserialize nothing.
+
+    Checks, in order: the manifest parses and matches its own digest; every listed file has its
+    size and sha256 and nothing unlisted is present; the signature, under the host's trust policy
+    (``PIPELINE_TRUSTED_KEYS``, ``PIPELINE_REQUIRE_SIGNATURE``) unless ``trust`` is given.
+    """
     root = _as_directory(Path(path))
     manifest = read_manifest(root)
     check_files(root, manifest)
+    check_signature(root, trust if trust is not None else TrustPolicy.from_environment())
     return root, manifest
 
 
@@ -62,21 +70,19 @@ def load_bundle(
     path: str | Path,
     runtime: RuntimeConfig | str | None = None,
     device: str | torch.device | None = None,
+    *,
+    trust: TrustPolicy | None = None,
+    force: bool = False,
 ) -> LoadedBundle:
     """Load a bundle directory or .tar.gz and put its runtime policy back on.
 
     ``runtime`` overrides the recorded policy (a preset name such as ``"cudagraphs"`` or a
     :class:`RuntimeConfig`); it can be switched later with ``loaded.set_runtime(...)``.
-    Raises :class:`BundleError` before deserializing anything if the bundle is not intact or
-    was built for another kind of host.
+    Raises :class:`BundleError` before deserializing anything if the bundle is not intact, not
+    trusted, or built for another kind of host (``force=True`` loads it anyway: for experts).
     """
-    root, manifest = open_bundle(path)
-    try:
-        kind = BackendKind(manifest.backend)
-    except ValueError:
-        raise BundleError(f"manifest.json: unknown backend {manifest.backend!r}") from None
-    backend = get_backend(kind)
-    backend.check_compatible(manifest.environment, manifest.compile_settings)
+    root, manifest = open_bundle(path, trust)
+    backend = _backend_for(manifest, force)
     target = torch.device(device) if device is not None else _default_device(manifest)
     module = backend.load(root / manifest.model_file, target)
     policy = as_policy(runtime) if runtime is not None else RuntimeConfig(**manifest.runtime["policy"])
@@ -89,8 +95,25 @@ def load_bundle(
         precision=Precision(manifest.precision),
         device=target,
         policy=policy,
-        expected_engines=manifest.engine_count if kind is BackendKind.tensorrt else None,
+        expected_engines=manifest.engine_count,
     )
+
+
+def _backend_for(manifest: Manifest, force: bool) -> Backend:
+    try:
+        kind = BackendKind(manifest.backend)
+    except ValueError:
+        raise BundleError(f"manifest.json: unknown backend {manifest.backend!r}") from None
+    if kind is BackendKind.tensorrt and (reason := tensorrt_unavailable_reason()) is not None:
+        raise BundleError(f"bundle holds TensorRT engines but {reason}")
+    backend = get_backend(kind)
+    hardware_compatible = bool(manifest.compile_settings.get("hardware_compatible", False))
+    problems = compatibility_problems(kind, manifest.environment, backend.environment(), hardware_compatible)
+    if problems and not force:
+        raise BundleError("bundle cannot load on this host: " + " | ".join(problems))
+    for problem in problems:
+        console.print(f"[yellow]warning (force=True):[/] {problem}")
+    return backend
 
 
 def verify_bundle(path: str | Path) -> VerificationReport:
@@ -135,19 +158,5 @@ def _as_directory(path: Path) -> Path:
     if path.is_dir():
         return path
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        return _extract(path)
+        return extract_bundle(path)
     raise BundleError(f"{path}: not a bundle directory or .tar.gz")
-
-
-def _extract(archive: Path) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="bundle-"))
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            # The "data" filter refuses absolute paths, "..", links and device files.
-            tar.extractall(target, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{archive}: cannot unpack ({exc})") from None
-    entries = [p for p in target.iterdir()]
-    if len(entries) != 1 or not entries[0].is_dir():
-        raise BundleError(f"{archive}: expected one bundle directory inside the archive")
-    return entries[0]

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from pipeline.bundle.format import MANIFEST_NAME
 
@@ -38,14 +38,35 @@ class BundleStore:
         """A fresh private directory to assemble a bundle in."""
         return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{bundle_id}-", dir=self.root))
 
-    def publish(self, staging: Path, name: str) -> Path:
+    def publish(self, staging: Path, name: str, bundle_id: str) -> Path:
         """Rename a complete staging directory to ``name``, replacing an older bundle of that name."""
         final = self.root / name
         if final.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}retired-", dir=self.root))
+            retired = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{bundle_id}-retired-", dir=self.root))
             os.replace(final, retired / name)
             os.replace(staging, final)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, final)
         return final
+
+    def collect_garbage(self) -> list[Path]:
+        """Remove staging directories left by builders that died (kill -9, power loss).
+
+        A staging directory belongs to the build holding its bundle's lock; one whose lock can be
+        taken at once has no live builder. Returns what was removed.
+        """
+        removed = []
+        for staging in sorted(self.root.glob(f"{STAGING_PREFIX}*")):
+            bundle_id = staging.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+            lock = self.lock(bundle_id)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                shutil.rmtree(staging, ignore_errors=True)
+                removed.append(staging)
+            finally:
+                lock.release()
+        return removed

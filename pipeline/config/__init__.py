@@ -1,6 +1,6 @@
 """Configuration: typed schema, ConfigStore registration and validation."""
 
-from pipeline.config.loading import CONFIG_DIR, compose, resolve, validate
+from pipeline.config.loading import CONFIG_DIR, compose, parse, resolve, validate
 from pipeline.config.schema import (
     BackendConfig,
     BackendKind,
@@ -40,6 +40,7 @@ __all__ = [
     "WeightsConfig",
     "WeightsSource",
     "compose",
+    "parse",
     "register_configs",
     "resolve",
     "validate",

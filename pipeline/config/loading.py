@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -64,11 +65,37 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
             GlobalHydra.instance().clear()
 
 
+def parse(data: Mapping[str, Any]) -> PipelineConfig:
+    """Merge plain data (e.g. a bundle's ``config.yaml``) onto the schema, convert and validate.
+
+    Never instantiates anything; raises only :class:`ConfigError` for bad data.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    try:
+        merged = OmegaConf.merge(_schema(), dict(data))
+    except (OmegaConfBaseException, ValueError, TypeError, RecursionError) as exc:
+        raise _composition_error(exc) from None
+    if not isinstance(merged, DictConfig):
+        raise ConfigError("a config must be a mapping")
+    try:
+        return resolve(merged)
+    except (TypeError, ValueError, AttributeError) as exc:
+        # OmegaConf lets some ill-typed nested values through; they fail in validation instead.
+        raise ConfigError(f"malformed config: {exc}") from None
+
+
+@functools.cache
+def _schema() -> DictConfig:
+    # Building the structured node is most of parse()'s cost; merge() copies it, never mutates it.
+    return OmegaConf.structured(PipelineConfig)
+
+
 def resolve(cfg: DictConfig) -> PipelineConfig:
     """Convert a composed config to the typed :class:`PipelineConfig` and validate it."""
     try:
         config = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, ValueError, TypeError) as exc:
         raise _composition_error(exc) from None
     if not isinstance(config, PipelineConfig):
         raise ConfigError(f"the config root is {type(config).__name__}, expected PipelineConfig")
@@ -89,6 +116,8 @@ def validate(config: PipelineConfig) -> None:
             raise ConfigError(f"verify.{name}: atol and rtol must be >= 0 and min_cosine in [-1, 1]")
     if config.bench.warmup < 0 or config.bench.iterations < 1 or config.bench.rounds < 1:
         raise ConfigError("bench.warmup must be >= 0, bench.iterations and bench.rounds >= 1")
+    if not all(isinstance(name, str) for name in config.bench.policies):
+        raise ConfigError("bench.policies must list runtime preset names")
     unknown = sorted(set(config.bench.policies) - set(runtime_names()))
     if unknown:
         raise ConfigError(
@@ -152,6 +181,8 @@ def _validate_compile_and_runtime(config: PipelineConfig) -> None:
 
 
 def _validate_stages(stages: list[Stage]) -> None:
+    if not all(isinstance(stage, Stage) for stage in stages):
+        raise ConfigError(f"stages must list stage names: {[s.value for s in Stage]}")
     if not stages:
         raise ConfigError(f"stages must name at least one of {[s.value for s in Stage]}")
     if len(set(stages)) != len(stages):

@@ -52,4 +52,4 @@ def package_bundle(
     (staging / CONFIG_NAME).write_text(config_yaml, encoding="utf-8")
     manifest.files = describe_files(staging)
     write_manifest(staging, manifest)
-    return PublishedBundle(path=store.publish(staging, name), manifest=manifest)
+    return PublishedBundle(path=store.publish(staging, name, manifest.bundle_id), manifest=manifest)

@@ -28,5 +28,5 @@ def reload_model(
         precision=config.precision,
         device=device,
         policy=policy or config.runtime,
-        expected_engines=compiled.engine_count if compiled.engine_count else None,
+        expected_engines=compiled.engine_count,
     )

@@ -1,0 +1,84 @@
+"""Safe unpacking of shipped ``.tar.gz`` bundles.
+
+Every member is vetted before anything is written: only regular files and directories, relative
+names without ``..``, no duplicates, one top-level bundle directory, and a bound on the total
+unpacked size and on the compression ratio (a decompression bomb declares its sizes honestly in
+the tar headers). Extraction then runs with Python's ``data`` filter as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import BundleError
+
+MAX_UNPACKED_BYTES = int(os.environ.get("PIPELINE_MAX_BUNDLE_BYTES", 64 << 30))
+MAX_MEMBERS = 10_000
+# Engines and weights barely compress; a ratio far above this is zeros, i.e. a bomb.
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECK_ABOVE_BYTES = 64 << 20
+
+
+def vet_members(archive: Path, tar: tarfile.TarFile) -> str:
+    """Check every member; return the name of the single top-level directory."""
+    members = tar.getmembers()
+    if len(members) > MAX_MEMBERS:
+        raise BundleError(f"{archive.name}: {len(members)} entries, more than {MAX_MEMBERS}")
+    seen: set[str] = set()
+    tops: set[str] = set()
+    total = 0
+    for member in members:
+        name = member.name
+        path = PurePosixPath(name)
+        if path.is_absolute() or name.startswith("/") or ".." in path.parts or "\\" in name:
+            raise BundleError(f"{archive.name}: entry {name!r} points outside the bundle")
+        if not (member.isfile() or member.isdir()):
+            kind = "link" if member.issym() or member.islnk() else "special file"
+            raise BundleError(f"{archive.name}: entry {name!r} is a {kind}; bundles hold only files")
+        normalized = path.as_posix().rstrip("/")
+        if normalized in seen:
+            raise BundleError(f"{archive.name}: entry {name!r} appears twice")
+        seen.add(normalized)
+        tops.add(path.parts[0])
+        total += member.size
+        if total > MAX_UNPACKED_BYTES:
+            raise BundleError(
+                f"{archive.name}: unpacks to more than {MAX_UNPACKED_BYTES} bytes "
+                "(PIPELINE_MAX_BUNDLE_BYTES raises the limit)"
+            )
+    packed = max(1, archive.stat().st_size)
+    if total > RATIO_CHECK_ABOVE_BYTES and total / packed > MAX_COMPRESSION_RATIO:
+        raise BundleError(
+            f"{archive.name}: {total} bytes from {packed} packed (ratio {total // packed}): "
+            "refusing a likely decompression bomb"
+        )
+    if len(tops) != 1:
+        raise BundleError(f"{archive.name}: expected one bundle directory inside, found {sorted(tops)}")
+    return tops.pop()
+
+
+def extract_bundle(archive: Path) -> Path:
+    """Unpack ``archive`` into a new private temporary directory (removed at exit); return the
+    bundle directory."""
+    target = Path(tempfile.mkdtemp(prefix="bundle-"))
+    atexit.register(shutil.rmtree, target, True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            top = vet_members(archive, tar)
+            tar.extractall(target, filter="data")
+    except BundleError:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise BundleError(f"{archive.name}: cannot unpack ({exc})") from None
+    root = target / top
+    if not root.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+        raise BundleError(f"{archive.name}: expected one bundle directory inside the archive")
+    return root

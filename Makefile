@@ -11,7 +11,7 @@ BUNDLE ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle test test-gpu bench report lint typecheck check clean
+.PHONY: help setup run bundle test test-gpu reliability bench report lint typecheck check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,8 +32,11 @@ bundle: $(STAMP) ## build a bundle and pack it as .tar.gz: make bundle MODEL=ber
 	@set -o pipefail; path=$$($(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS) | sed -n 's/^bundle: //p' | tail -n 1); \
 	test -n "$$path" && $(PY) -m pipeline.bundle pack "$$path"
 
-test: $(STAMP) ## test suite (what CI runs); GPU tests skip themselves without a GPU
-	$(PY) -m pytest -q
+test: $(STAMP) ## test suite (CI runs it with make reliability); GPU tests skip themselves without a GPU
+	$(PY) -m pytest -q -m "not reliability"
+
+reliability: $(STAMP) ## tampering, unpacking, signatures, kill -9, concurrency, compatibility, fuzzing: a table of counts
+	$(PY) -m pytest -q -p no:logging tests/reliability
 
 # The GPU host has no network: it runs with its own python3 plus the wheelhouse (README).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))

@@ -34,7 +34,9 @@ class Tally:
             message = str(error)
             if mentions and mentions not in message:
                 self.wrongly_accepted += 1
-                raise AssertionError(f"{self.check}: rejected without naming {mentions!r}: {message}") from error
+                raise AssertionError(
+                    f"{self.check}: rejected without naming {mentions!r}: {message}"
+                ) from error
             self.rejected += 1
             return message
         self.wrongly_accepted += 1

@@ -23,9 +23,12 @@ from tests.reliability.conftest import Tally
 
 pytestmark = pytest.mark.reliability
 
+
 def examples(count: int) -> settings:
     """Deterministic runs of ``count`` examples; each must finish within 1 s."""
-    return settings(max_examples=count, deadline=1000, suppress_health_check=list(HealthCheck), derandomize=True)
+    return settings(
+        max_examples=count, deadline=1000, suppress_health_check=list(HealthCheck), derandomize=True
+    )
 
 
 def schema_keys(node: Any = PipelineConfig) -> set[str]:
@@ -45,9 +48,15 @@ SCALARS = (
     | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=True)
     | st.text(max_size=12)
-    | st.sampled_from(["fp16", "fp32", "auto", "tensorrt", "export", "standard", "dynamic", "int32", "build", "???"])
+    | st.sampled_from(
+        ["fp16", "fp32", "auto", "tensorrt", "export", "standard", "dynamic", "int32", "build", "???"]
+    )
 )
-TREES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=25)
+TREES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5),
+    max_leaves=25,
+)
 VALID_CONFIG = config_dict(resolve(compose(["model=tiny_cnn"])))
 
 
@@ -66,7 +75,9 @@ def mutate(base: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
     return result
 
 
-def only_project_errors(tally: Tally, parser: Callable[[Any], object], data: Any, allowed: type[Exception]) -> None:
+def only_project_errors(
+    tally: Tally, parser: Callable[[Any], object], data: Any, allowed: type[Exception]
+) -> None:
     """Feed ``data`` to ``parser``: an ``allowed`` error counts as rejected, a valid input as accepted,
     anything else escapes (and fails the test)."""
     try:
@@ -74,9 +85,11 @@ def only_project_errors(tally: Tally, parser: Callable[[Any], object], data: Any
     except allowed:
         tally.count(rejected=True)
         return
-    except Exception as error:  # noqa: BLE001 - the point is to find anything else
+    except Exception as error:
         tally.count(rejected=False)
-        raise AssertionError(f"{type(error).__name__} escaped {parser.__qualname__}({data!r}): {error}") from error
+        raise AssertionError(
+            f"{type(error).__name__} escaped {parser.__qualname__}({data!r}): {error}"
+        ) from error
     tally.accepted_valid += 1
 
 
@@ -104,10 +117,25 @@ def test_config_parser_raises_only_config_error_when_fed_random_trees(tally: Cal
 
 VALID_MANIFEST = json.loads(
     Manifest(
-        format_version=1, pipeline_version="0.1.0", bundle_id="0" * 16, created_at="now", backend="export",
-        device="cpu", precision="fp32", model_name="m", model_file="model/model.pt2", environment={},
-        config=VALID_CONFIG, overrides=[], compile_settings={}, runtime={"policy": {}}, inputs=[], outputs=[],
-        verification={}, weights={}, engine_count=0,
+        format_version=1,
+        pipeline_version="0.1.0",
+        bundle_id="0" * 16,
+        created_at="now",
+        backend="export",
+        device="cpu",
+        precision="fp32",
+        model_name="m",
+        model_file="model/model.pt2",
+        environment={},
+        config=VALID_CONFIG,
+        overrides=[],
+        compile_settings={},
+        runtime={"policy": {}},
+        inputs=[],
+        outputs=[],
+        verification={},
+        weights={},
+        engine_count=0,
     ).to_json()
 )
 
@@ -116,12 +144,16 @@ def only_bundle_errors(tally: Tally, text: str) -> None:
     only_project_errors(tally, Manifest.from_json, text, BundleError)
 
 
-def test_manifest_parser_raises_only_bundle_error_when_fed_random_input(tally: Callable[[str], Tally]) -> None:
+def test_manifest_parser_raises_only_bundle_error_when_fed_random_input(
+    tally: Callable[[str], Tally],
+) -> None:
     check = tally("fuzz: manifest parser (text, JSON, mutated valid)")
     valid_text = json.dumps(VALID_MANIFEST, indent=2, sort_keys=True)
 
     @examples(5_000)
-    @given(st.one_of(st.text(max_size=200), TREES.map(json.dumps), st.dictionaries(KEYS, TREES).map(json.dumps)))
+    @given(
+        st.one_of(st.text(max_size=200), TREES.map(json.dumps), st.dictionaries(KEYS, TREES).map(json.dumps))
+    )
     def random_input(text: str) -> None:
         only_bundle_errors(check, text)
 

@@ -44,7 +44,11 @@ def damages(name: str, size: int) -> dict[str, Callable[[Path], None]]:
 
 @pytest.mark.parametrize("name", FILES)
 def test_load_bundle_rejects_every_damage_naming_the_file_when_swept(
-    name: str, cnn_bundle: PublishedBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tally: Callable[[str], Tally]
+    name: str,
+    cnn_bundle: PublishedBundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Callable[[str], Tally],
 ) -> None:
     check = tally("integrity sweep (flip, truncate, append, delete, rename)")
     calls = spy_deserializers(monkeypatch)
@@ -58,7 +62,10 @@ def test_load_bundle_rejects_every_damage_naming_the_file_when_swept(
 
 
 def test_load_bundle_rejects_extra_file_naming_it_when_added(
-    cnn_bundle: PublishedBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tally: Callable[[str], Tally]
+    cnn_bundle: PublishedBundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Callable[[str], Tally],
 ) -> None:
     check = tally("integrity: extra file")
     calls = spy_deserializers(monkeypatch)
@@ -116,16 +123,24 @@ class _Zeros(io.RawIOBase):
 
 
 HOSTILE: dict[str, Callable[[Path], Path]] = {
-    "parent traversal": lambda d: archive_with([file_member("b/manifest.json"), file_member("../evil")], d / "a.tar.gz"),
+    "parent traversal": lambda d: archive_with(
+        [file_member("b/manifest.json"), file_member("../evil")], d / "a.tar.gz"
+    ),
     "nested traversal": lambda d: archive_with([file_member("b/../../evil")], d / "a.tar.gz"),
-    "absolute path": lambda d: archive_with([file_member("b/x"), file_member(str(d / "evil"))], d / "a.tar.gz"),
-    "symlink": lambda d: archive_with([special_member("b/link", tarfile.SYMTYPE, "/etc/passwd")], d / "a.tar.gz"),
+    "absolute path": lambda d: archive_with(
+        [file_member("b/x"), file_member(str(d / "evil"))], d / "a.tar.gz"
+    ),
+    "symlink": lambda d: archive_with(
+        [special_member("b/link", tarfile.SYMTYPE, "/etc/passwd")], d / "a.tar.gz"
+    ),
     "hardlink": lambda d: archive_with(
         [file_member("b/x"), special_member("b/hard", tarfile.LNKTYPE, "/etc/passwd")], d / "a.tar.gz"
     ),
     "device file": lambda d: archive_with([special_member("b/dev", tarfile.CHRTYPE)], d / "a.tar.gz"),
     "fifo": lambda d: archive_with([special_member("b/fifo", tarfile.FIFOTYPE)], d / "a.tar.gz"),
-    "duplicate names": lambda d: archive_with([file_member("b/x", b"1"), file_member("b/x", b"2")], d / "a.tar.gz"),
+    "duplicate names": lambda d: archive_with(
+        [file_member("b/x", b"1"), file_member("b/x", b"2")], d / "a.tar.gz"
+    ),
     "two bundles": lambda d: archive_with([file_member("a/x"), file_member("b/x")], d / "a.tar.gz"),
     "decompression bomb": lambda d: bomb(d / "a.tar.gz"),
     "not gzip": lambda d: (d / "a.tar.gz").write_bytes(b"not an archive") and d / "a.tar.gz",

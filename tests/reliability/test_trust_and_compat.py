@@ -64,7 +64,11 @@ def attacks(keys: dict[str, bytes]) -> dict[str, tuple[str, Callable[[Path], Non
             lambda root: (root / SIGNATURE_NAME).write_bytes((root / SIGNATURE_NAME).read_bytes()[:40]),
             trusted,
         ),
-        "manifest edited after signing": ("trusted", lambda root: rewrite_manifest(root, model_name="evil"), trusted),
+        "manifest edited after signing": (
+            "trusted",
+            lambda root: rewrite_manifest(root, model_name="evil"),
+            trusted,
+        ),
         "unsigned when required": ("trusted", lambda root: (root / SIGNATURE_NAME).unlink(), trusted),
         "required without trusted keys": ("trusted", lambda root: None, TrustPolicy((), True)),
     }
@@ -72,8 +76,14 @@ def attacks(keys: dict[str, bytes]) -> dict[str, tuple[str, Callable[[Path], Non
 
 @pytest.mark.parametrize(
     "attack",
-    ["wrong key", "signed by an untrusted key", "truncated signature", "manifest edited after signing",
-     "unsigned when required", "required without trusted keys"],
+    [
+        "wrong key",
+        "signed by an untrusted key",
+        "truncated signature",
+        "manifest edited after signing",
+        "unsigned when required",
+        "required without trusted keys",
+    ],
 )
 def test_load_bundle_refuses_before_deserializing_when_signature_fails(
     attack: str,
@@ -105,19 +115,40 @@ H200_RTX_211 = {
 TABLE: list[tuple[str, dict[str, str], bool, list[str]]] = [
     ("same host", {}, False, []),
     ("H100: same SM, same stack", {"gpu": "NVIDIA H100 80GB HBM3"}, False, []),
-    ("A100: SM 8.0", {"sm": "8.0", "gpu": "NVIDIA A100"}, False, ["SM '9.0'", "SM '8.0'", "hardware_compatible"]),
+    (
+        "A100: SM 8.0",
+        {"sm": "8.0", "gpu": "NVIDIA A100"},
+        False,
+        ["SM '9.0'", "SM '8.0'", "hardware_compatible"],
+    ),
     ("A100, hardware-compatible engines", {"sm": "8.0"}, True, []),
     ("T4 (SM 7.5), hardware-compatible engines", {"sm": "7.5"}, True, ["SM >= 8.0", "'7.5'"]),
-    ("torch_tensorrt 2.14 (engine ABI 10)", {"torch_tensorrt": "2.14.0", "torch": "2.14.1"}, False, ["'2.11.0'", "'2.14.0'"]),
-    ("standard TensorRT build", {"tensorrt_build": "tensorrt", "tensorrt": "10.14.1"}, False, ["TensorRT build", "TensorRT version"]),
+    (
+        "torch_tensorrt 2.14 (engine ABI 10)",
+        {"torch_tensorrt": "2.14.0", "torch": "2.14.1"},
+        False,
+        ["'2.11.0'", "'2.14.0'"],
+    ),
+    (
+        "standard TensorRT build",
+        {"tensorrt_build": "tensorrt", "tensorrt": "10.14.1"},
+        False,
+        ["TensorRT build", "TensorRT version"],
+    ),
     ("TensorRT-RTX 1.5", {"tensorrt": "1.5.0.1"}, False, ["'1.4.0.76'", "'1.5.0.1'"]),
     ("aarch64 host", {"platform": "aarch64"}, False, ["platform"]),
 ]
 
 
-@pytest.mark.parametrize(("label", "host_changes", "hardware_compatible", "words"), TABLE, ids=[t[0] for t in TABLE])
+@pytest.mark.parametrize(
+    ("label", "host_changes", "hardware_compatible", "words"), TABLE, ids=[t[0] for t in TABLE]
+)
 def test_compatibility_gate_decides_from_fingerprints_when_hosts_differ(
-    label: str, host_changes: dict[str, str], hardware_compatible: bool, words: list[str], tally: Callable[[str], Tally]
+    label: str,
+    host_changes: dict[str, str],
+    hardware_compatible: bool,
+    words: list[str],
+    tally: Callable[[str], Tally],
 ) -> None:
     problems = compatibility_problems(
         BackendKind.tensorrt, H200_RTX_211, {**H200_RTX_211, **host_changes}, hardware_compatible
@@ -132,7 +163,10 @@ def test_compatibility_gate_decides_from_fingerprints_when_hosts_differ(
 
 
 def test_export_gate_refuses_bundle_from_newer_torch_unless_forced(
-    cnn_bundle: PublishedBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tally: Callable[[str], Tally]
+    cnn_bundle: PublishedBundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Callable[[str], Tally],
 ) -> None:
     root = fresh_copy(cnn_bundle, tmp_path)
     rewrite_manifest(root, environment={**cnn_bundle.manifest.environment, "torch": "9.9.0"})
@@ -145,7 +179,10 @@ def test_export_gate_refuses_bundle_from_newer_torch_unless_forced(
 
 
 def test_tensorrt_bundle_is_refused_cleanly_when_host_has_no_gpu(
-    cnn_bundle: PublishedBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tally: Callable[[str], Tally]
+    cnn_bundle: PublishedBundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Callable[[str], Tally],
 ) -> None:
     import torch
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import cli
@@ -15,7 +17,15 @@ from pipeline.config import CONFIG_DIR, register_configs
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Compile, serialize, reload, verify and package the configured model."""
-    cli.run(cfg, list(HydraConfig.get().overrides.task))
+    hydra_config = HydraConfig.get()
+    job = cli.JobContext(
+        overrides=list(hydra_config.overrides.task),
+        output_dir=Path(hydra_config.runtime.output_dir),
+        original_cwd=Path(hydra_config.runtime.cwd),
+        job=str(hydra_config.job.num) if hydra_config.job.num is not None else "0",
+        multirun=hydra_config.mode == RunMode.MULTIRUN,
+    )
+    cli.run(cfg, job)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import NoReturn
 
 from omegaconf import DictConfig
@@ -11,7 +13,19 @@ from omegaconf import DictConfig
 from pipeline.config import compose, resolve
 from pipeline.console import console
 from pipeline.errors import PipelineError
-from pipeline.runner import print_summary, run_pipeline
+from pipeline.runner import RunResult, print_summary, run_pipeline
+from pipeline.sweep import JobOutcome
+
+
+@dataclass
+class JobContext:
+    """Where and how Hydra runs this job (filled in by ``pipeline/__main__.py``)."""
+
+    overrides: list[str]
+    output_dir: Path
+    original_cwd: Path
+    job: str = "0"
+    multirun: bool = False
 
 
 def fail(error: PipelineError) -> NoReturn:
@@ -34,10 +48,47 @@ def precheck(argv: Sequence[str]) -> None:
         fail(error)
 
 
-def run(cfg: DictConfig, overrides: list[str]) -> None:
-    """Resolve ``cfg``, run the pipeline, print the summary; project errors exit cleanly."""
+def run(cfg: DictConfig, job: JobContext) -> None:
+    """Resolve ``cfg`` and run the pipeline.
+
+    A single run exits with the error's code on failure. A sweep job records its outcome in its
+    output directory instead and returns, so that one failed job never stops the others.
+    """
     try:
-        result = run_pipeline(resolve(cfg), overrides)
+        config = resolve(cfg)
+        # Jobs of a sweep may run with another working directory (Ray workers): anchor the store.
+        artifacts = Path(config.artifacts_dir)
+        config = replace(
+            config, artifacts_dir=str(artifacts if artifacts.is_absolute() else job.original_cwd / artifacts)
+        )
+        result = run_pipeline(config, job.overrides)
     except PipelineError as error:
-        fail(error)
+        if not job.multirun:
+            fail(error)
+        _outcome(job, error=str(error)).write(job.output_dir)
+        return
+    except Exception as error:
+        if not job.multirun:
+            raise
+        _outcome(job, error=f"{type(error).__name__}: {error}").write(job.output_dir)
+        return
     print_summary(result)
+    if job.multirun:
+        _outcome(job, result=result).write(job.output_dir)
+
+
+def _outcome(job: JobContext, result: RunResult | None = None, error: str = "") -> JobOutcome:
+    outcome = JobOutcome(
+        job=job.job, overrides=job.overrides, status="failed" if error else "ok", error=error
+    )
+    if result is not None:
+        outcome.seconds = dict(result.seconds)
+        if result.bundle is not None:
+            outcome.bundle = str(result.bundle.path)
+            outcome.reused = result.bundle.reused
+            runtime = result.bundle.manifest.runtime
+            outcome.runtime = (
+                f"{runtime['policy']['name']} ({'applied' if runtime['applied'] else 'not applied'})"
+            )
+            outcome.verdict = "PASS" if result.bundle.manifest.verification.get("passed") else "FAIL"
+    return outcome

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU host, from the repository root: install the wheelhouse, run `make bench` (the two seed
-# scenarios) and the per-call overhead comparison; copy the report and figures under $OUT.
+# scenarios), the per-call overhead comparison and a 3-job submitit sweep (BERT fp16 x standard /
+# preallocated / cudagraphs); copy the report, figures and sweep summary under $OUT.
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 ARTIFACTS=${BENCH_ARTIFACTS:-/tmp/bench-artifacts}
@@ -18,4 +19,7 @@ if [ -n "$bert" ]; then
   python3 -m pipeline.bundle bench "$bert" --json "$OUT/bert-bundle-bench.json" 2>&1 | quiet
   du -b "$bert"/model/* "$bert"/golden.safetensors | tee "$OUT/bert-sizes.txt"
 fi
+python3 -m pipeline -m hydra/launcher=local model=bert precision=fp16 runtime=standard,preallocated,cudagraphs \
+  artifacts_dir="$ARTIFACTS" hydra.sweep.dir="$ARTIFACTS/sweep" 2>&1 | quiet | tail -n 25
+cp "$ARTIFACTS/sweep/summary.md" "$OUT/sweep-summary.md" 2>/dev/null
 exit "$status"

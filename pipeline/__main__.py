@@ -18,12 +18,13 @@ from pipeline.config import CONFIG_DIR, register_configs
 def main(cfg: DictConfig) -> None:
     """Compile, serialize, reload, verify and package the configured model."""
     hydra_config = HydraConfig.get()
+    multirun = hydra_config.mode == RunMode.MULTIRUN
     job = cli.JobContext(
         overrides=list(hydra_config.overrides.task),
         output_dir=Path(hydra_config.runtime.output_dir),
         original_cwd=Path(hydra_config.runtime.cwd),
-        job=str(hydra_config.job.num) if hydra_config.job.num is not None else "0",
-        multirun=hydra_config.mode == RunMode.MULTIRUN,
+        job=str(hydra_config.job.num) if multirun else "0",  # job.num is unset outside sweeps
+        multirun=multirun,
     )
     cli.run(cfg, job)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pipeline.bundle.format import FORMAT_VERSION, Manifest
 from pipeline.config import WeightsConfig, compose, resolve
 from pipeline.config.schema import PipelineConfig
 from pipeline.runner import RunResult, run_pipeline
@@ -41,3 +43,38 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     index = len(data) // 2 if offset is None else offset
     data[index] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for running ``python -m pipeline...`` from the repository in a subprocess."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+
+
+def sample_manifest(**fields: Any) -> Manifest:
+    """A well-formed manifest of an export bundle; ``fields`` override any value."""
+    values: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "pipeline_version": "0.1.0",
+        "bundle_id": "0" * 16,
+        "created_at": "2026-11-22T00:00:00+00:00",
+        "backend": "export",
+        "device": "cpu",
+        "precision": "fp32",
+        "model_name": "tiny_cnn",
+        "model_file": "model/model.pt2",
+        "environment": {"torch": "2.14.1"},
+        "config": {},
+        "overrides": [],
+        "compile_settings": {},
+        "runtime": {"policy": {"name": "standard"}, "applied": True, "reason": ""},
+        "inputs": [],
+        "outputs": [],
+        "verification": {"passed": True},
+        "weights": {"source": "random"},
+        "engine_count": 0,
+    }
+    values.update(fields)
+    return Manifest(**values)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +11,17 @@ import pytest
 import torch
 
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import flip_byte
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, flip_byte, subprocess_env
 
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    """Run ``python -m ARGS`` from the repository, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env=subprocess_env(),
         timeout=600,
         check=False,
     )

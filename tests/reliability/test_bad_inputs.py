@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +12,10 @@ import torch
 from pipeline import load_bundle
 from pipeline.models import make_inputs
 from pipeline.stages.package import PublishedBundle
+from tests.helpers import REPO
 from tests.reliability.conftest import Tally
 
 pytestmark = pytest.mark.reliability
-REPO = Path(__file__).resolve().parents[2]
 
 BAD: dict[str, Callable[[torch.Tensor], tuple[object, ...]]] = {
     "dtype float64": lambda x: (x.double(),),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -16,11 +15,11 @@ from pipeline.bundle.loader import open_bundle
 from pipeline.bundle.store import STAGING_PREFIX, BundleStore
 from pipeline.bundle.trust import TrustPolicy
 from pipeline.errors import BundleError
+from tests.helpers import REPO, subprocess_env
 from tests.reliability.conftest import Tally
 
 pytestmark = pytest.mark.reliability
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+ENV = subprocess_env()
 TRIALS = 51
 
 

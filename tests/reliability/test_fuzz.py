@@ -19,6 +19,7 @@ from pipeline.bundle.format import Manifest
 from pipeline.config import PipelineConfig, compose, parse, resolve
 from pipeline.errors import BundleError, ConfigError
 from pipeline.runner import config_dict
+from tests.helpers import sample_manifest
 from tests.reliability.conftest import Tally
 
 pytestmark = pytest.mark.reliability
@@ -115,29 +116,7 @@ def test_config_parser_raises_only_config_error_when_fed_random_trees(tally: Cal
     assert check.wrongly_accepted == 0
 
 
-VALID_MANIFEST = json.loads(
-    Manifest(
-        format_version=1,
-        pipeline_version="0.1.0",
-        bundle_id="0" * 16,
-        created_at="now",
-        backend="export",
-        device="cpu",
-        precision="fp32",
-        model_name="m",
-        model_file="model/model.pt2",
-        environment={},
-        config=VALID_CONFIG,
-        overrides=[],
-        compile_settings={},
-        runtime={"policy": {}},
-        inputs=[],
-        outputs=[],
-        verification={},
-        weights={},
-        engine_count=0,
-    ).to_json()
-)
+VALID_MANIFEST = json.loads(sample_manifest(config=VALID_CONFIG).to_json())
 
 
 def only_bundle_errors(tally: Tally, text: str) -> None:

@@ -8,33 +8,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.bundle.format import FORMAT_VERSION, FileEntry, Manifest, _content_digest, bundle_id
+from pipeline.bundle.format import FileEntry, Manifest, _content_digest, bundle_id
 from pipeline.errors import BundleError
+from tests import helpers
 
 
 def sample_manifest() -> Manifest:
-    return Manifest(
-        format_version=FORMAT_VERSION,
-        pipeline_version="0.1.0",
-        bundle_id="abc",
-        created_at="2026-11-22T00:00:00+00:00",
-        backend="export",
-        device="cpu",
-        precision="fp32",
-        model_name="tiny_cnn",
-        model_file="model/model.pt2",
-        environment={"torch": "2.14.1"},
-        config={},
-        overrides=[],
-        compile_settings={},
-        runtime={"policy": {"name": "standard"}, "applied": True, "reason": ""},
-        inputs=[],
-        outputs=[],
-        verification={"passed": True},
-        weights={"source": "random"},
-        engine_count=0,
-        files=[FileEntry("model/model.pt2", 3, "00")],
-    )
+    return helpers.sample_manifest(bundle_id="abc", files=[FileEntry("model/model.pt2", 3, "00")])
 
 
 def test_manifest_round_trips_through_json_when_written_and_read() -> None:

@@ -7,7 +7,6 @@ MODEL ?= bert
 RUNTIME ?= standard
 PRECISION ?= fp32
 ARGS ?=
-BUNDLE ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -15,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
-	@echo "  overrides: MODEL=$(MODEL) RUNTIME=$(RUNTIME) PRECISION=$(PRECISION) ARGS='...' BUNDLE=PATH"
+	@echo "  overrides: MODEL=$(MODEL) RUNTIME=$(RUNTIME) PRECISION=$(PRECISION) ARGS='...' ARTIFACTS=$(ARTIFACTS)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

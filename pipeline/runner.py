@@ -72,9 +72,10 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
         return result
 
     store = BundleStore(config.artifacts_dir)
-    environment = {**host_environment(), **choice.backend.environment()}
+    backend_environment = choice.backend.environment()
+    environment = {**host_environment(), **backend_environment}
     identity = {k: v for k, v in config_dict(config).items() if k not in _NOT_IDENTITY}
-    bid = bundle_id(identity, choice.backend.environment(), built.weights_sha256)
+    bid = bundle_id(identity, backend_environment, built.weights_sha256)
     with store.lock(bid):
         existing = store.find(bid)
         if existing is not None and Stage.package in config.stages and not config.force:

@@ -36,7 +36,7 @@ def flat_module(program: torch.export.ExportedProgram) -> nn.Module:
     exit hooks, and pytree flattening of inputs and outputs. The loaded model's own input check
     (see :mod:`pipeline.loaded`) already guarantees what those re-check, and our models take and
     return flat tensors, so all of it is removed: ``forward(*tensors) -> tuple of tensors``.
-    On a ~1 ms engine this is worth ~0.2 ms a call.
+    On BERT-base fp16 (H200) this took a call from 0.78-0.95 ms to 0.70-0.84 ms.
     """
     if "check_guards" in inspect.signature(program.module).parameters:
         module = program.module(check_guards=False)

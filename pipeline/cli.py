@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from pipeline.config import compose, resolve
 from pipeline.console import console
@@ -30,7 +31,8 @@ class JobContext:
 
 def fail(error: PipelineError) -> NoReturn:
     """Print the error's one line and exit with its code (2: config, 1: everything else)."""
-    console.print(f"[red]error:[/] {error}", soft_wrap=True)
+    # Messages quote lists and usage lines in brackets, which rich would take for markup.
+    console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
     sys.exit(error.exit_code)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 
 from rich.console import Console
 from rich.table import Table
-
-from pipeline.config.schema import Stage
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -22,8 +21,8 @@ class StageClock:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, stage: Stage, detail: str = "") -> Iterator[None]:
-        """Run the body as ``stage``: spinner while running, a line with its time after."""
+    def stage(self, stage: Enum, detail: str = "") -> Iterator[None]:
+        """Run the body as ``stage`` (a pipeline or refit step): spinner, then its time."""
         label = f"{stage.value}{f' ({detail})' if detail else ''}"
         start = time.perf_counter()
         try:
@@ -36,7 +35,7 @@ class StageClock:
         self.seconds[stage.value] = time.perf_counter() - start
         self.out.print(f"[green]✓[/] {label} {self.seconds[stage.value]:.1f}s")
 
-    def skipped(self, stage: Stage, why: str) -> None:
+    def skipped(self, stage: Enum, why: str) -> None:
         """Note a stage that did not run."""
         self.out.print(f"[dim]- {stage.value}: {why}[/]")
 

@@ -29,3 +29,11 @@ class BundleError(PipelineError):
 
 class InputValidationError(PipelineError, ValueError):
     """Inputs passed to a loaded model that do not match its declared input specs."""
+
+
+class NotRefittableError(ConfigError):
+    """A bundle whose engines cannot take new weights (immutable weights, no engines, ...)."""
+
+
+class WeightsMismatchError(ConfigError):
+    """New weights that do not fit the bundle's architecture (missing, unexpected, mis-shaped)."""

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import datetime
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
 import pipeline
 from pipeline.backends import BackendChoice, CompiledModel, PolicyReport, select_backend
-from pipeline.bundle.format import FORMAT_VERSION, Manifest, bundle_dir_name, bundle_id, read_manifest
+from pipeline.bundle.format import (
+    FORMAT_VERSION,
+    Manifest,
+    bundle_dir_name,
+    bundle_id,
+    config_identity,
+    describe_outputs,
+    read_manifest,
+)
 from pipeline.bundle.store import BundleStore
+from pipeline.config import config_dict
 from pipeline.config.schema import PipelineConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
@@ -25,9 +33,6 @@ from pipeline.stages.package import PublishedBundle, package_bundle
 from pipeline.stages.reload import reload_model
 from pipeline.stages.serialize import serialize_model
 from pipeline.stages.verify import VerifiedModel, verify_model
-
-# Keys that change where or whether things run, not what the bundle holds.
-_NOT_IDENTITY = ("artifacts_dir", "force", "stages", "bench")
 
 
 @dataclass
@@ -51,13 +56,6 @@ class RunResult:
         return self.verified is None or self.verified.report.passed
 
 
-def config_dict(config: PipelineConfig) -> dict[str, Any]:
-    """The resolved config as plain JSON-ready data (enums as their values)."""
-    container = OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
-    assert isinstance(container, dict)
-    return {str(k): v for k, v in container.items()}
-
-
 def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> RunResult:
     """Run ``config.stages``; raises VerificationError (nothing published) on a failed check."""
     choice = select_backend(config.backend.kind, config.backend.device)
@@ -74,8 +72,7 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
     store = BundleStore(config.artifacts_dir)
     backend_environment = choice.backend.environment()
     environment = {**host_environment(), **backend_environment}
-    identity = {k: v for k, v in config_dict(config).items() if k not in _NOT_IDENTITY}
-    bid = bundle_id(identity, backend_environment, built.weights_sha256)
+    bid = bundle_id(config_identity(config_dict(config)), backend_environment, built.weights_sha256)
     with store.lock(bid):
         existing = store.find(bid)
         if existing is not None and Stage.package in config.stages and not config.force:
@@ -157,17 +154,9 @@ def _build_bundle(
             config=resolved,
             overrides=overrides,
             compile_settings=resolved["compile"],
-            runtime={
-                "policy": asdict(policy_report.policy),
-                "applied": policy_report.applied,
-                "reason": policy_report.reason,
-                "engines_configured": policy_report.engines_configured,
-            },
+            runtime=policy_report.manifest_record(),
             inputs=resolved["model"]["inputs"],
-            outputs=[
-                {"index": i, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                for i, t in enumerate(verified.golden_outputs)
-            ],
+            outputs=describe_outputs(verified.golden_outputs),
             verification=verified.report.to_dict(),
             weights={**resolved["model"]["weights"], "sha256": built.weights_sha256},
             engine_count=compiled.engine_count,

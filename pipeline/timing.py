@@ -11,8 +11,9 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +27,22 @@ class Latency:
     min_ms: float
     device_median_ms: float | None
     iterations: int
+
+
+@dataclass
+class Stopwatch:
+    """Wall-clock seconds of named steps, in the order they ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def lap(self, name: str) -> Iterator[None]:
+        """Time the body as step ``name``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - start
 
 
 def _sync() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,19 @@ REPO = Path(__file__).resolve().parents[1]
 def subprocess_env() -> dict[str, str]:
     """Environment for running ``python -m pipeline...`` from the repository in a subprocess."""
     return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ARGS`` from the repository, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=subprocess_env(),
+        timeout=600,
+        check=False,
+    )
 
 
 def sample_manifest(**fields: Any) -> Manifest:

@@ -7,11 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.backends.base import Backend, CompiledModel, PolicyReport
+from pipeline.backends.base import Backend, CompiledModel, PolicyReport, RefitReport
 from pipeline.config.schema import BackendKind, DeviceKind
 from pipeline.errors import BackendUnavailableError
 
-__all__ = ["Backend", "BackendChoice", "CompiledModel", "PolicyReport", "get_backend", "select_backend"]
+__all__ = [
+    "Backend",
+    "BackendChoice",
+    "CompiledModel",
+    "PolicyReport",
+    "RefitReport",
+    "get_backend",
+    "select_backend",
+]
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.config.schema import BackendKind, InputSpec, PipelineConfig, RuntimeConfig
+from pipeline.errors import NotRefittableError
 
 
 @dataclass
@@ -33,6 +34,23 @@ class PolicyReport:
     engines_configured: int = 0
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def manifest_record(self) -> dict[str, Any]:
+        """The ``runtime`` section of a bundle manifest: what loaders put back on."""
+        return {
+            "policy": asdict(self.policy),
+            "applied": self.applied,
+            "reason": self.reason,
+            "engines_configured": self.engines_configured,
+        }
+
+
+@dataclass
+class RefitReport:
+    """What a refit did: engines refitted, and the seconds each of its steps took."""
+
+    engines: int
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Backend(ABC):
@@ -66,6 +84,22 @@ class Backend(ABC):
     @abstractmethod
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
         """Configure every engine of a loaded ``module`` for ``policy``."""
+
+    def refit(
+        self,
+        artifact: Path,
+        model: nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        specs: list[InputSpec],
+        target: Path,
+        device: torch.device,
+    ) -> RefitReport:
+        """Write ``artifact`` to ``target`` with every engine refitted to ``model``'s weights.
+
+        ``model`` is the eager model (same architecture, new weights) on ``device``. Backends
+        without engines cannot refit.
+        """
+        raise NotRefittableError(f"the {self.kind.value} backend has no engines to refit")
 
     def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
         """A reusable context manager entered around each call (scopes process-wide modes)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -212,6 +213,14 @@ def check_files(root: Path, manifest: Manifest) -> None:
         raise BundleError(f"{manifest.model_file}: the model file is not listed in the manifest")
 
 
+def describe_outputs(outputs: Sequence[Any]) -> list[dict[str, Any]]:
+    """The ``outputs`` section of a manifest: index, shape and dtype of each output tensor."""
+    return [
+        {"index": i, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        for i, t in enumerate(outputs)
+    ]
+
+
 def write_manifest(root: Path, manifest: Manifest) -> None:
     """Write ``manifest.json`` and flush it to disk."""
     path = root / MANIFEST_NAME
@@ -224,6 +233,15 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
 def bundle_dir_name(model: str, precision: str, runtime: str, backend: str, bundle_id: str) -> str:
     """Directory name of a bundle: readable prefix, content-derived id."""
     return f"{model}-{precision}-{runtime}-{backend}-{bundle_id}"
+
+
+# Config keys that change where or whether things run, not what a bundle holds.
+NOT_IDENTITY = ("artifacts_dir", "force", "stages", "bench")
+
+
+def config_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config (as plain data) that decides a bundle's content."""
+    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
 
 
 def bundle_id(config: dict[str, Any], environment: dict[str, str], weights_sha256: str) -> str:

@@ -82,8 +82,8 @@ def load_bundle(
     trusted, or built for another kind of host (``force=True`` loads it anyway: for experts).
     """
     root, manifest = open_bundle(path, trust)
-    backend = _backend_for(manifest, force)
-    target = torch.device(device) if device is not None else _default_device(manifest)
+    backend = backend_for_manifest(manifest, force)
+    target = torch.device(device) if device is not None else default_device(manifest)
     module = backend.load(root / manifest.model_file, target)
     policy = as_policy(runtime) if runtime is not None else RuntimeConfig(**manifest.runtime["policy"])
     return LoadedBundle(
@@ -99,7 +99,8 @@ def load_bundle(
     )
 
 
-def _backend_for(manifest: Manifest, force: bool) -> Backend:
+def backend_for_manifest(manifest: Manifest, force: bool) -> Backend:
+    """The backend that reads this bundle, once this host is known to be able to run it."""
     try:
         kind = BackendKind(manifest.backend)
     except ValueError:
@@ -133,7 +134,7 @@ def bench_bundle(path: str | Path, runtime: str | None, settings: BenchConfig) -
     root, manifest = open_bundle(path)
     policy = as_policy(runtime) if runtime else RuntimeConfig(**manifest.runtime["policy"])
     specs = input_specs(manifest)
-    device = _default_device(manifest)
+    device = default_device(manifest)
     inputs = make_inputs(specs, 0, Precision(manifest.precision), device)
     return bench_model(lambda p: load_bundle(root, runtime=p), policy, inputs, settings)
 
@@ -146,7 +147,8 @@ def input_specs(manifest: Manifest) -> list[InputSpec]:
         raise BundleError(f"manifest.json: malformed input spec ({exc})") from None
 
 
-def _default_device(manifest: Manifest) -> torch.device:
+def default_device(manifest: Manifest) -> torch.device:
+    """The device a bundle runs on here: CUDA for CUDA bundles (which need a GPU), else CPU."""
     if manifest.device.startswith("cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     if manifest.device.startswith("cuda"):

@@ -1,6 +1,6 @@
 """Configuration: typed schema, ConfigStore registration and validation."""
 
-from pipeline.config.loading import CONFIG_DIR, compose, parse, resolve, validate
+from pipeline.config.loading import CONFIG_DIR, compose, config_dict, parse, resolve, resolve_refit, validate
 from pipeline.config.schema import (
     BackendConfig,
     BackendKind,
@@ -12,6 +12,7 @@ from pipeline.config.schema import (
     ModelConfig,
     PipelineConfig,
     Precision,
+    RefitConfig,
     RuntimeConfig,
     Stage,
     Tolerance,
@@ -33,6 +34,7 @@ __all__ = [
     "ModelConfig",
     "PipelineConfig",
     "Precision",
+    "RefitConfig",
     "RuntimeConfig",
     "Stage",
     "Tolerance",
@@ -40,8 +42,10 @@ __all__ = [
     "WeightsConfig",
     "WeightsSource",
     "compose",
+    "config_dict",
     "parse",
     "register_configs",
     "resolve",
+    "resolve_refit",
     "validate",
 ]

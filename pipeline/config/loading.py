@@ -12,7 +12,7 @@ import difflib
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -26,14 +26,20 @@ from pipeline.config.schema import (
     DeviceKind,
     DType,
     PipelineConfig,
+    RefitConfig,
     Stage,
     WeightsSource,
 )
 from pipeline.config.store import register_configs
 from pipeline.errors import ConfigError
 
+SchemaT = TypeVar("SchemaT")
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 CONFIG_NAME = "config"
+REFIT_CONFIG_NAME = "refit"
+# The schema dataclass at the root of each primary config, for error messages.
+_ROOTS: dict[str, type] = {CONFIG_NAME: PipelineConfig, REFIT_CONFIG_NAME: RefitConfig}
 
 # Each stage consumes what the stage before it in this map produced.
 STAGE_NEEDS: dict[Stage, Stage] = {
@@ -46,8 +52,8 @@ STAGE_NEEDS: dict[Stage, Stage] = {
 }
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/config.yaml`` with command-line style ``overrides``.
+def compose(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with command-line style ``overrides``.
 
     Raises :class:`ConfigError` with a one-line message for an unknown group option, an
     unknown key or a value of the wrong type.
@@ -56,11 +62,11 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         try:
-            return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
         except MissingConfigException as exc:
             raise _missing_option_error(exc) from None
         except (ConfigCompositionException, OmegaConfBaseException) as exc:
-            raise _composition_error(exc) from None
+            raise _composition_error(exc, _ROOTS[config_name]) from None
         finally:
             GlobalHydra.instance().clear()
 
@@ -93,14 +99,31 @@ def _schema() -> DictConfig:
 
 def resolve(cfg: DictConfig) -> PipelineConfig:
     """Convert a composed config to the typed :class:`PipelineConfig` and validate it."""
+    config = _to_schema(cfg, PipelineConfig)
+    validate(config)
+    return config
+
+
+def resolve_refit(cfg: DictConfig) -> RefitConfig:
+    """Convert a composed ``conf/refit.yaml`` to the typed :class:`RefitConfig`."""
+    return _to_schema(cfg, RefitConfig)
+
+
+def _to_schema(cfg: DictConfig, root: type[SchemaT]) -> SchemaT:
     try:
         config = OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, ValueError, TypeError) as exc:
-        raise _composition_error(exc) from None
-    if not isinstance(config, PipelineConfig):
-        raise ConfigError(f"the config root is {type(config).__name__}, expected PipelineConfig")
-    validate(config)
+        raise _composition_error(exc, root) from None
+    if not isinstance(config, root):
+        raise ConfigError(f"the config root is {type(config).__name__}, expected {root.__name__}")
     return config
+
+
+def config_dict(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-ready data (enums as their values)."""
+    container = OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
 
 
 def validate(config: PipelineConfig) -> None:
@@ -213,7 +236,7 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def _composition_error(exc: Exception) -> ConfigError:
+def _composition_error(exc: Exception, root: type = PipelineConfig) -> ConfigError:
     cause: Any = exc
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__
@@ -222,18 +245,18 @@ def _composition_error(exc: Exception) -> ConfigError:
     full_key = getattr(cause, "full_key", None) or ""
     message = _first_line(getattr(cause, "msg", None) or str(cause))
     if "not in struct" in message or "not in '" in message or "Key '" in message:
-        return ConfigError(_unknown_key_message(full_key, message))
-    if "Missing mandatory value" in message:
+        return ConfigError(_unknown_key_message(full_key, message, root))
+    if "missing mandatory value" in message.lower():
         return ConfigError(f"{full_key}: a value is required")
     value_message = message.replace("$VALUE", "").strip()
     return ConfigError(f"{full_key}: {value_message}" if full_key else value_message)
 
 
-def _unknown_key_message(full_key: str, fallback: str) -> str:
+def _unknown_key_message(full_key: str, fallback: str, root: type) -> str:
     if not full_key:
         return fallback
     parent, _, leaf = full_key.rpartition(".")
-    allowed = _schema_keys(parent)
+    allowed = _schema_keys(parent, root)
     if allowed is None:
         return f"{full_key}: unknown key"
     hint = difflib.get_close_matches(leaf, allowed, n=1)
@@ -242,9 +265,9 @@ def _unknown_key_message(full_key: str, fallback: str) -> str:
     return f"{full_key}: unknown key in {where}; {did_you_mean}allowed: {', '.join(allowed)}"
 
 
-def _schema_keys(path: str) -> list[str] | None:
+def _schema_keys(path: str, root: type) -> list[str] | None:
     """Field names of the schema dataclass at dotted ``path`` (None where it is not a dataclass)."""
-    node: Any = PipelineConfig
+    node: Any = root
     for part in filter(None, path.split(".")):
         if not dataclasses.is_dataclass(node):
             return None

@@ -221,3 +221,17 @@ class PipelineConfig:
     stages: list[Stage] = field(default_factory=lambda: [s for s in Stage if s is not Stage.bench])
     artifacts_dir: str = "artifacts"
     force: bool = False
+
+
+@dataclass
+class RefitConfig:
+    """``python -m pipeline.refit``: put new weights into a bundle's engines without rebuilding them.
+
+    ``weights`` is a state-dict file (``torch.save``), a ``.safetensors`` file, or a directory
+    saved with ``save_pretrained``. The refitted bundle is published under ``artifacts_dir``.
+    """
+
+    bundle: str = MISSING
+    weights: str = MISSING
+    artifacts_dir: str = "artifacts"
+    force: bool = False

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from pipeline.config.schema import PipelineConfig
+from pipeline.config.schema import PipelineConfig, RefitConfig
 
 SCHEMA_NAME = "pipeline_schema"
+REFIT_SCHEMA_NAME = "refit_schema"
 
 
 def register_configs() -> None:
-    """Store the schema node (idempotent: ConfigStore replaces an entry of the same name)."""
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
+    """Store the schema nodes (idempotent: ConfigStore replaces an entry of the same name)."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=PipelineConfig)
+    store.store(name=REFIT_SCHEMA_NAME, node=RefitConfig)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +33,17 @@ def engine_state(engine: Any) -> dict[str, Any]:
             state[key] = value
     state["flatten_keys"] = sorted(flat)
     return state
+
+
+def probe_in_fresh_process(bundle: Path, runtime: str | None = None) -> dict[str, Any]:
+    """Run this module on ``bundle`` in a new Python process and return its JSON report."""
+    command = [sys.executable, "-m", "tests.gpu.probe", str(bundle)]
+    if runtime is not None:
+        command += ["--runtime", runtime]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return report
 
 
 def main() -> None:

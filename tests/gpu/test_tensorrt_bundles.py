@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from pipeline.config.presets import runtime_preset
 from pipeline.errors import InputValidationError
 from pipeline.models import make_inputs
 from pipeline.runner import RunResult
+from tests.gpu.probe import probe_in_fresh_process
 from tests.helpers import run
 
 RUNTIMES = ["standard", "preallocated", "dynamic", "cudagraphs"]
@@ -59,18 +58,9 @@ def build(
 
 
 def probe(bundle: Path) -> dict[str, Any]:
-    """Load ``bundle`` in a fresh process (once per bundle) and return what it reports."""
-    if bundle in PROBES:
-        return PROBES[bundle]
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.gpu.probe", str(bundle)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    PROBES[bundle] = json.loads(completed.stdout.strip().splitlines()[-1])
+    """What a fresh process sees of ``bundle`` (probed once per bundle)."""
+    if bundle not in PROBES:
+        PROBES[bundle] = probe_in_fresh_process(bundle)
     return PROBES[bundle]
 
 

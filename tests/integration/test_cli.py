@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import REPO, flip_byte, subprocess_env
-
-
-def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m ARGS`` from the repository, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=subprocess_env(),
-        timeout=600,
-        check=False,
-    )
+from tests.helpers import cli, flip_byte
 
 
 def test_cli_exits_2_with_one_line_listing_models_when_model_is_unknown() -> None:

@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.bundle.format import Manifest
-from pipeline.config import PipelineConfig, compose, parse, resolve
+from pipeline.config import PipelineConfig, compose, config_dict, parse, resolve
 from pipeline.errors import BundleError, ConfigError
-from pipeline.runner import config_dict
 from tests.helpers import sample_manifest
 from tests.reliability.conftest import Tally
 

@@ -5,6 +5,8 @@ Engines are faked here; tests/gpu/ runs the same functions on real engines.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -16,7 +18,7 @@ from pipeline.backends.engines import (
     is_engine,
     resources_held,
 )
-from pipeline.backends.tensorrt import compile_settings
+from pipeline.backends.tensorrt import EngineSnapshot, compile_settings
 from pipeline.config import CompileConfig, RuntimeConfig
 from pipeline.config.presets import runtime_preset
 from pipeline.errors import ConfigError
@@ -179,3 +181,26 @@ def test_compile_settings_reject_unsupported_setting_when_config_changes_it(
 
 def test_runtime_config_is_a_plain_dataclass_when_compared() -> None:
     assert RuntimeConfig(name="x", cuda_graphs=True) != RuntimeConfig(name="x")
+
+
+class SerializingEngine(FakeEngine):
+    """Counts serializations, which cost hundreds of MB of base64 on a real engine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.serializations = 0
+
+    def __getstate__(self) -> list[str]:
+        self.serializations += 1
+        return ["abi", "name", "device", "engine-bytes"]
+
+
+def test_engine_snapshot_serializes_once_when_state_is_read_and_module_deep_copied() -> None:
+    engine = SerializingEngine()
+    holder = nn.Module()
+    holder._run_on_acc_0_engine = EngineSnapshot(engine)  # type: ignore[assignment]
+    copied = copy.deepcopy(holder)
+    states = [copied._run_on_acc_0_engine.__getstate__() for _ in range(3)]
+    assert engine.serializations == 1
+    assert all(state == ["abi", "name", "device", "engine-bytes"] for state in states)
+    assert copied._run_on_acc_0_engine.use_pre_allocated_outputs is False  # forwarded to the engine

@@ -10,7 +10,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle test test-gpu reliability bench report lint typecheck check clean
+.PHONY: help setup run bundle test test-gpu reliability bench bench-refit report lint typecheck check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ bench: ## GPU: the two seed scenarios (BERT fp16 policies; ResNet standard vs dy
 	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=dynamic $(BENCH_STAGES) bench.baselines=[fresh] \
 		artifacts_dir=$(ARTIFACTS) $(ARGS)
 	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
+
+REFIT_MODEL ?= bert
+REFIT_PRECISION ?= fp16
+bench-refit: ## GPU: refit vs full rebuild of REFIT_MODEL (default bert fp16), side by side
+	$(GPU_PY) scripts/refit_bench.py --model $(REFIT_MODEL) --precision $(REFIT_PRECISION) \
+		--artifacts $(ARTIFACTS)/refit-bench $(if $(REFIT_JSON),--json $(REFIT_JSON))
 
 report: $(STAMP) ## markdown table + PNG comparing policies across benchmarked bundles in ARTIFACTS
 	$(PY) -m pipeline.report $(ARTIFACTS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU host, from the repository root: install the wheelhouse, run `make bench` (the two seed
-# scenarios), the per-call overhead comparison and a 3-job submitit sweep (BERT fp16 x standard /
-# preallocated / cudagraphs); copy the report, figures and sweep summary under $OUT.
+# scenarios), the per-call overhead comparison, refit vs rebuild (BERT fp16) and a 3-job submitit
+# sweep (BERT fp16 x standard / preallocated / cudagraphs); copy reports and figures under $OUT.
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 ARTIFACTS=${BENCH_ARTIFACTS:-/tmp/bench-artifacts}
@@ -19,6 +19,8 @@ if [ -n "$bert" ]; then
   python3 -m pipeline.bundle bench "$bert" --json "$OUT/bert-bundle-bench.json" 2>&1 | quiet
   du -b "$bert"/model/* "$bert"/golden.safetensors | tee "$OUT/bert-sizes.txt"
 fi
+python3 scripts/refit_bench.py --artifacts "$ARTIFACTS/refit-bench" --json "$OUT/refit-bench.json" 2>&1 \
+  | quiet | tail -n 30
 python3 -m pipeline -m hydra/launcher=local model=bert precision=fp16 runtime=standard,preallocated,cudagraphs \
   artifacts_dir="$ARTIFACTS" hydra.sweep.dir="$ARTIFACTS/sweep" 2>&1 | quiet | tail -n 25
 cp "$ARTIFACTS/sweep/summary.md" "$OUT/sweep-summary.md" 2>/dev/null

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.backends.base import Backend, CompiledModel, PolicyReport, RefitReport
+from pipeline.backends.base import Backend, CompiledModel, PolicyReport, RefitReport, RefitRequest
 from pipeline.config.schema import BackendKind, DeviceKind
 from pipeline.errors import BackendUnavailableError
 
@@ -17,6 +17,7 @@ __all__ = [
     "CompiledModel",
     "PolicyReport",
     "RefitReport",
+    "RefitRequest",
     "get_backend",
     "select_backend",
 ]

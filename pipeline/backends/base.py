@@ -46,6 +46,19 @@ class PolicyReport:
 
 
 @dataclass
+class RefitRequest:
+    """A refit's inputs: the saved model, and the eager model holding the new weights."""
+
+    artifact: Path
+    #: The eager model (same architecture, new weights), on ``device``, in its precision.
+    model: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    specs: list[InputSpec]
+    target: Path
+    device: torch.device
+
+
+@dataclass
 class RefitReport:
     """What a refit did: engines refitted, and the seconds each of its steps took."""
 
@@ -85,20 +98,9 @@ class Backend(ABC):
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
         """Configure every engine of a loaded ``module`` for ``policy``."""
 
-    def refit(
-        self,
-        artifact: Path,
-        model: nn.Module,
-        example_inputs: tuple[torch.Tensor, ...],
-        specs: list[InputSpec],
-        target: Path,
-        device: torch.device,
-    ) -> RefitReport:
-        """Write ``artifact`` to ``target`` with every engine refitted to ``model``'s weights.
-
-        ``model`` is the eager model (same architecture, new weights) on ``device``. Backends
-        without engines cannot refit.
-        """
+    def refit(self, request: RefitRequest) -> RefitReport:
+        """Write ``request.artifact`` to ``request.target`` with every engine refitted to the
+        weights of ``request.model``. Backends without engines cannot refit."""
         raise NotRefittableError(f"the {self.kind.value} backend has no engines to refit")
 
     def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.backends.base import Backend, CompiledModel, PolicyReport, RefitReport
+from pipeline.backends.base import Backend, CompiledModel, PolicyReport, RefitReport, RefitRequest
 from pipeline.backends.engines import (
     ScopedMode,
     apply_to_engines,
@@ -183,21 +183,15 @@ class TensorRTBackend(Backend):
         with torch.cuda.device(device):
             return flat_module(torch.export.load(str(path)))
 
-    def refit(
-        self,
-        artifact: Path,
-        model: nn.Module,
-        example_inputs: tuple[torch.Tensor, ...],
-        specs: list[InputSpec],
-        target: Path,
-        device: torch.device,
-    ) -> RefitReport:
+    def refit(self, request: RefitRequest) -> RefitReport:
         watch = Stopwatch()
-        with torch.cuda.device(device), torch.no_grad():
+        with torch.cuda.device(request.device), torch.no_grad():
             with watch.lap("load"):
-                program = torch.export.load(str(artifact))
+                program = torch.export.load(str(request.artifact))
             with watch.lap("export"):
-                new_weights = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes(specs))
+                new_weights = torch.export.export(
+                    request.model, request.example_inputs, dynamic_shapes=dynamic_shapes(request.specs)
+                )
             with watch.lap("refit"):
                 module = flat_module(program)
                 names = [name for name, value in program.constants.items() if is_engine(value)]
@@ -213,7 +207,7 @@ class TensorRTBackend(Backend):
             for name in names:
                 program.constants[name] = getattr(refitted, name)
             with watch.lap("save"):
-                torch.export.save(program, str(target))
+                torch.export.save(program, str(request.target))
         return RefitReport(engines=len(names), seconds=watch.seconds)
 
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:

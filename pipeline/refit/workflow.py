@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import pipeline
-from pipeline.backends.base import Backend, PolicyReport
+from pipeline.backends.base import Backend, PolicyReport, RefitRequest
 from pipeline.bundle.format import (
     Manifest,
     bundle_dir_name,
@@ -212,7 +212,14 @@ def _refit_into(
     target.parent.mkdir(parents=True, exist_ok=True)
     with clock.stage(RefitStep.refit, f"{parent.engine_count} engines"):
         refit = backend.refit(
-            parent_root / parent.model_file, built.eager, built.golden_inputs, specs, target, built.device
+            RefitRequest(
+                artifact=parent_root / parent.model_file,
+                model=built.eager,
+                example_inputs=built.golden_inputs,
+                specs=specs,
+                target=target,
+                device=built.device,
+            )
         )
     console.print("  " + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in refit.seconds.items()))
     policy = RuntimeConfig(**parent.runtime["policy"])

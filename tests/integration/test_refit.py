@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.backends.base import PolicyReport, RefitReport
+from pipeline.backends.base import PolicyReport, RefitReport, RefitRequest
 from pipeline.backends.export import ExportBackend
 from pipeline.backends.exported import dynamic_shapes
 from pipeline.bundle.format import GOLDEN_NAME, read_manifest, write_manifest
 from pipeline.bundle.loader import open_bundle
 from pipeline.config import compose, resolve
-from pipeline.config.schema import InputSpec, RuntimeConfig
+from pipeline.config.schema import RuntimeConfig
 from pipeline.errors import (
     BundleError,
     ConfigError,
@@ -63,20 +63,14 @@ class ReexportBackend(ExportBackend):
     def __init__(self, keep_old_weights: bool = False) -> None:
         self.keep_old_weights = keep_old_weights
 
-    def refit(
-        self,
-        artifact: Path,
-        model: nn.Module,
-        example_inputs: tuple[torch.Tensor, ...],
-        specs: list[InputSpec],
-        target: Path,
-        device: torch.device,
-    ) -> RefitReport:
+    def refit(self, request: RefitRequest) -> RefitReport:
         if self.keep_old_weights:
-            shutil.copyfile(artifact, target)
+            shutil.copyfile(request.artifact, request.target)
         else:
-            program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes(specs))
-            torch.export.save(program, str(target))
+            program = torch.export.export(
+                request.model, request.example_inputs, dynamic_shapes=dynamic_shapes(request.specs)
+            )
+            torch.export.save(program, str(request.target))
         return RefitReport(engines=1)
 
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline import load_bundle
+from pipeline import LoadedBundle, load_bundle
 from pipeline.backends.engines import find_engines
 from pipeline.config.presets import runtime_preset
 from pipeline.errors import InputValidationError
 from pipeline.models import make_inputs
 from pipeline.runner import RunResult
+from pipeline.timing import gpu_memory_in_use
 from tests.gpu.probe import probe_in_fresh_process
 from tests.helpers import run
 
@@ -108,13 +109,20 @@ def test_dynamic_policy_holds_less_idle_memory_than_standard_when_loaded(
     assert idle["dynamic_idle_bytes"] < idle["standard_idle_bytes"]
 
 
+def load_built(
+    bundles: dict[tuple[str, str, str], RunResult], artifacts: Path, model_index: int, runtime: str
+) -> LoadedBundle:
+    """Build (once) and load in this process the bundle of ``MODELS[model_index]`` under ``runtime``."""
+    model, precision = MODELS[model_index]
+    result = build(bundles, artifacts, (model, precision, runtime))
+    assert result.bundle is not None
+    return load_bundle(result.bundle.path)
+
+
 def test_loaded_bundle_switches_policy_on_every_engine_when_set_at_runtime(
     bundles: dict[tuple[str, str, str], RunResult], artifacts: Path
 ) -> None:
-    model, precision = MODELS[0]
-    result = build(bundles, artifacts, (model, precision, "standard"))
-    assert result.bundle is not None
-    loaded = load_bundle(result.bundle.path)
+    loaded = load_built(bundles, artifacts, 0, "standard")
     engines = find_engines(loaded.module)
     assert engines and not any(ref.engine.use_pre_allocated_outputs for ref in engines)
     inputs = make_inputs(loaded.specs, 3, loaded.precision, loaded.device)
@@ -130,10 +138,7 @@ def test_loaded_bundle_switches_policy_on_every_engine_when_set_at_runtime(
 def test_loaded_bundle_rejects_bad_inputs_before_engine_runs_when_called(
     bundles: dict[tuple[str, str, str], RunResult], artifacts: Path
 ) -> None:
-    model, precision = MODELS[0]
-    result = build(bundles, artifacts, (model, precision, "standard"))
-    assert result.bundle is not None
-    loaded = load_bundle(result.bundle.path)
+    loaded = load_built(bundles, artifacts, 0, "standard")
     good = make_inputs(loaded.specs, 3, loaded.precision, loaded.device)
     first = loaded.specs[0].name
     with pytest.raises(InputValidationError, match=first):
@@ -147,12 +152,9 @@ def test_loaded_bundle_rejects_bad_inputs_before_engine_runs_when_called(
 def test_dynamic_bundle_keeps_memory_while_resources_are_held(
     bundles: dict[tuple[str, str, str], RunResult], artifacts: Path
 ) -> None:
-    model, precision = MODELS[-1]
-    result = build(bundles, artifacts, (model, precision, "dynamic"))
-    assert result.bundle is not None
-    loaded = load_bundle(result.bundle.path)
+    loaded = load_built(bundles, artifacts, -1, "dynamic")
+    model = MODELS[-1][0]
     inputs = make_inputs(loaded.specs, 3, loaded.precision, loaded.device)
-    from pipeline.timing import gpu_memory_in_use
 
     loaded(*inputs)
     released = gpu_memory_in_use()

@@ -34,6 +34,7 @@ from pipeline.errors import (
 from pipeline.models import state_dict_digest
 from pipeline.refit import refit_bundle
 from pipeline.refit import workflow as refit_workflow
+from pipeline.refit.cli import print_summary
 from pipeline.stages.build import instantiate_model
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import cli
@@ -259,3 +260,20 @@ def test_refit_accepts_weights_from_pretrained_directory_when_saved_by_transform
     model.save_pretrained(tmp_path / "pretrained")
     result = refit_bundle(refittable, tmp_path / "pretrained", artifacts_dir=tmp_path / "out")
     assert result.bundle.manifest.weights["sha256"] == state_dict_digest(model)
+
+
+def test_refit_summary_ends_with_the_bundle_line_scripts_read_when_refit_succeeds(
+    refittable: Path,
+    new_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    use_backend(monkeypatch, ReexportBackend())
+    result = refit_bundle(refittable, new_weights, artifacts_dir=tmp_path)
+    capsys.readouterr()
+    print_summary(result)
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == f"bundle: {result.bundle.path}"
+    assert "preallocated (applied)" in captured.err
+    assert read_manifest(refittable).bundle_id in captured.err

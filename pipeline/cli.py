@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 from rich.markup import escape
 
 from pipeline.config import compose, resolve
+from pipeline.config.loading import CONFIG_NAME
 from pipeline.console import console
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.runner import RunResult, print_summary, run_pipeline
 from pipeline.sweep import JobOutcome
 
@@ -36,16 +37,24 @@ def fail(error: PipelineError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-def precheck(argv: Sequence[str]) -> None:
-    """Compose and validate the command line before Hydra runs, so bad configs exit 2 in one line.
+def precheck(
+    argv: Sequence[str],
+    config_name: str = CONFIG_NAME,
+    convert: Callable[[DictConfig], object] = resolve,
+    usage: str = "",
+) -> None:
+    """Compose and convert the command line before Hydra runs, so bad configs exit 2 in one line.
 
-    Sweeps (``-m``) and Hydra's own flags are left to Hydra.
+    ``convert`` turns the composed ``conf/<config_name>.yaml`` into its schema; ``usage`` is
+    appended to configuration errors. Sweeps (``-m``) and Hydra's own flags are left to Hydra.
     """
     if any(arg.startswith("-") for arg in argv):
         return
     overrides = [arg for arg in argv if not arg.lstrip("+~").startswith("hydra")]
     try:
-        resolve(compose(overrides))
+        convert(compose(overrides, config_name))
+    except ConfigError as error:
+        fail(ConfigError(f"{error} ({usage})") if usage else error)
     except PipelineError as error:
         fail(error)
 

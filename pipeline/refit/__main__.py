@@ -7,7 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.config import CONFIG_DIR, register_configs
+from pipeline import cli as pipeline_cli
+from pipeline.config import CONFIG_DIR, register_configs, resolve_refit
 from pipeline.config.loading import REFIT_CONFIG_NAME
 from pipeline.refit import cli
 
@@ -20,5 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_configs()
-    cli.precheck(sys.argv[1:])
+    pipeline_cli.precheck(sys.argv[1:], REFIT_CONFIG_NAME, resolve_refit, cli.USAGE)
     main()

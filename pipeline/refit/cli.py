@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from omegaconf import DictConfig
 
 from pipeline.cli import fail
-from pipeline.config import compose, resolve_refit
-from pipeline.config.loading import REFIT_CONFIG_NAME
+from pipeline.config import resolve_refit
 from pipeline.console import console, summary_table
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.refit.workflow import RefitResult, refit_bundle
 
 USAGE = "usage: python -m pipeline.refit bundle=PATH weights=SOURCE [artifacts_dir=DIR] [force=true]"
-
-
-def precheck(argv: Sequence[str]) -> None:
-    """Compose and convert the command line first, so a bad one exits 2 with one line."""
-    if any(arg.startswith("-") for arg in argv):
-        return
-    try:
-        resolve_refit(compose([a for a in argv if not a.startswith("hydra")], REFIT_CONFIG_NAME))
-    except ConfigError as error:
-        fail(ConfigError(f"{error} ({USAGE})"))
 
 
 def run(cfg: DictConfig) -> None:

@@ -2,10 +2,15 @@
 
 Both the pipeline's ``reload`` stage and :func:`pipeline.load_bundle` build one, so what is
 verified before publishing is exactly what deployment hosts run.
+
+Calls follow one rule whatever the caller does (see :meth:`LoadedModel.__call__`): autograd
+off, outside inference mode, one call at a time per model, and the process-wide CUDA-graph
+mode held for the call by the model's runtime.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.backends.base import Backend, PolicyReport
+from pipeline.backends.base import ModelRuntime, PolicyReport
 from pipeline.config.presets import as_policy
 from pipeline.config.schema import InputSpec, Precision, RuntimeConfig
 from pipeline.errors import BundleError, InputValidationError
@@ -81,7 +86,7 @@ class LoadedModel:
     def __init__(
         self,
         module: nn.Module,
-        backend: Backend,
+        backend: ModelRuntime,
         specs: Sequence[InputSpec],
         precision: Precision,
         device: torch.device,
@@ -95,6 +100,7 @@ class LoadedModel:
         self.device = device
         self.expected_engines = expected_engines
         self._check_inputs = InputChecker(self.specs, precision, device)
+        self._lock = threading.RLock()
         self.policy_report = self.set_runtime(policy)
 
     @property
@@ -103,28 +109,38 @@ class LoadedModel:
         return self.policy_report.policy
 
     def set_runtime(self, runtime: RuntimeConfig | str) -> PolicyReport:
-        """Switch the runtime policy (a :class:`RuntimeConfig` or a preset name) on every engine."""
+        """Switch the runtime policy (a :class:`RuntimeConfig` or a preset name) on every engine.
+
+        Waits for a call in progress on another thread to finish first.
+        """
         policy = as_policy(runtime)
-        report = self.backend.apply_policy(self.module, policy)
-        if self.expected_engines is not None and report.engines_configured != self.expected_engines:
-            raise BundleError(
-                f"configured {report.engines_configured} TensorRT engines but the bundle was "
-                f"built with {self.expected_engines}: the artifact does not match its manifest"
-            )
-        self._call_context = self.backend.call_context(policy)
-        self.policy_report = report
+        with self._lock:
+            report = self.backend.apply_policy(self.module, policy)
+            if self.expected_engines is not None and report.engines_configured != self.expected_engines:
+                raise BundleError(
+                    f"configured {report.engines_configured} TensorRT engines but the bundle was "
+                    f"built with {self.expected_engines}: the artifact does not match its manifest"
+                )
+            self._call_context = self.backend.call_context(policy)
+            self.policy_report = report
         return report
 
     @contextmanager
     def hold_resources(self) -> Iterator[None]:
         """Keep engine memory allocated between calls for a burst of calls (dynamic policy)."""
-        with self.backend.hold_resources(self.module, self.policy):
+        with self._lock, self.backend.hold_resources(self.module, self.policy):
             yield
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run the model on ``inputs`` (checked first); returns a tuple of tensors.
+
+        Every call runs the same way whatever the caller's autograd state (plain, ``no_grad``,
+        ``inference_mode``, in any order): with autograd off and *outside* inference mode, so
+        engine state made by one call (CUDA graphs recorded over their input and output buffers,
+        pre-allocated outputs) is never touched by a later call under another mode, and outputs
+        are ordinary tensors that do not require grad. Calls on one model are serialized (its
+        engines keep per-call state); the runtime's call context holds process-wide modes.
+        """
         self._check_inputs(inputs)
-        if torch.is_grad_enabled():
-            with torch.inference_mode(), self._call_context:
-                return tuple(self.module(*inputs))
-        with self._call_context:
+        with self._lock, self._call_context, torch.inference_mode(False), torch.no_grad():
             return tuple(self.module(*inputs))

@@ -11,8 +11,9 @@ so its logic is testable without a GPU.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,23 +86,61 @@ def resources_held(engines: list[EngineRef], policy: RuntimeConfig) -> Iterator[
             ref.engine.use_dynamically_allocated_resources(policy.dynamic_allocation)
 
 
-class ScopedMode:
-    """Reusable context manager that turns a process-wide mode on around a call, then back.
+class ModeGate:
+    """Shares a process-wide mode switch (Torch-TensorRT's CUDA-graph mode) between threads.
 
-    Torch-TensorRT's CUDA-graph mode is process-wide; scoping it to this model's calls keeps
-    other models in the process on their own policies.
+    A call that needs the mode on (CUDA-graph policy) needs it on for its whole duration, and a
+    call under any other policy needs it off; a CUDA graph being recorded must not see other
+    engine work start. So calls with the mode on run one at a time, alone; calls with it off run
+    together, never beside one with it on. Waiting mode-on calls go before newly arriving
+    mode-off calls, so neither side starves. The mode is off whenever no mode-on call runs.
     """
 
     def __init__(self, get: Callable[[], bool], set_: Callable[[bool], None]) -> None:
         self._get, self._set = get, set_
-        self._previous: list[bool] = []
+        self._condition = threading.Condition()
+        self._sharing = 0
+        self._exclusive = False
+        self._exclusive_waiting = 0
+
+    def enter(self, on: bool) -> None:
+        """Wait until a call of this kind may run, and set the mode for it."""
+        with self._condition:
+            if on:
+                self._exclusive_waiting += 1
+                self._condition.wait_for(lambda: not self._exclusive and not self._sharing)
+                self._exclusive_waiting -= 1
+                self._exclusive = True
+                self._set(True)
+            else:
+                self._condition.wait_for(lambda: not self._exclusive and not self._exclusive_waiting)
+                if not self._sharing and self._get():
+                    self._set(False)  # switched on by code outside any loaded model
+                self._sharing += 1
+
+    def exit(self, on: bool) -> None:
+        """Leave; a mode-on call switches the mode back off."""
+        with self._condition:
+            if on:
+                self._set(False)
+                self._exclusive = False
+            else:
+                self._sharing -= 1
+            self._condition.notify_all()
+
+    def call(self, on: bool) -> GatedCall:
+        """A reusable context manager for calls of one kind."""
+        return GatedCall(self, on)
+
+
+class GatedCall(AbstractContextManager[None]):
+    """Reusable, thread-safe context manager: one call through a :class:`ModeGate`."""
+
+    def __init__(self, gate: ModeGate, on: bool) -> None:
+        self._gate, self._on = gate, on
 
     def __enter__(self) -> None:
-        previous = self._get()
-        self._previous.append(previous)
-        if not previous:
-            self._set(True)
+        self._gate.enter(self._on)
 
     def __exit__(self, *exc: object) -> None:
-        if not self._previous.pop():
-            self._set(False)
+        self._gate.exit(self._on)

@@ -6,13 +6,15 @@ Engines are faked here; tests/gpu/ runs the same functions on real engines.
 from __future__ import annotations
 
 import copy
+import threading
+import time
 
 import pytest
 import torch
 from torch import nn
 
 from pipeline.backends.engines import (
-    ScopedMode,
+    ModeGate,
     apply_to_engines,
     find_engines,
     is_engine,
@@ -130,23 +132,74 @@ def test_resources_held_restores_even_when_block_raises() -> None:
     assert engines[0].dynamic_calls == [False, True]
 
 
-def test_scoped_mode_turns_mode_on_only_inside_and_restores_when_nested() -> None:
-    state = {"on": False}
-    mode = ScopedMode(lambda: state["on"], lambda value: state.update(on=value))
-    with mode:
-        assert state["on"]
-        with mode:
-            assert state["on"]
-        assert state["on"]
-    assert not state["on"]
+class RecordingSwitch:
+    """A process-wide switch that records, at each change, which calls are running."""
+
+    def __init__(self, on: bool = False) -> None:
+        self.on = on
+        self.lock = threading.Lock()
+        self.running = {True: 0, False: 0}
+        self.violations: list[str] = []
+
+    def enter(self, on: bool) -> None:
+        with self.lock:
+            self.running[on] += 1
+            if self.on is not on:
+                self.violations.append(f"call wanting {on} ran with the switch {self.on}")
+            if self.running[True] > 1 or (self.running[True] and self.running[False]):
+                self.violations.append(f"overlap: {dict(self.running)}")
+
+    def leave(self, on: bool) -> None:
+        with self.lock:
+            self.running[on] -= 1
 
 
-def test_scoped_mode_leaves_mode_on_when_it_was_already_on() -> None:
-    state = {"on": True}
-    mode = ScopedMode(lambda: state["on"], lambda value: state.update(on=value))
-    with mode:
-        pass
-    assert state["on"]
+def test_mode_gate_turns_mode_on_only_for_mode_on_calls_and_off_after_when_called() -> None:
+    switch = RecordingSwitch()
+    gate = ModeGate(lambda: switch.on, lambda value: setattr(switch, "on", value))
+    with gate.call(True):
+        assert switch.on
+    assert not switch.on
+    with gate.call(False):
+        assert not switch.on
+
+
+def test_mode_gate_switches_mode_off_for_mode_off_calls_when_outside_code_left_it_on() -> None:
+    switch = RecordingSwitch(on=True)
+    gate = ModeGate(lambda: switch.on, lambda value: setattr(switch, "on", value))
+    with gate.call(False):
+        assert not switch.on
+
+
+def test_mode_gate_never_overlaps_mode_on_call_with_any_other_when_threads_race() -> None:
+    switch = RecordingSwitch()
+    gate = ModeGate(lambda: switch.on, lambda value: setattr(switch, "on", value))
+    calls = {True: gate.call(True), False: gate.call(False)}  # shared, as a model shares its own
+
+    def worker(on: bool) -> None:
+        for _ in range(200):
+            with calls[on]:
+                switch.enter(on)
+                time.sleep(0)
+                switch.leave(on)
+
+    threads = [threading.Thread(target=worker, args=(i % 3 == 0,)) for i in range(9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "gate deadlocked"
+    assert switch.violations == []
+    assert not switch.on
+
+
+def test_mode_gate_releases_when_call_raises() -> None:
+    switch = RecordingSwitch()
+    gate = ModeGate(lambda: switch.on, lambda value: setattr(switch, "on", value))
+    with pytest.raises(ValueError), gate.call(True):
+        raise ValueError
+    with gate.call(False):  # would wait forever if the failed call still held the gate
+        assert not switch.on
 
 
 ALL_SETTINGS = {f for f in CompileConfig.__dataclass_fields__} | {"use_python_runtime"}

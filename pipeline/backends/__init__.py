@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.backends.base import Backend, CompiledModel, PolicyReport, RefitReport, RefitRequest
+from pipeline.backends.base import (
+    Backend,
+    CompiledModel,
+    ModelRuntime,
+    PolicyReport,
+    RefitReport,
+    RefitRequest,
+    SavedArtifact,
+)
 from pipeline.config.schema import BackendKind, DeviceKind
 from pipeline.errors import BackendUnavailableError
 
@@ -15,10 +23,13 @@ __all__ = [
     "Backend",
     "BackendChoice",
     "CompiledModel",
+    "ModelRuntime",
     "PolicyReport",
     "RefitReport",
     "RefitRequest",
+    "SavedArtifact",
     "get_backend",
+    "get_runtime",
     "select_backend",
 ]
 
@@ -52,6 +63,15 @@ def get_backend(kind: BackendKind) -> Backend:
 
         return ExportBackend()
     raise ValueError(f"backend kind {kind.value} must be resolved first")
+
+
+def get_runtime(kind: BackendKind) -> ModelRuntime:
+    """What loads and runs artifacts of ``kind``: no compiler is imported (deployment hosts)."""
+    if kind is BackendKind.tensorrt:
+        from pipeline.backends.tensorrt_runtime import TensorRTRuntime
+
+        return TensorRTRuntime()
+    return get_backend(kind)
 
 
 def select_backend(kind: BackendKind, device: DeviceKind) -> BackendChoice:

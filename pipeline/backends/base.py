@@ -6,13 +6,46 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from pipeline.backends.engine_graph import EngineRecord
 from pipeline.config.schema import BackendKind, InputSpec, PipelineConfig, RuntimeConfig
 from pipeline.errors import NotRefittableError
+
+
+class FileSource(Protocol):
+    """Reads the files of a saved model by their path relative to the bundle root."""
+
+    def read(self, relative: str) -> bytes:
+        """The bytes of one file."""
+        ...
+
+
+@dataclass
+class DirectoryFiles:
+    """Files read straight from a directory (a staging directory the pipeline wrote itself)."""
+
+    root: Path
+
+    def read(self, relative: str) -> bytes:
+        """The bytes of ``root/relative``."""
+        return (self.root / relative).read_bytes()
+
+
+@dataclass
+class SavedArtifact:
+    """What :meth:`Backend.save` wrote: the model file and, for TensorRT, one file per engine."""
+
+    model_file: str
+    engines: list[EngineRecord] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        """Every file of the saved model, relative to the bundle root."""
+        return [self.model_file, *(record.file for record in self.engines)]
 
 
 @dataclass
@@ -49,36 +82,64 @@ class PolicyReport:
 class RefitRequest:
     """A refit's inputs: the saved model, and the eager model holding the new weights."""
 
-    artifact: Path
+    artifact: SavedArtifact
+    files: FileSource
     #: The eager model (same architecture, new weights), on ``device``, in its precision.
     model: nn.Module
     example_inputs: tuple[torch.Tensor, ...]
     specs: list[InputSpec]
+    #: The directory the refitted model is written into (same relative paths as ``artifact``).
     target: Path
     device: torch.device
 
 
 @dataclass
 class RefitReport:
-    """What a refit did: engines refitted, and the seconds each of its steps took."""
+    """What a refit did: engines refitted, what it wrote, and the seconds each step took."""
 
     engines: int
+    artifact: SavedArtifact
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-class Backend(ABC):
-    """Compiles an eager model, serializes it, loads it back and applies runtime policies."""
+class ModelRuntime(ABC):
+    """Loads a saved model and runs it under a runtime policy: all a deployment host needs.
+
+    Implementations import no compiler, so that loading a bundle stays fast.
+    """
 
     kind: BackendKind
-    #: File name of the serialized model inside a bundle's ``model/`` directory.
-    artifact_name: str
 
-    def check_config(self, config: PipelineConfig) -> None:  # noqa: B027 - optional hook
-        """Raise ConfigError for settings this backend (as installed) cannot honour."""
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Load what running artifacts needs in this process (e.g. a runtime library)."""
 
     @abstractmethod
     def environment(self) -> dict[str, str]:
         """Versions that decide whether an artifact made here loads elsewhere."""
+
+    @abstractmethod
+    def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+        """Deserialize a model saved by :meth:`Backend.save`; callers have verified the files."""
+
+    @abstractmethod
+    def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
+        """Configure every engine of a loaded ``module`` for ``policy``."""
+
+    def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
+        """A reusable, thread-safe context manager entered around each call (scopes
+        process-wide modes)."""
+        return nullcontext()
+
+    def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
+        """Keep engine resources allocated while the context is open (no-op where none exist)."""
+        return nullcontext()
+
+
+class Backend(ModelRuntime):
+    """Compiles an eager model and serializes it; loads and runs it as its runtime does."""
+
+    def check_config(self, config: PipelineConfig) -> None:
+        """Raise ConfigError for settings this backend (as installed) cannot honour."""
 
     @abstractmethod
     def compile(
@@ -87,26 +148,10 @@ class Backend(ABC):
         """Compile ``model`` (already on its device and in its precision)."""
 
     @abstractmethod
-    def save(self, compiled: CompiledModel, path: Path, specs: list[InputSpec]) -> None:
-        """Serialize ``compiled`` to the file ``path``."""
-
-    @abstractmethod
-    def load(self, path: Path, device: torch.device) -> nn.Module:
-        """Deserialize a model saved by :meth:`save`; callers have verified the file first."""
-
-    @abstractmethod
-    def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
-        """Configure every engine of a loaded ``module`` for ``policy``."""
+    def save(self, compiled: CompiledModel, root: Path, specs: list[InputSpec]) -> SavedArtifact:
+        """Serialize ``compiled`` into the directory ``root`` (a bundle being assembled)."""
 
     def refit(self, request: RefitRequest) -> RefitReport:
-        """Write ``request.artifact`` to ``request.target`` with every engine refitted to the
+        """Write ``request.artifact`` into ``request.target`` with every engine refitted to the
         weights of ``request.model``. Backends without engines cannot refit."""
         raise NotRefittableError(f"the {self.kind.value} backend has no engines to refit")
-
-    def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        """A reusable context manager entered around each call (scopes process-wide modes)."""
-        return nullcontext()
-
-    def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        """Keep engine resources allocated while the context is open (no-op where none exist)."""
-        return nullcontext()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import platform
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.backends.base import Backend, CompiledModel, PolicyReport
+from pipeline.backends.base import Backend, CompiledModel, FileSource, PolicyReport, SavedArtifact
 from pipeline.backends.exported import dynamic_shapes, flat_module
 from pipeline.config.schema import BackendKind, InputSpec, PipelineConfig, RuntimeConfig
 
@@ -17,7 +18,7 @@ class ExportBackend(Backend):
     """Portable baseline: the exported program runs with PyTorch's own kernels."""
 
     kind = BackendKind.export
-    artifact_name = "model.pt2"
+    model_file = "model/model.pt2"
 
     def environment(self) -> dict[str, str]:
         return {"torch": torch.__version__, "platform": platform.machine()}
@@ -30,11 +31,14 @@ class ExportBackend(Backend):
         )
         return CompiledModel(module=program.module(), artifact=program, example_inputs=example_inputs)
 
-    def save(self, compiled: CompiledModel, path: Path, specs: list[InputSpec]) -> None:
-        torch.export.save(compiled.artifact, str(path))
+    def save(self, compiled: CompiledModel, root: Path, specs: list[InputSpec]) -> SavedArtifact:
+        target = root / self.model_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(compiled.artifact, str(target))
+        return SavedArtifact(model_file=self.model_file)
 
-    def load(self, path: Path, device: torch.device) -> nn.Module:
-        return flat_module(torch.export.load(str(path)))
+    def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+        return flat_module(torch.export.load(io.BytesIO(files.read(artifact.model_file))))
 
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
         if policy.is_default():

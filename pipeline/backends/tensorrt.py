@@ -1,36 +1,26 @@
-"""The ``tensorrt`` backend: Torch-TensorRT (dynamo IR), C++ runtime, saved as an ExportedProgram.
+"""The ``tensorrt`` backend: Torch-TensorRT (dynamo IR) compiles; bundles hold raw engines.
 
 ``torch_tensorrt`` is imported only when this backend is used: importing it on a host without
-a GPU raises (it queries the device at import).
+a GPU raises (it queries the device at import), and loading bundles never needs it
+(:mod:`pipeline.backends.tensorrt_runtime`).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-import platform
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.backends.base import Backend, CompiledModel, PolicyReport, RefitReport, RefitRequest
-from pipeline.backends.engines import (
-    ScopedMode,
-    apply_to_engines,
-    find_engines,
-    is_engine,
-    resources_held,
-)
-from pipeline.backends.exported import dynamic_shapes, flat_module
-from pipeline.config.schema import (
-    BackendKind,
-    CompileConfig,
-    InputSpec,
-    PipelineConfig,
-    RuntimeConfig,
-)
+from pipeline.backends.base import Backend, CompiledModel, RefitReport, RefitRequest, SavedArtifact
+from pipeline.backends.engine_graph import EngineDescription, EngineRecord, split_engines
+from pipeline.backends.engines import find_engines
+from pipeline.backends.exported import dynamic_shapes
+from pipeline.backends.tensorrt_runtime import TensorRTRuntime, engine_index
+from pipeline.config.schema import CompileConfig, InputSpec, PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.models.inputs import torch_dtype
 from pipeline.timing import Stopwatch
@@ -67,6 +57,35 @@ class EngineSnapshot:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> EngineSnapshot:
         return self  # immutable
+
+
+def describe_engine_object(engine: Any, outputs: int) -> EngineDescription:
+    """An engine object's serialized fields with the engine as raw bytes (its pickled state
+    carries them base64-encoded)."""
+    state = engine.__getstate__()
+    if isinstance(state[0], list | tuple):
+        state = state[0]  # a script object's state is (its pickled list, its class name)
+    state = list(state)
+    index = engine_index()
+    state[index] = base64.b64decode(state[index])
+    return EngineDescription(serialized_info=state, engine_index=index, outputs=outputs)
+
+
+def describe_engine_module(module: Any) -> EngineDescription | None:
+    """The description of a ``TorchTensorRTModule`` (None for any other module).
+
+    Its own packed form holds the engine bytes as built: no base64, no second serialization.
+    """
+    from torch_tensorrt.dynamo.runtime import TorchTensorRTModule
+
+    if not isinstance(module, TorchTensorRTModule):
+        return None
+    outputs = len(module.output_binding_names)
+    info = list(module._pack_engine_info())
+    raw = [i for i, value in enumerate(info) if isinstance(value, bytes)]
+    if len(raw) == 1 and info[raw[0]]:
+        return EngineDescription(serialized_info=info, engine_index=raw[0], outputs=outputs)
+    return describe_engine_object(module.engine, outputs)
 
 
 def is_rtx_build() -> bool:
@@ -107,32 +126,16 @@ def compile_settings(settings: CompileConfig, supported: set[str]) -> dict[str, 
     return kwargs
 
 
-class TensorRTBackend(Backend):
-    """Torch-TensorRT with runtime policies restored at engine level on load."""
+class TensorRTBackend(TensorRTRuntime, Backend):
+    """Torch-TensorRT compiles; bundles hold each engine as raw bytes beside the calling graph."""
 
-    kind = BackendKind.tensorrt
-    artifact_name = "model.pt2"
+    graph_file = "model/graph.pt"
 
     def __init__(self) -> None:
         self.trt = _torch_tensorrt()
 
     def check_config(self, config: PipelineConfig) -> None:
         compile_settings(config.compile, supported_settings())
-
-    def environment(self) -> dict[str, str]:
-        import tensorrt
-
-        major, minor = torch.cuda.get_device_capability()
-        return {
-            "torch": torch.__version__,
-            "torch_tensorrt": self.trt.__version__,
-            "tensorrt": tensorrt.__version__,
-            "tensorrt_build": "tensorrt-rtx" if is_rtx_build() else "tensorrt",
-            "cuda": str(torch.version.cuda),
-            "gpu": torch.cuda.get_device_name(),
-            "sm": f"{major}.{minor}",
-            "platform": platform.machine(),
-        }
 
     def compile(
         self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: PipelineConfig
@@ -170,61 +173,54 @@ class TensorRTBackend(Backend):
             )
         return inputs
 
-    def save(self, compiled: CompiledModel, path: Path, specs: list[InputSpec]) -> None:
-        self.trt.save(
-            compiled.artifact,
-            str(path),
-            output_format="exported_program",
-            arg_inputs=list(compiled.example_inputs),
-            retrace=False,
-        )
-
-    def load(self, path: Path, device: torch.device) -> nn.Module:
-        with torch.cuda.device(device):
-            return flat_module(torch.export.load(str(path)))
+    def save(self, compiled: CompiledModel, root: Path, specs: list[InputSpec]) -> SavedArtifact:
+        split = split_engines(compiled.module, describe_engine_module)
+        return _write_split(root, self.graph_file, split.graph_bytes, split.engines)
 
     def refit(self, request: RefitRequest) -> RefitReport:
         watch = Stopwatch()
         with torch.cuda.device(request.device), torch.no_grad():
             with watch.lap("load"):
-                program = torch.export.load(str(request.artifact))
+                module = self.load(request.artifact, request.files, request.device)
             with watch.lap("export"):
                 new_weights = torch.export.export(
                     request.model, request.example_inputs, dynamic_shapes=dynamic_shapes(request.specs)
                 )
             with watch.lap("refit"):
-                module = flat_module(program)
-                names = [name for name, value in program.constants.items() if is_engine(value)]
-                for name in names:
-                    setattr(module, name, EngineSnapshot(getattr(module, name)))
-                # The saved program holds its engines inline (no submodules), the form that
+                records = request.artifact.engines
+                for record in records:
+                    setattr(module, record.attribute, EngineSnapshot(getattr(module, record.attribute)))
+                # The loaded graph holds its engines inline (no submodules), the form that
                 # refit_module_weights handles only with in_place=False: it refits a copy.
                 refitted = self.trt.dynamo.refit_module_weights(
                     module, new_weights, in_place=False, verify_output=False
                 )
-            # Swap the refitted engines into the loaded program and save that: its graph,
-            # signature and input constraints stay exactly those of the original bundle.
-            for name in names:
-                program.constants[name] = getattr(refitted, name)
+            # Same graph, new engines: the graph file is the parent's, byte for byte.
             with watch.lap("save"):
-                torch.export.save(program, str(request.target))
-        return RefitReport(engines=len(names), seconds=watch.seconds)
+                engines = [
+                    (record, describe_engine_object(getattr(refitted, record.attribute), record.outputs))
+                    for record in records
+                ]
+                artifact = _write_split(
+                    request.target,
+                    request.artifact.model_file,
+                    request.files.read(request.artifact.model_file),
+                    [
+                        (
+                            dataclasses.replace(record, serialized_info=d.fields_without_engine()),
+                            d.engine_bytes,
+                        )
+                        for record, d in engines
+                    ],
+                )
+        return RefitReport(engines=len(records), artifact=artifact, seconds=watch.seconds)
 
-    def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
-        engines = find_engines(module)
-        readback = apply_to_engines(engines, policy)
-        return PolicyReport(
-            policy=policy,
-            applied=True,
-            engines_configured=len(engines),
-            details={"engines": readback, "cuda_graphs": policy.cuda_graphs},
-        )
 
-    def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        if not policy.cuda_graphs:
-            return super().call_context(policy)
-        runtime = self.trt.runtime
-        return ScopedMode(runtime.get_cudagraphs_mode, runtime.set_cudagraphs_mode)
-
-    def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        return resources_held(find_engines(module), policy)
+def _write_split(
+    root: Path, graph_file: str, graph_bytes: bytes, engines: list[tuple[EngineRecord, bytes]]
+) -> SavedArtifact:
+    for relative, data in [(graph_file, graph_bytes), *((r.file, b) for r, b in engines)]:
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return SavedArtifact(model_file=graph_file, engines=[record for record, _ in engines])

@@ -1,14 +1,17 @@
 """The bundle format, in one place.
 
-A bundle is a directory (or a .tar.gz of one)::
+A bundle is a directory (or a .tar or .tar.gz of one)::
 
     <model>-<precision>-<runtime>-<backend>-<id>/
         manifest.json         what this is, how it was built, how to run it, every file's sha256
         config.yaml           the resolved pipeline config
         golden.safetensors    golden inputs ("input.<name>") and reference outputs ("output.<i>")
-        model/<artifact>      the serialized model (model.pt2 for export, model.ep for tensorrt)
+        model/model.pt2       export: the torch.export archive
+        model/graph.pt        tensorrt: the graph that calls the engines, without them
+        engines/<name>.engine tensorrt: each engine's raw bytes (its other fields: manifest "engines")
 
-``manifest.json`` is the only file read before every other file's size and sha256 are checked.
+``manifest.json`` is the only file read before every other file's size and sha256 are checked;
+the other files are read once, hashed while read, and what was hashed is what gets loaded.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,11 +27,11 @@ from typing import Any
 
 from pipeline.errors import BundleError
 
-FORMAT_VERSION = 1
+# 2: TensorRT engines as raw files (engines/*.engine) beside an engine-free graph.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.yaml"
 GOLDEN_NAME = "golden.safetensors"
-MODEL_DIR = "model"
 DIGEST_KEY = "manifest_sha256"
 SIGNATURE_NAME = "manifest.sig"
 # Files that a manifest cannot list: itself, and a signature made over it.
@@ -72,6 +75,8 @@ class Manifest:
     engine_count: int
     timings: dict[str, float] = field(default_factory=dict)
     bench: dict[str, Any] = field(default_factory=dict)
+    #: One entry per TensorRT engine file (``EngineRecord.to_dict()``); empty for export bundles.
+    engines: list[dict[str, Any]] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -97,8 +102,13 @@ class Manifest:
             )
         version = data.get("format_version")
         if version != FORMAT_VERSION:
+            overrides = data.get("overrides")
+            rebuild = (
+                "python -m pipeline " + " ".join(map(str, overrides)) if isinstance(overrides, list) else ""
+            )
             raise BundleError(
                 f"{MANIFEST_NAME}: format_version {version!r}, this pipeline reads {FORMAT_VERSION}"
+                + (f"; rebuild the bundle: {rebuild.strip()}" if rebuild else "")
             )
         expected = {f.name: f for f in fields(cls)}
         required = [
@@ -140,6 +150,7 @@ def _check_types(manifest: Manifest) -> None:
         "outputs": list,
         "verification": dict,
         "engine_count": int,
+        "engines": list,
     }
     for name, kind in checks.items():
         if not isinstance(getattr(manifest, name), kind):
@@ -186,12 +197,32 @@ def read_manifest(root: Path) -> Manifest:
     return manifest
 
 
-def check_files(root: Path, manifest: Manifest) -> None:
+class VerifiedFiles:
+    """Contents of bundle files, kept as read while their sha256 was checked.
+
+    Loading from these bytes (not from the files again) means what was verified is exactly
+    what gets deserialized, and a 200+ MB engine is read from disk once.
+    """
+
+    def __init__(self, contents: dict[str, bytes]) -> None:
+        self._contents = contents
+
+    def read(self, relative: str) -> bytes:
+        """The verified bytes of ``relative``."""
+        try:
+            return self._contents[relative]
+        except KeyError:
+            raise BundleError(f"{relative}: not among the verified files of this bundle") from None
+
+
+def check_files(root: Path, manifest: Manifest, keep: Collection[str] = ()) -> VerifiedFiles:
     """Check every listed file's size and sha256, and that no unlisted file exists.
 
-    Raises :class:`BundleError` naming the first offending file.
+    Files named in ``keep`` are read into memory whole, hashed there and returned; the others
+    are hashed in a stream. Raises :class:`BundleError` naming the first offending file.
     """
     listed = {entry.path for entry in manifest.files}
+    kept: dict[str, bytes] = {}
     for entry in manifest.files:
         path = (root / entry.path).resolve()
         if not path.is_relative_to(root.resolve()) or entry.path in UNLISTED:
@@ -203,14 +234,26 @@ def check_files(root: Path, manifest: Manifest) -> None:
         size = path.stat().st_size
         if size != entry.size:
             raise BundleError(f"{entry.path}: size {size} bytes, manifest says {entry.size}")
-        if sha256_file(path) != entry.sha256:
+        if entry.path in keep:
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest() if len(data) == entry.size else ""
+        else:
+            data, digest = b"", sha256_file(path)
+        if digest != entry.sha256:
             raise BundleError(f"{entry.path}: sha256 does not match the manifest (modified or corrupt)")
+        if entry.path in keep:
+            kept[entry.path] = data
     for path in root.rglob("*"):
         relative = path.relative_to(root).as_posix()
         if (path.is_file() or path.is_symlink()) and relative not in UNLISTED and relative not in listed:
             raise BundleError(f"{relative}: file not listed in the manifest")
-    if manifest.model_file not in listed:
-        raise BundleError(f"{manifest.model_file}: the model file is not listed in the manifest")
+    for needed in (
+        manifest.model_file,
+        *(str(e.get("file")) for e in manifest.engines if isinstance(e, dict)),
+    ):
+        if needed not in listed:
+            raise BundleError(f"{needed}: a file of the model is not listed in the manifest")
+    return VerifiedFiles(kept)
 
 
 def describe_outputs(outputs: Sequence[Any]) -> list[dict[str, Any]]:

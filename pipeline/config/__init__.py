@@ -1,6 +1,11 @@
-"""Configuration: typed schema, ConfigStore registration and validation."""
+"""Configuration: typed schema, ConfigStore registration and validation.
 
-from pipeline.config.loading import CONFIG_DIR, compose, config_dict, parse, resolve, resolve_refit, validate
+The schema types import nothing heavy; the Hydra-backed functions (``compose``, ``resolve``, ...)
+are imported on first use, so deployment code that only needs the types never imports Hydra.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from pipeline.config.schema import (
     BackendConfig,
     BackendKind,
@@ -20,7 +25,38 @@ from pipeline.config.schema import (
     WeightsConfig,
     WeightsSource,
 )
-from pipeline.config.store import register_configs
+
+if TYPE_CHECKING:
+    from pipeline.config.loading import (
+        CONFIG_DIR,
+        compose,
+        config_dict,
+        parse,
+        resolve,
+        resolve_refit,
+        validate,
+    )
+    from pipeline.config.store import register_configs
+
+_LAZY = {
+    "CONFIG_DIR": "pipeline.config.loading",
+    "compose": "pipeline.config.loading",
+    "config_dict": "pipeline.config.loading",
+    "parse": "pipeline.config.loading",
+    "resolve": "pipeline.config.loading",
+    "resolve_refit": "pipeline.config.loading",
+    "validate": "pipeline.config.loading",
+    "register_configs": "pipeline.config.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline.config' has no attribute {name!r}")
+
 
 __all__ = [
     "CONFIG_DIR",

@@ -6,15 +6,17 @@ presets it gets are the same files the pipeline composes.
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
-
-from pipeline.config.loading import CONFIG_DIR, runtime_names
 from pipeline.config.schema import RuntimeConfig
 from pipeline.errors import ConfigError
 
 
 def runtime_preset(name: str) -> RuntimeConfig:
     """The :class:`RuntimeConfig` of preset ``name``."""
+    # Imported here: deployment code that keeps its bundle's recorded policy never needs them.
+    from omegaconf import OmegaConf
+
+    from pipeline.config.loading import CONFIG_DIR, runtime_names
+
     path = CONFIG_DIR / "runtime" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"runtime={name}: no such preset; available: {', '.join(runtime_names())}")

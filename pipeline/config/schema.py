@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from omegaconf import MISSING
+#: OmegaConf's marker for a value that must be given (its ``MISSING``), spelled out so that
+#: deployment hosts can use these types without importing omegaconf.
+MISSING: Any = "???"
 
 
 class Precision(str, Enum):

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import pipeline
-from pipeline.backends.base import Backend, PolicyReport, RefitRequest
+from pipeline.backends import get_backend
+from pipeline.backends.base import Backend, DirectoryFiles, PolicyReport, RefitRequest
 from pipeline.bundle.format import (
     Manifest,
     bundle_dir_name,
@@ -32,7 +33,13 @@ from pipeline.bundle.format import (
     describe_outputs,
     read_manifest,
 )
-from pipeline.bundle.loader import backend_for_manifest, default_device, input_specs, open_bundle
+from pipeline.bundle.loader import (
+    default_device,
+    input_specs,
+    open_bundle,
+    runtime_for_manifest,
+    saved_artifact,
+)
 from pipeline.bundle.store import BundleStore
 from pipeline.bundle.trust import TrustPolicy
 from pipeline.config import compose, parse, resolve
@@ -150,7 +157,7 @@ def refit_bundle(
     engines disagree with eager PyTorch.
     """
     source = str(Path(weights).expanduser().resolve())
-    root, manifest = open_bundle(bundle, trust)
+    root, manifest, _ = open_bundle(bundle, trust)
     check_refittable(manifest, source)
     config = rebuild_config(manifest)
     clock = StageClock()
@@ -160,7 +167,7 @@ def refit_bundle(
     if new_sha256 == manifest.weights.get("sha256"):
         raise ConfigError(f"weights={source}: identical to the bundle's own weights; nothing to refit")
 
-    backend = backend_for_manifest(manifest, force=False)
+    backend = backend_for_manifest(manifest)
     device = default_device(manifest)
     built = prepare_model(model, config, device, weights_sha256=new_sha256)
     bid = bundle_id(
@@ -183,6 +190,11 @@ def refit_bundle(
             shutil.rmtree(staging, ignore_errors=True)
     result.seconds = dict(clock.seconds)
     return result
+
+
+def backend_for_manifest(manifest: Manifest) -> Backend:
+    """The compiler backend of a bundle this host can run (the compatibility gate applies)."""
+    return get_backend(runtime_for_manifest(manifest, force=False).kind)
 
 
 def _model_with_new_weights(config: PipelineConfig, source: str) -> nn.Module:
@@ -208,16 +220,15 @@ def _refit_into(
     clock: StageClock,
 ) -> RefitResult:
     specs = input_specs(parent)
-    target = staging / parent.model_file
-    target.parent.mkdir(parents=True, exist_ok=True)
     with clock.stage(RefitStep.refit, f"{parent.engine_count} engines"):
         refit = backend.refit(
             RefitRequest(
-                artifact=parent_root / parent.model_file,
+                artifact=saved_artifact(parent),
+                files=DirectoryFiles(parent_root),
                 model=built.eager,
                 example_inputs=built.golden_inputs,
                 specs=specs,
-                target=target,
+                target=staging,
                 device=built.device,
             )
         )
@@ -225,7 +236,7 @@ def _refit_into(
     policy = RuntimeConfig(**parent.runtime["policy"])
     with clock.stage(RefitStep.reload, f"runtime={policy.name}"):
         loaded = LoadedModel(
-            module=backend.load(target, built.device),
+            module=backend.load(refit.artifact, DirectoryFiles(staging), built.device),
             backend=backend,
             specs=specs,
             precision=Precision(parent.precision),
@@ -264,6 +275,7 @@ def _refit_into(
             },
             timings={**clock.seconds, **{f"refit.{k}": v for k, v in refit.seconds.items()}},
             bench={},
+            engines=[record.to_dict() for record in refit.artifact.engines],
             files=[],
         )
         published = package_bundle(

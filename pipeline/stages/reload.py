@@ -20,7 +20,7 @@ def reload_model(
 ) -> LoadedModel:
     """Deserialize and apply ``policy`` (default ``config.runtime``); engine counts must match
     the fresh compile."""
-    module = backend.load(serialized.path, device)
+    module = backend.load(serialized.artifact, serialized.files, device)
     return LoadedModel(
         module=module,
         backend=backend,

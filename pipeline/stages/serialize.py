@@ -5,31 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backends.base import Backend, CompiledModel
-from pipeline.bundle.format import MODEL_DIR
+from pipeline.backends.base import Backend, CompiledModel, DirectoryFiles, SavedArtifact
 from pipeline.config.schema import InputSpec
 
 
 @dataclass
 class SerializedModel:
-    """Where the serialized model lies, relative to the staging root, and its size."""
+    """What was written under the staging root (the model file, and any engine files)."""
 
     root: Path
-    relative_path: str
-    size_bytes: int
+    artifact: SavedArtifact
 
     @property
-    def path(self) -> Path:
-        """Absolute path of the model file."""
-        return self.root / self.relative_path
+    def size_bytes(self) -> int:
+        """Bytes written, all files together."""
+        return sum((self.root / relative).stat().st_size for relative in self.artifact.files)
+
+    @property
+    def files(self) -> DirectoryFiles:
+        """Reads the written files back (the reload stage)."""
+        return DirectoryFiles(self.root)
 
 
 def serialize_model(
     backend: Backend, compiled: CompiledModel, staging: Path, specs: list[InputSpec]
 ) -> SerializedModel:
-    """Save ``compiled`` as ``staging/model/<artifact>``."""
-    relative = f"{MODEL_DIR}/{backend.artifact_name}"
-    target = staging / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    backend.save(compiled, target, specs)
-    return SerializedModel(root=staging, relative_path=relative, size_bytes=target.stat().st_size)
+    """Save ``compiled`` under ``staging`` (``model/...``, and ``engines/...`` for TensorRT)."""
+    return SerializedModel(root=staging, artifact=backend.save(compiled, staging, specs))

@@ -18,9 +18,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.backends.base import PolicyReport, RefitReport, RefitRequest
+from pipeline.backends.engine_graph import EngineRecord
 from pipeline.backends.export import ExportBackend
 from pipeline.backends.exported import dynamic_shapes
-from pipeline.bundle.format import GOLDEN_NAME, read_manifest, write_manifest
+from pipeline.bundle.format import GOLDEN_NAME, describe_files, read_manifest, write_manifest
 from pipeline.bundle.loader import open_bundle
 from pipeline.config import compose, resolve
 from pipeline.config.schema import RuntimeConfig
@@ -41,14 +42,28 @@ from tests.helpers import cli
 
 
 def as_tensorrt_bundle(source: Path, target: Path, immutable_weights: bool) -> Path:
-    """Copy a CPU bundle and relabel it a one-engine TensorRT bundle; digests stay valid."""
+    """Copy a CPU bundle and relabel it a one-engine TensorRT bundle (a stand-in engine file
+    beside its model); digests stay valid."""
     shutil.copytree(source, target)
     manifest = read_manifest(target)
     manifest.backend = "tensorrt"
     manifest.engine_count = 1
+    manifest.engines = [STAND_IN_ENGINE.to_dict()]
+    (target / STAND_IN_ENGINE.file).parent.mkdir()
+    (target / STAND_IN_ENGINE.file).write_bytes(b"stand-in engine")
     manifest.compile_settings = {**manifest.compile_settings, "immutable_weights": immutable_weights}
+    manifest.files = describe_files(target)
     write_manifest(target, manifest)
     return target
+
+
+STAND_IN_ENGINE = EngineRecord(
+    attribute="_run_on_acc_0_engine",
+    file="engines/_run_on_acc_0.engine",
+    engine_index=1,
+    outputs=1,
+    serialized_info=["abi", ""],
+)
 
 
 def tiny_bert(seed: int) -> nn.Module:
@@ -65,14 +80,19 @@ class ReexportBackend(ExportBackend):
         self.keep_old_weights = keep_old_weights
 
     def refit(self, request: RefitRequest) -> RefitReport:
+        model_file = request.target / request.artifact.model_file
+        model_file.parent.mkdir(parents=True, exist_ok=True)
         if self.keep_old_weights:
-            shutil.copyfile(request.artifact, request.target)
+            model_file.write_bytes(request.files.read(request.artifact.model_file))
         else:
             program = torch.export.export(
                 request.model, request.example_inputs, dynamic_shapes=dynamic_shapes(request.specs)
             )
-            torch.export.save(program, str(request.target))
-        return RefitReport(engines=1)
+            torch.export.save(program, str(model_file))
+        for record in request.artifact.engines:
+            (request.target / record.file).parent.mkdir(parents=True, exist_ok=True)
+            (request.target / record.file).write_bytes(request.files.read(record.file))
+        return RefitReport(engines=1, artifact=request.artifact)
 
     def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
         return PolicyReport(policy=policy, applied=True, engines_configured=1)
@@ -101,7 +121,7 @@ def no_gpu_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def use_backend(monkeypatch: pytest.MonkeyPatch, backend: ExportBackend) -> None:
-    monkeypatch.setattr(refit_workflow, "backend_for_manifest", lambda manifest, force: backend)
+    monkeypatch.setattr(refit_workflow, "backend_for_manifest", lambda manifest: backend)
 
 
 def test_refit_cli_exits_2_saying_to_rebuild_when_bundle_is_from_export_backend(
@@ -198,7 +218,7 @@ def test_refit_publishes_verified_bundle_recording_parent_and_new_weights_when_r
     parent = read_manifest(refittable)
     result = refit_bundle(refittable, new_weights, artifacts_dir=tmp_path / "out")
 
-    root, manifest = open_bundle(result.bundle.path)
+    root, manifest, _ = open_bundle(result.bundle.path)
     new_model = tiny_bert(seed=7)
     assert manifest.weights["refit_from"] == {
         "bundle_id": parent.bundle_id,

@@ -13,7 +13,8 @@ from pipeline.config import (
     compose,
     resolve,
 )
-from pipeline.config.presets import runtime_names, runtime_preset
+from pipeline.config.loading import runtime_names
+from pipeline.config.presets import runtime_preset
 from pipeline.errors import ConfigError
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())

@@ -1,0 +1,219 @@
+"""Running TensorRT bundles with the Torch-TensorRT runtime library alone.
+
+``import torch_tensorrt`` takes ~11 s (it imports the compiler, dynamo and the TensorRT Python
+bindings). Running a saved engine needs none of it: the runtime library that the installed
+Torch-TensorRT ships (``torch_tensorrt/lib/libtorchtrt_runtime.so``) registers the engine class
+``torch.classes.tensorrt.Engine``, the operator ``torch.ops.tensorrt.execute_engine`` and the
+process-wide CUDA-graph switch. This module loads that library and nothing else of the package,
+rebuilds engines from their raw bytes, and applies runtime policies at engine level.
+
+The host fingerprint (:func:`runtime_environment`) comes from installed package metadata, the
+same way on the build host and on the deployment host, so the compatibility gate compares like
+with like without importing either Python package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import platform
+import threading
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.backends.base import FileSource, ModelRuntime, PolicyReport, SavedArtifact
+from pipeline.backends.engine_graph import EngineRecord, attach_engines, load_graph
+from pipeline.backends.engines import ModeGate, apply_to_engines, find_engines, resources_held
+from pipeline.config.schema import BackendKind, RuntimeConfig
+from pipeline.errors import BackendUnavailableError, BundleError
+
+RUNTIME_LIBRARY = "libtorchtrt_runtime.so"
+# (distribution, TensorRT build it belongs to); the RTX build first: both provide `torch_tensorrt`.
+TORCH_TENSORRT_DISTRIBUTIONS = (("torch-tensorrt-rtx", "tensorrt-rtx"), ("torch-tensorrt", "tensorrt"))
+TENSORRT_DISTRIBUTIONS = {
+    "tensorrt-rtx": ("tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu12-libs", "tensorrt-rtx"),
+    "tensorrt": ("tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-libs", "tensorrt"),
+}
+# Packages whose shared libraries the runtime library links against, when not on the loader path.
+TENSORRT_LIBRARY_PACKAGES = ("tensorrt_rtx_libs", "tensorrt_libs")
+# Torch-TensorRT's CudaGraphsMode: STANDARD = 0, SUBGRAPH_CUDAGRAPHS = 1 (per engine).
+CUDAGRAPHS_OFF, CUDAGRAPHS_ON = 0, 1
+
+_load_lock = threading.Lock()
+
+
+def _ops_registered() -> bool:
+    return hasattr(torch.ops.tensorrt, "execute_engine")
+
+
+def runtime_library_path() -> Path | None:
+    """Where the installed Torch-TensorRT keeps its runtime library (nothing is imported)."""
+    spec = importlib.util.find_spec("torch_tensorrt")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "lib" / RUNTIME_LIBRARY
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_runtime() -> None:
+    """Register the TensorRT engine class and operators in this process (idempotent).
+
+    A process that imported ``torch_tensorrt`` has them already (from its full library); loading
+    the runtime library a second time would register them twice, so it is skipped then.
+    """
+    with _load_lock:
+        if _ops_registered():
+            return
+        library = runtime_library_path()
+        if library is None:
+            raise BackendUnavailableError(
+                "torch_tensorrt is not installed (pip install torch-tensorrt, or torch-tensorrt-rtx for "
+                f"TensorRT-RTX bundles): its {RUNTIME_LIBRARY} runs the engines"
+            )
+        try:
+            torch.ops.load_library(str(library))
+        except OSError:
+            # Wheels keep TensorRT's own libraries in a package directory that is not on the
+            # loader path; the TensorRT Python package would preload them, so do the same.
+            _preload_tensorrt_libraries()
+            torch.ops.load_library(str(library))
+
+
+def _preload_tensorrt_libraries() -> None:
+    libraries: list[Path] = []
+    for package in TENSORRT_LIBRARY_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            libraries += sorted(Path(location).glob("lib*.so*"))
+    pending = libraries
+    for _ in range(len(libraries)):  # dependency order is unknown: retry what failed
+        failed = []
+        for path in pending:
+            try:
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                failed.append(path)
+        if not failed or len(failed) == len(pending):
+            return
+        pending = failed
+
+
+def _distribution_version(*names: str) -> tuple[str, str] | None:
+    for name in names:
+        try:
+            return name, importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def runtime_environment() -> dict[str, str]:
+    """What decides whether TensorRT engines load here: Torch-TensorRT and TensorRT builds and
+    versions, the runtime ABI, CUDA, the GPU and its SM, the platform."""
+    build, torch_tensorrt_version = "unknown", "unknown"
+    for distribution, tensorrt_build in TORCH_TENSORRT_DISTRIBUTIONS:
+        found = _distribution_version(distribution)
+        if found is not None:
+            build, torch_tensorrt_version = tensorrt_build, found[1]
+            break
+    tensorrt = _distribution_version(*TENSORRT_DISTRIBUTIONS.get(build, ()))
+    load_runtime()
+    major, minor = torch.cuda.get_device_capability()
+    return {
+        "torch": torch.__version__,
+        "torch_tensorrt": torch_tensorrt_version,
+        "torch_tensorrt_abi": str(torch.ops.tensorrt.ABI_VERSION()),
+        "tensorrt": tensorrt[1] if tensorrt else "unknown",
+        "tensorrt_build": build,
+        "cuda": str(torch.version.cuda),
+        "gpu": torch.cuda.get_device_name(),
+        "sm": f"{major}.{minor}",
+        "platform": platform.machine(),
+    }
+
+
+def make_engine(record: EngineRecord, engine_bytes: bytes) -> Any:
+    """A ``torch.classes.tensorrt.Engine`` built from its raw bytes and recorded fields."""
+    length, index = _layout_constant("SERIALIZATION_LEN"), _layout_constant("ENGINE_IDX")
+    if (length is not None and len(record.serialized_info) != length) or (
+        index is not None and record.engine_index != index
+    ):
+        raise BundleError(
+            f"engine {record.attribute}: recorded with {len(record.serialized_info)} fields (engine at "
+            f"{record.engine_index}), this Torch-TensorRT runtime expects {length} (engine at {index}); "
+            "rebuild the bundle here"
+        )
+    return torch.classes.tensorrt.Engine(record.constructor_args(engine_bytes))
+
+
+def _layout_constant(name: str) -> int | None:
+    """A constant of the runtime's serialized-engine layout, where the runtime exports it."""
+    if not hasattr(torch.ops.tensorrt, name):
+        return None
+    return int(getattr(torch.ops.tensorrt, name)())
+
+
+def engine_index() -> int:
+    """Index of the engine bytes in the serialized-engine layout (3 in every ABI so far)."""
+    index = _layout_constant("ENGINE_IDX")
+    return 3 if index is None else index
+
+
+def cudagraphs_enabled() -> bool:
+    """Whether Torch-TensorRT's process-wide CUDA-graph mode is on (as the engines see it)."""
+    return bool(torch.ops.tensorrt.get_cudagraphs_mode() != CUDAGRAPHS_OFF)
+
+
+def set_cudagraphs(enabled: bool) -> None:
+    """Switch the process-wide CUDA-graph mode (per-engine graphs) on or off."""
+    torch.ops.tensorrt.set_cudagraphs_mode(CUDAGRAPHS_ON if enabled else CUDAGRAPHS_OFF)
+
+
+#: Every loaded TensorRT model in this process goes through this gate (see ModeGate).
+CUDA_GRAPHS_GATE = ModeGate(cudagraphs_enabled, set_cudagraphs)
+
+
+class TensorRTRuntime(ModelRuntime):
+    """Loads TensorRT bundles and applies runtime policies, without ``import torch_tensorrt``."""
+
+    kind = BackendKind.tensorrt
+
+    def prepare(self) -> None:
+        load_runtime()
+
+    def environment(self) -> dict[str, str]:
+        return runtime_environment()
+
+    def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+        load_runtime()
+        with torch.cuda.device(device):
+            module = load_graph(files.read(artifact.model_file), device)
+            engines = {
+                record.attribute: make_engine(record, files.read(record.file)) for record in artifact.engines
+            }
+            attach_engines(module, engines, torch.ops.tensorrt.execute_engine.default)
+        return module
+
+    def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
+        engines = find_engines(module)
+        readback = apply_to_engines(engines, policy)
+        return PolicyReport(
+            policy=policy,
+            applied=True,
+            engines_configured=len(engines),
+            details={"engines": readback, "cuda_graphs": policy.cuda_graphs},
+        )
+
+    def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
+        return CUDA_GRAPHS_GATE.call(policy.cuda_graphs)
+
+    def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
+        return resources_held(find_engines(module), policy)

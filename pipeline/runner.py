@@ -22,13 +22,13 @@ from pipeline.bundle.format import (
 )
 from pipeline.bundle.store import BundleStore
 from pipeline.config import config_dict
-from pipeline.config.schema import PipelineConfig, Stage
+from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
 from pipeline.errors import VerificationError
 from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
 from pipeline.stages.build import BuiltModel, build_model
-from pipeline.stages.compile import compile_model
+from pipeline.stages.compile import COMPILE_CACHE, CompileCache, compile_model
 from pipeline.stages.package import PublishedBundle, package_bundle
 from pipeline.stages.reload import reload_model
 from pipeline.stages.serialize import serialize_model
@@ -104,8 +104,19 @@ def _build_bundle(
     result: RunResult,
 ) -> None:
     backend = choice.backend
-    with clock.stage(Stage.compile, backend.kind.value):
-        compiled = compile_model(backend, built, config)
+    cache_key = CompileCache.key(config_dict(config), built.weights_sha256)
+    cached = COMPILE_CACHE.get(cache_key)
+    if cached is not None and not config.force:
+        clock.skipped(Stage.compile, "the same engines were compiled earlier in this process")
+        compiled, compile_seconds = cached.compiled, cached.seconds
+        # An earlier run may have timed other policies on these engines: start from the default.
+        backend.apply_policy(compiled.module, RuntimeConfig())
+    else:
+        COMPILE_CACHE.clear()  # free the previous engines before building new ones
+        with clock.stage(Stage.compile, backend.kind.value):
+            compiled = compile_model(backend, built, config)
+        compile_seconds = clock.seconds[Stage.compile.value]
+        COMPILE_CACHE.put(cache_key, compiled, compile_seconds)
     result.compiled = compiled
     if Stage.serialize not in config.stages:
         return
@@ -149,7 +160,7 @@ def _build_bundle(
             device=str(choice.device),
             precision=config.precision.value,
             model_name=config.model.name,
-            model_file=serialized.relative_path,
+            model_file=serialized.artifact.model_file,
             environment=environment,
             config=resolved,
             overrides=overrides,
@@ -160,7 +171,9 @@ def _build_bundle(
             verification=verified.report.to_dict(),
             weights={**resolved["model"]["weights"], "sha256": built.weights_sha256},
             engine_count=compiled.engine_count,
-            timings=dict(clock.seconds),
+            engines=[record.to_dict() for record in serialized.artifact.engines],
+            # A compile reused from earlier in this process cost what it cost then.
+            timings={**clock.seconds, Stage.compile.value: compile_seconds},
             bench=result.bench.to_dict() if result.bench is not None else {},
         )
         result.bundle = package_bundle(

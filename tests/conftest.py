@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.stages.compile import COMPILE_CACHE
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import run
+
+
+@pytest.fixture(autouse=True)
+def empty_compile_cache(request: pytest.FixtureRequest) -> None:
+    """CPU tests see a process that compiled nothing before them; the GPU suite shares compiles."""
+    if request.node.get_closest_marker("gpu") is None:
+        COMPILE_CACHE.clear()
 
 
 @pytest.fixture(scope="session")

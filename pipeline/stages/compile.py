@@ -1,6 +1,12 @@
-"""compile: hand the eager model to the chosen backend."""
+"""compile: hand the eager model to the chosen backend (once per distinct engine in a process)."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -8,8 +14,62 @@ from pipeline.backends.base import Backend, CompiledModel
 from pipeline.config.schema import PipelineConfig
 from pipeline.stages.build import BuiltModel
 
+# What decides the compiled engines: not the runtime policy (its compile flags are in `compile`),
+# verification, benchmarking or where artifacts go.
+ENGINE_IDENTITY = ("model", "precision", "backend", "compile")
+
 
 def compile_model(backend: Backend, built: BuiltModel, config: PipelineConfig) -> CompiledModel:
     """Compile ``built.eager`` for the golden inputs' shapes (and declared dynamic ranges)."""
     with torch.no_grad():
         return backend.compile(built.eager, built.golden_inputs, config)
+
+
+@dataclass
+class CachedCompile:
+    """A compiled model kept for reuse, and what compiling it cost."""
+
+    compiled: CompiledModel
+    seconds: float
+
+
+class CompileCache:
+    """The last compiled models of this process, by what decides their engines.
+
+    A sweep over runtime policies in one process (Hydra's basic launcher, the GPU suite) builds
+    bundles whose engines are identical but for the policy loaded onto them: they are compiled
+    once. Held on the device, so only ``capacity`` are kept.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, CachedCompile] = OrderedDict()
+
+    @staticmethod
+    def key(resolved: dict[str, Any], weights_sha256: str) -> str:
+        """The identity of the engines a resolved config (plain data) compiles to."""
+        identity = {name: resolved.get(name) for name in ENGINE_IDENTITY}
+        payload = json.dumps({"config": identity, "weights": weights_sha256}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def get(self, key: str) -> CachedCompile | None:
+        """The cached compile for ``key``, if any."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, compiled: CompiledModel, seconds: float) -> None:
+        """Keep ``compiled``, dropping the oldest entries beyond capacity."""
+        self._entries[key] = CachedCompile(compiled, seconds)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every compiled model (frees their engines)."""
+        self._entries.clear()
+
+
+#: The process's compile cache, used by :func:`pipeline.runner.run_pipeline`.
+COMPILE_CACHE = CompileCache()

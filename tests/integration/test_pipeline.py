@@ -52,6 +52,26 @@ def test_pipeline_reuses_bundle_when_config_is_unchanged_and_rebuilds_when_force
     assert forced.bundle.manifest.created_at >= first.bundle.manifest.created_at
 
 
+def test_pipeline_compiles_once_when_runs_in_one_process_differ_only_in_runtime_policy(
+    tmp_path: Path,
+) -> None:
+    standard = run(tmp_path, "model=tiny_cnn")
+    preallocated = run(tmp_path, "model=tiny_cnn", "runtime=preallocated")
+    assert standard.bundle is not None and preallocated.bundle is not None
+    assert preallocated.compiled is standard.compiled and "compile" not in preallocated.seconds
+    assert preallocated.passed and preallocated.bundle.path != standard.bundle.path
+    # The bundle records what compiling its engines cost, not the zero of the reuse.
+    assert preallocated.bundle.manifest.timings["compile"] == standard.seconds["compile"]
+
+
+@pytest.mark.parametrize("change", ["precision=fp16", "model.weights.seed=1", "force=true"])
+def test_pipeline_compiles_again_when_engines_would_differ_or_forced(tmp_path: Path, change: str) -> None:
+    first = run(tmp_path, "model=tiny_cnn")
+    second = run(tmp_path, "model=tiny_cnn", change)
+    assert second.compiled is not first.compiled and "compile" in second.seconds
+    assert second.passed
+
+
 def test_pipeline_records_policy_as_not_applied_when_backend_is_export(bert_bundle: PublishedBundle) -> None:
     runtime = bert_bundle.manifest.runtime
     assert runtime["policy"]["name"] == "preallocated" and runtime["policy"]["pre_allocated_outputs"]

@@ -27,7 +27,7 @@ setup: $(STAMP) ## create .venv and install the package with its dev and sweep t
 run: $(STAMP) ## run the pipeline: make run MODEL=bert RUNTIME=preallocated ARGS="precision=fp16"
 	$(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS)
 
-bundle: $(STAMP) ## build a bundle and pack it as .tar.gz: make bundle MODEL=bert RUNTIME=preallocated
+bundle: $(STAMP) ## build a bundle and pack it as .tar: make bundle MODEL=bert RUNTIME=preallocated
 	@set -o pipefail; path=$$($(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS) | sed -n 's/^bundle: //p' | tail -n 1); \
 	test -n "$$path" && $(PY) -m pipeline.bundle pack "$$path"
 
@@ -40,17 +40,20 @@ reliability: $(STAMP) ## tampering, unpacking, signatures, kill -9, concurrency,
 # The GPU host has no network: it runs with its own python3 plus the wheelhouse (README).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 test-gpu: ## GPU suite: needs a CUDA GPU and torch_tensorrt (README, "GPU host")
-	$(GPU_PY) -m pytest -m gpu tests/gpu -v -p no:cacheprovider
+	$(GPU_PY) -m pytest -m gpu tests/gpu -v -p no:cacheprovider --durations=12
 
 BENCH_STAGES := stages=[build,compile,serialize,reload,verify,bench,package]
 BENCH_RESNET ?= resnet50
 ARTIFACTS ?= artifacts
-bench: ## GPU: the two seed scenarios (BERT fp16 policies; ResNet standard vs dynamic), then the report
+bench: ## GPU: the two seed scenarios (BERT fp16 policies; ResNet standard vs dynamic), cold starts, then the report
 	$(GPU_PY) -m pipeline model=bert precision=fp16 runtime=preallocated $(BENCH_STAGES) \
 		bench.policies=[standard,preallocated,cudagraphs] artifacts_dir=$(ARTIFACTS) $(ARGS)
 	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=standard $(BENCH_STAGES) artifacts_dir=$(ARTIFACTS) $(ARGS)
 	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=dynamic $(BENCH_STAGES) bench.baselines=[fresh] \
 		artifacts_dir=$(ARTIFACTS) $(ARGS)
+	for bundle in $(ARTIFACTS)/bundles/bert-fp16-preallocated-* $(ARTIFACTS)/bundles/$(BENCH_RESNET)-fp32-standard-*; do \
+		$(GPU_PY) -m pipeline.bundle coldstart $$bundle --json $(ARTIFACTS)/coldstart/$$(basename $$bundle).json || exit 1; \
+	done
 	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
 
 REFIT_MODEL ?= bert

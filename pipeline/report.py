@@ -7,6 +7,7 @@ writes ``DIR/report.md`` (a markdown table) and ``DIR/report.png`` (latency and 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,13 +156,46 @@ def chart(rows: list[Row], path: Path) -> None:
     plt.close(figure)
 
 
+COLD_START_DIR = "coldstart"
+
+
+def cold_start_markdown(directory: Path) -> str:
+    """A table of ``DIR/coldstart/*.json`` (``python -m pipeline.bundle coldstart --json``), each
+    beside the compile time recorded in its bundle's manifest (measured in the same run)."""
+    lines = []
+    for path in sorted((directory / COLD_START_DIR).glob("*.json")):
+        figures = json.loads(path.read_text(encoding="utf-8"))
+        median = figures["median"]
+        manifest = read_manifest(Path(figures["bundle"]))
+        compile_seconds = manifest.timings.get("compile", 0.0)
+        total = median["process_to_first_output_s"]
+        lines.append(
+            f"| {manifest.model_name} {manifest.precision} {manifest.runtime['policy']['name']} "
+            f"| {median['import_torch_s'] + median['cuda_init_s']:.2f} | {median['load_bundle_s']:.2f} "
+            f"| {median['first_call_s']:.3f} | {total:.2f} | {compile_seconds:.2f} "
+            f"| {total / compile_seconds if compile_seconds else float('nan'):.2f} |"
+        )
+    if not lines:
+        return ""
+    header = (
+        "| bundle | import torch + CUDA init (s) | load_bundle (s) | first call (s) "
+        "| process start to first output (s) | compile (s) | cold start / compile |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    return header + "\n".join(lines) + "\n"
+
+
 def write_report(directory: Path) -> tuple[Path, Path] | None:
     """Write ``report.md`` and ``report.png`` into ``directory``; None if nothing was benchmarked."""
     rows = [row for manifest in find_manifests(directory) for row in rows_for(manifest)]
     if not rows:
         return None
     table, picture = directory / "report.md", directory / "report.png"
-    table.write_text("# Runtime policy comparison\n\n" + markdown(rows), encoding="utf-8")
+    text = "# Runtime policy comparison\n\n" + markdown(rows)
+    cold = cold_start_markdown(directory)
+    if cold:
+        text += "\n# Cold start (fresh process per run) beside the compile of the same model\n\n" + cold
+    table.write_text(text, encoding="utf-8")
     chart(rows, picture)
     return table, picture
 

@@ -2,11 +2,9 @@
 
     python scripts/reload_overhead.py BUNDLE [--json OUT]
 
-Times the same engines, under the bundle's policy, four ways: as ``torch.export.load(...).module()``
-returns them (guard function, input-constraint hooks and pytree wrapping on every call), with
-those removed (``flat_module``), through ``load_bundle`` (flat module plus the loader's own input
-check), and the engine op alone (``torch.ops.tensorrt.execute_engine``), the floor for
-Python-side overhead.
+Times the same engines, under the bundle's policy, three ways: through ``load_bundle``'s model
+(its lock, input check and grad-mode rule around the graph), the loaded graph alone, and the
+engine op alone (``torch.ops.tensorrt.execute_engine``), the floor for Python-side overhead.
 """
 
 from __future__ import annotations
@@ -22,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
 
 from pipeline import load_bundle
-from pipeline.backends.engines import apply_to_engines, find_engines
-from pipeline.backends.exported import flat_module
+from pipeline.backends.engines import find_engines
 from pipeline.models import make_inputs
 from pipeline.timing import compare_latency
 
@@ -40,21 +37,15 @@ def main() -> None:
     loaded = load_bundle(args.bundle)
     policy = loaded.policy
     inputs = make_inputs(loaded.specs, 0, loaded.precision, loaded.device)
-    model_file = str(loaded.root / loaded.manifest.model_file)
-    raw = torch.export.load(model_file).module()
-    stripped = flat_module(torch.export.load(model_file))
-    for module in (raw, stripped):
-        apply_to_engines(find_engines(module), policy)
     context = loaded.backend.call_context(policy)
 
     def under_policy(module: torch.nn.Module) -> object:
-        with context:
+        with context, torch.no_grad():
             return module(*inputs)
 
     calls = {
-        "torch.export.load().module()": lambda: under_policy(raw),
-        "guards, hooks and pytree removed": lambda: under_policy(stripped),
-        "load_bundle (flat module + input check)": lambda: loaded(*inputs),
+        "load_bundle model (lock + input check)": lambda: loaded(*inputs),
+        "loaded graph alone": lambda: under_policy(loaded.module),
     }
     engines = find_engines(loaded.module)
     if len(engines) == 1:
@@ -70,7 +61,7 @@ def main() -> None:
 
 
 def under_policy_op(engine: object, inputs: tuple[torch.Tensor, ...], context: object) -> object:
-    with context:  # type: ignore[attr-defined]
+    with context, torch.no_grad():  # type: ignore[attr-defined]
         return torch.ops.tensorrt.execute_engine(list(inputs), engine)
 
 

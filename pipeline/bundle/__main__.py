@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.bundle.coldstart import measure_cold_start
 from pipeline.bundle.format import Manifest
 from pipeline.bundle.loader import bench_bundle, open_bundle, verify_bundle
-from pipeline.bundle.pack import pack_bundle
+from pipeline.bundle.pack import Compression, pack_bundle
 from pipeline.bundle.store import BundleStore
 from pipeline.bundle.trust import TrustPolicy, generate_key_pair, sign_bundle
 from pipeline.config.schema import BenchConfig
@@ -31,6 +32,10 @@ def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
         ("backend", f"{manifest.backend} on {manifest.device}"),
         ("runtime", f"{runtime.get('policy', {}).get('name')} ({applied})"),
         ("engines", str(manifest.engine_count)),
+        *(
+            (f"engine {e.get('attribute')}", f"{e.get('file')}, {e.get('outputs')} outputs")
+            for e in manifest.engines
+        ),
         ("verification", "PASS" if verification.get("passed") else "FAIL"),
         ("weights", json.dumps(manifest.weights, sort_keys=True)),
         ("inputs", ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in manifest.inputs)),
@@ -45,9 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.bundle", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    pack = commands.add_parser("pack", help="make PATH.tar.gz from a bundle directory")
+    pack = commands.add_parser("pack", help="make PATH.tar (or .tar.gz) from a bundle directory")
     pack.add_argument("path")
     pack.add_argument("-o", "--output", help="archive path (default: next to the bundle)")
+    pack.add_argument(
+        "--compression",
+        choices=[c.value for c in Compression],
+        help="none (a .tar, the default: engines barely compress) or gz (default from --output's name)",
+    )
     for name, text in (("inspect", "print the manifest"), ("verify", "re-run the golden check here")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("path")
@@ -62,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--warmup", type=int, default=BenchConfig.warmup)
     bench.add_argument("--iterations", type=int, default=BenchConfig.iterations)
     bench.add_argument("--json", dest="json_path", help="also write the report as JSON here")
+    coldstart = commands.add_parser(
+        "coldstart", help="time process start to first output, one fresh process per run"
+    )
+    coldstart.add_argument("path")
+    coldstart.add_argument("--repeats", type=int, default=3)
+    coldstart.add_argument("--json", dest="json_path", help="also write the figures as JSON here")
     keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing bundles")
     keygen.add_argument("private", help="private key file to write (PEM, mode 600)")
     keygen.add_argument("public", help="public key file to write (PEM): give it to hosts to trust")
@@ -73,18 +89,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "pack":
-            print(pack_bundle(args.path, args.output))
+            compression = Compression(args.compression) if args.compression else None
+            print(pack_bundle(args.path, args.output, compression))
         elif args.command == "inspect":
-            _, manifest = open_bundle(args.path)
+            _, manifest, _ = open_bundle(args.path)
             if args.json:
                 print(manifest.to_json(), end="")
             else:
                 console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
+        elif args.command == "coldstart":
+            figures = measure_cold_start(args.path, args.repeats)
+            rows = [(key, f"{value:.3f}") for key, value in figures["median"].items()]
+            console.print(summary_table(rows, title=f"cold start (median of {args.repeats}) {args.path}"))
+            if args.json_path:
+                Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json_path).write_text(json.dumps(figures, indent=2))
         elif args.command == "keygen":
             generate_key_pair(Path(args.private), Path(args.public))
             print(args.public)
         elif args.command == "sign":
-            root, _ = open_bundle(args.path, TrustPolicy())
+            root, _, _ = open_bundle(args.path, TrustPolicy())
             print(sign_bundle(root, Path(args.key).read_bytes()))
         elif args.command == "gc":
             for removed in BundleStore(args.artifacts).collect_garbage():

@@ -1,4 +1,4 @@
-"""Safe unpacking of shipped ``.tar.gz`` bundles.
+"""Safe unpacking of shipped bundles (``.tar`` or ``.tar.gz``).
 
 Every member is vetted before anything is written: only regular files and directories, relative
 names without ``..``, no duplicates, one top-level bundle directory, and a bound on the total
@@ -62,13 +62,21 @@ def vet_members(archive: Path, tar: tarfile.TarFile) -> str:
     return tops.pop()
 
 
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def is_archive(path: Path) -> bool:
+    """True for a file named like a packed bundle."""
+    return path.name.endswith(ARCHIVE_SUFFIXES)
+
+
 def extract_bundle(archive: Path) -> Path:
     """Unpack ``archive`` into a new private temporary directory (removed at exit); return the
     bundle directory."""
     target = Path(tempfile.mkdtemp(prefix="bundle-"))
     atexit.register(shutil.rmtree, target, True)
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(archive, "r:" if archive.name.endswith(".tar") else "r:gz") as tar:
             top = vet_members(archive, tar)
             tar.extractall(target, filter="data")
     except BundleError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pipeline.backends import tensorrt_unavailable_reason
@@ -14,3 +16,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.gpu)
             if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=f"GPU suite: {reason}"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """A short table of what the fresh processes saw: policy, engines, golden check, latency."""
+    from tests.gpu.test_tensorrt_bundles import REPORT
+
+    rows = [(case, r) for case, r in REPORT.items() if "engines_configured" in r]
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write(f"{'bundle':<34} {'policy':<13} {'engines':>7} {'golden':>7} {'median ms':>10} {'load s':>7}")
+    for case, report in rows:
+        write(
+            f"{case:<34} {report['policy']:<13} "
+            f"{report['engines_configured']:>3}/{report['engines_in_manifest']:<3} "
+            f"{'PASS' if report['golden_passed'] else 'FAIL':>7} {report['latency_ms']:>10.3f} "
+            f"{report['load_seconds']:>7.2f}"
+        )

@@ -1,14 +1,17 @@
 """Loads a bundle in a fresh process and reports, as JSON, what is true of it there.
 
-``python -m tests.gpu.probe BUNDLE [--runtime NAME]``: engines found and their settings read
-back from the engine objects, the CUDA-graph mode seen during a call, the golden check, latency
-and GPU memory in use while idle after calls.
+``python -m tests.gpu.probe BUNDLE [BUNDLE ...] [--runtime NAME]``: for each bundle in turn (each
+loaded alone, then freed), which packages the load imported, engines
+found and their settings read back from the engine objects, the CUDA-graph mode seen during a
+call, the golden check, latency, GPU memory in use while idle after calls, and load timings.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,11 +20,8 @@ from typing import Any
 
 import torch
 
-from pipeline import load_bundle
-from pipeline.backends.engines import find_engines
-from pipeline.bundle.loader import verify_bundle
-from pipeline.models import make_inputs
-from pipeline.timing import gpu_memory_in_use, measure_latency
+#: Packages a deployment host's load must not import (compiler, configuration, stages).
+HEAVY_MODULES = ("torch_tensorrt", "hydra", "omegaconf", "pipeline.stages", "pipeline.config.loading")
 
 
 def engine_state(engine: Any) -> dict[str, Any]:
@@ -31,64 +31,103 @@ def engine_state(engine: Any) -> dict[str, Any]:
     for key, value in flat.items():
         if "resource" in key or "strategy" in key:
             state[key] = value
-    state["flatten_keys"] = sorted(flat)
     return state
 
 
-def probe_in_fresh_process(bundle: Path, runtime: str | None = None) -> dict[str, Any]:
-    """Run this module on ``bundle`` in a new Python process and return its JSON report."""
-    command = [sys.executable, "-m", "tests.gpu.probe", str(bundle)]
+def probe_in_fresh_process(
+    bundle: Path, runtime: str | None = None, cwd: Path | None = None
+) -> dict[str, Any]:
+    """Run this module on ``bundle`` in a new Python process (in ``cwd``) and return its report."""
+    return probe_many_in_fresh_process([bundle], runtime, cwd)[0]
+
+
+def probe_many_in_fresh_process(
+    bundles: list[Path], runtime: str | None = None, cwd: Path | None = None
+) -> list[dict[str, Any]]:
+    """Probe ``bundles`` one after another in one new Python process; a report per bundle."""
+    command = [sys.executable, "-m", "tests.gpu.probe", *map(str, bundles)]
     if runtime is not None:
         command += ["--runtime", runtime]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    repository = str(Path(__file__).resolve().parents[2])
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([repository, os.environ.get("PYTHONPATH", "")]),
+    }
+    completed = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=600, cwd=cwd, env=environment
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    report: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
-    return report
+    reports: list[dict[str, Any]] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return reports
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("bundle")
+    parser.add_argument("bundles", nargs="+")
     parser.add_argument("--runtime", default=None)
     parser.add_argument("--iterations", type=int, default=200)
     args = parser.parse_args()
+    reports = []
+    for bundle in args.bundles:
+        reports.append(probe(bundle, args.runtime, args.iterations))
+        gc.collect()  # the next bundle's memory baseline starts without this one
+    print(json.dumps(reports))
 
+
+def probe(bundle: str, runtime: str | None, iterations: int) -> dict[str, Any]:
+    """Load ``bundle`` and report what is true of it, then let it go."""
+    import pipeline
+    from pipeline.timing import gpu_memory_in_use, measure_latency
+
+    torch.zeros(1, device="cuda")  # CUDA initialised before the load is timed
     baseline = gpu_memory_in_use()
     start = time.perf_counter()
-    loaded = load_bundle(args.bundle, runtime=args.runtime)
+    loaded = pipeline.load_bundle(bundle, runtime=runtime)
     load_seconds = time.perf_counter() - start
+    from pipeline.models import make_inputs
+
     inputs = make_inputs(loaded.specs, 7, loaded.precision, loaded.device)
     start = time.perf_counter()
     loaded(*inputs)
     torch.cuda.synchronize()
     first_call_seconds = time.perf_counter() - start
+    imported = {
+        name: any(m == name or m.startswith(name + ".") for m in sys.modules) for name in HEAVY_MODULES
+    }
 
-    import torch_tensorrt
+    from pipeline.backends.tensorrt_runtime import cudagraphs_enabled
 
     seen_modes: list[bool] = []
     with loaded._call_context:
-        seen_modes.append(bool(torch_tensorrt.runtime.get_cudagraphs_mode()))
-    seen_modes.append(bool(torch_tensorrt.runtime.get_cudagraphs_mode()))
+        seen_modes.append(cudagraphs_enabled())
+    seen_modes.append(cudagraphs_enabled())
 
-    latency = measure_latency(lambda: loaded(*inputs), warmup=30, iterations=args.iterations)
+    from pipeline.backends.engines import find_engines
+    from pipeline.bundle.loader import verify_loaded
+
+    golden = verify_loaded(loaded)
+    latency = measure_latency(lambda: loaded(*inputs), warmup=30, iterations=iterations)
     idle = gpu_memory_in_use()
     report = {
-        "bundle": args.bundle,
+        "bundle": bundle,
         "policy": loaded.policy.name,
         "engines_configured": loaded.policy_report.engines_configured,
         "engines_in_manifest": loaded.manifest.engine_count,
         "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module)},
+        "imported": imported,
         "cuda_graphs_during_call": seen_modes[0],
         "cuda_graphs_after_call": seen_modes[1],
-        "golden": verify_bundle(args.bundle).summary() if args.runtime is None else None,
+        "golden": golden.summary(),
+        "golden_passed": golden.passed,
         "latency_ms": latency.median_ms,
         "latency_p90_ms": latency.p90_ms,
-        "idle_memory_bytes": idle,
-        "baseline_memory_bytes": baseline,
+        # Device-wide: what this process added to its own baseline.
+        "idle_memory_bytes": idle - baseline,
         "load_seconds": load_seconds,
+        "load_steps": loaded.load_seconds,
         "first_call_seconds": first_call_seconds,
     }
-    print(json.dumps(report))
+    return report
 
 
 if __name__ == "__main__":

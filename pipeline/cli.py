@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -14,7 +15,8 @@ from rich.markup import escape
 from pipeline.config import compose, resolve
 from pipeline.config.loading import CONFIG_NAME
 from pipeline.console import console
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, StageFailure, first_line
+from pipeline.failures import write_failure_log
 from pipeline.runner import RunResult, print_summary, run_pipeline
 from pipeline.sweep import JobOutcome
 
@@ -35,6 +37,19 @@ def fail(error: PipelineError) -> NoReturn:
     # Messages quote lists and usage lines in brackets, which rich would take for markup.
     console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
     sys.exit(error.exit_code)
+
+
+def explain(failure: StageFailure, log: Path) -> NoReturn:
+    """Print a failed stage as a short block (the traceback is in ``log``) and exit 1."""
+    lines = [
+        f"[red]error:[/] {escape(failure.stage)} failed for model {escape(failure.model)}",
+        f"  cause: {escape(first_line(failure.cause))}",
+    ]
+    if failure.hint:
+        lines.append(f"  hint: {escape(failure.hint)}")
+    lines.append(f"  full traceback: {escape(str(log))}")
+    console.print("\n".join(lines), soft_wrap=True)
+    sys.exit(failure.exit_code)
 
 
 def precheck(
@@ -73,6 +88,14 @@ def run(cfg: DictConfig, job: JobContext) -> None:
             config, artifacts_dir=str(artifacts if artifacts.is_absolute() else job.original_cwd / artifacts)
         )
         result = run_pipeline(config, job.overrides)
+    except StageFailure as failure:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # experts asked for the whole traceback
+        log = write_failure_log(failure, job.output_dir)
+        if not job.multirun:
+            explain(failure, log)
+        _outcome(job, error=f"{failure} (traceback: {log})").write(job.output_dir)
+        return
     except PipelineError as error:
         if not job.multirun:
             fail(error)

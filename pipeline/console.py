@@ -19,6 +19,8 @@ class StageClock:
     def __init__(self, out: Console = console) -> None:
         self.out = out
         self.seconds: dict[str, float] = {}
+        # The stage an exception left, for the error report.
+        self.failed: str | None = None
 
     @contextmanager
     def stage(self, stage: Enum, detail: str = "") -> Iterator[None]:
@@ -29,6 +31,7 @@ class StageClock:
             with self.out.status(f"[bold]{label}[/] ..."):
                 yield
         except BaseException:
+            self.failed = stage.value
             self.seconds[stage.value] = time.perf_counter() - start
             self.out.print(f"[red]✗[/] {label} failed after {self.seconds[stage.value]:.1f}s")
             raise

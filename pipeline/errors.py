@@ -37,3 +37,20 @@ class NotRefittableError(ConfigError):
 
 class WeightsMismatchError(ConfigError):
     """New weights that do not fit the bundle's architecture (missing, unexpected, mis-shaped)."""
+
+
+class StageFailure(PipelineError):
+    """An unexpected exception inside a pipeline stage, with what a user needs to act on it.
+
+    ``cause`` is the original exception (also chained as ``__cause__``); ``hint`` a known fix.
+    """
+
+    def __init__(self, stage: str, model: str, cause: BaseException, hint: str | None = None) -> None:
+        self.stage, self.model, self.cause, self.hint = stage, model, cause, hint
+        super().__init__(f"{stage} failed for model {model}: {first_line(cause)}")
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first non-empty line of the message``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

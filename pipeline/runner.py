@@ -25,7 +25,8 @@ from pipeline.config import config_dict
 from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
-from pipeline.errors import VerificationError
+from pipeline.errors import PipelineError, StageFailure, VerificationError
+from pipeline.failures import failure_hint
 from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
 from pipeline.stages.build import BuiltModel, build_model
 from pipeline.stages.compile import COMPILE_CACHE, CompileCache, compile_model
@@ -57,12 +58,26 @@ class RunResult:
 
 
 def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> RunResult:
-    """Run ``config.stages``; raises VerificationError (nothing published) on a failed check."""
+    """Run ``config.stages``; raises VerificationError (nothing published) on a failed check.
+
+    Any other exception inside a stage comes out as :class:`StageFailure` (stage, model, the
+    cause's first line, a hint where one is known; the original chained). Nothing is published.
+    """
+    clock = StageClock()
+    try:
+        return _run_stages(config, overrides, clock)
+    except PipelineError:
+        raise
+    except Exception as error:
+        stage = clock.failed or "setup"
+        raise StageFailure(stage, config.model.name, error, failure_hint(error)) from error
+
+
+def _run_stages(config: PipelineConfig, overrides: list[str] | None, clock: StageClock) -> RunResult:
     choice = select_backend(config.backend.kind, config.backend.device)
     choice.backend.check_config(config)
     console.print(f"backend: [bold]{choice.backend.kind.value}[/] on {choice.device} ({choice.reason})")
     result = RunResult(config=config, backend=choice.backend.kind.value, device=str(choice.device))
-    clock = StageClock()
     with clock.stage(Stage.build, config.model.name):
         built = build_model(config, choice.device)
     result.seconds = clock.seconds

@@ -34,6 +34,20 @@ class NoisyModel(nn.Module):
         return images + torch.rand_like(images)
 
 
+class DataDependentModel(nn.Module):
+    """Branches on a tensor's value, which torch.export cannot trace."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.sum() > 0:
+            return images * 2
+        return images
+
+
+def data_dependent_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
+    """Factory for ``model.architecture._target_=tests.helpers.data_dependent_model``."""
+    return DataDependentModel().eval()
+
+
 def noisy_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
     """Factory for ``model.architecture._target_=tests.helpers.noisy_model``."""
     return NoisyModel().eval()

@@ -71,6 +71,28 @@ def test_cli_exits_1_and_publishes_nothing_when_verification_fails(tmp_path: Pat
     assert "bundle:" not in completed.stdout
 
 
+def test_cli_explains_failed_stage_in_short_block_with_log_when_model_cannot_be_exported(
+    tmp_path: Path,
+) -> None:
+    completed = cli(
+        "pipeline",
+        "model=tiny_cnn",
+        f"artifacts_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "model.architecture._target_=tests.helpers.data_dependent_model",
+    )
+    assert completed.returncode == 1
+    assert "error: compile failed for model tiny_cnn" in completed.stderr
+    assert "cause: GuardOnDataDependentSymNode: Could not guard on data-dependent" in completed.stderr
+    assert "hint: torch.export cannot branch on tensor values" in completed.stderr
+    log = tmp_path / "run" / "error.log"
+    assert f"full traceback: {log}" in completed.stderr.replace("\n", "")
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert "Traceback" not in completed.stderr and "Error executing job" not in completed.stderr
+    assert "bundle:" not in completed.stdout
+    assert not [p for p in (tmp_path / "bundles").glob("*") if not p.name.startswith(".")]
+
+
 def test_bundle_verify_passes_then_fails_naming_file_when_one_byte_flips(bundle_copy: Path) -> None:
     ok = cli("pipeline.bundle", "verify", str(bundle_copy))
     assert ok.returncode == 0 and ok.stdout.startswith("PASS")

@@ -1,0 +1,51 @@
+"""Known fixes for failures inside stages, so a failed run ends in a hint instead of a traceback.
+
+The rules read the exception's type and message only: they never decide that a run failed, only
+what to suggest once it has.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import StageFailure
+
+FAILURE_LOG = "error.log"
+
+
+def failure_hint(error: BaseException) -> str | None:
+    """A one-line suggestion for ``error``, where one is known."""
+    text = str(error)
+    lowered = text.lower()
+    if "Suggested fixes:" in text:
+        block = text.split("Suggested fixes:", 1)[1].strip().split("\n\n", 1)[0]
+        fixes = [line.strip() for line in block.splitlines() if line.strip()]
+        return "torch.export suggests: " + "; ".join(fixes[:4])
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in lowered:
+        return (
+            "the GPU ran out of memory: use smaller inputs (model.inputs), free the GPU, "
+            "or build with runtime=dynamic"
+        )
+    if "data-dependent" in lowered or "GuardOnDataDependent" in type(error).__name__:
+        return (
+            "torch.export cannot branch on tensor values: make the branch independent of the data "
+            "or express it with torch.cond"
+        )
+    if "converter" in lowered and "support" in lowered:
+        return (
+            "TensorRT cannot convert an operator: compile.min_block_size decides how small a block "
+            "stays in PyTorch"
+        )
+    return None
+
+
+def write_failure_log(failure: StageFailure, directory: Path) -> Path:
+    """Write ``failure``'s full traceback (the original exception's) to ``directory``; its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / FAILURE_LOG
+    header = f"stage: {failure.stage}\nmodel: {failure.model}\nhint: {failure.hint or '-'}\n\n"
+    log.write_text(header + "".join(traceback.format_exception(failure.cause)))
+    return log

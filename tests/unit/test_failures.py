@@ -1,0 +1,50 @@
+"""Failed stages explained: hints from real torch.export failures, and the API's StageFailure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.errors import StageFailure
+from pipeline.failures import failure_hint, write_failure_log
+from tests.helpers import run
+
+
+class TwoInputs(nn.Module):
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return left + right
+
+
+def export_error(model: nn.Module, inputs: tuple[torch.Tensor, ...], **kwargs: object) -> Exception:
+    with pytest.raises(Exception) as caught:
+        torch.export.export(model, inputs, **kwargs)  # type: ignore[arg-type]
+    return caught.value
+
+
+def test_failure_hint_quotes_torch_export_fix_when_separate_dims_must_be_equal() -> None:
+    left, right = torch.export.Dim("left_batch"), torch.export.Dim("right_batch")
+    error = export_error(
+        TwoInputs(), (torch.ones(2, 3), torch.ones(2, 3)), dynamic_shapes=({0: left}, {0: right})
+    )
+    hint = failure_hint(error)
+    assert hint is not None and hint.startswith("torch.export suggests: ")
+    assert "right_batch = left_batch" in hint and "draft_export" not in hint
+
+
+def test_failure_hint_is_none_when_no_fix_is_known() -> None:
+    assert failure_hint(ValueError("something else entirely")) is None
+
+
+def test_run_pipeline_raises_stage_failure_chaining_cause_when_export_fails(tmp_path: Path) -> None:
+    with pytest.raises(StageFailure) as caught:
+        run(tmp_path, "model=tiny_cnn", "model.architecture._target_=tests.helpers.data_dependent_model")
+    failure = caught.value
+    assert failure.stage == "compile" and failure.model == "tiny_cnn"
+    assert failure.__cause__ is failure.cause and "data-dependent" in str(failure.cause)
+    assert failure.hint is not None and "torch.cond" in failure.hint
+    assert not [p for p in (tmp_path / "bundles").glob("*") if not p.name.startswith(".")]
+    log = write_failure_log(failure, tmp_path / "run")
+    assert "stage: compile" in log.read_text() and "Traceback (most recent call last)" in log.read_text()

@@ -1,11 +1,12 @@
 """Refit on a real GPU: a BERT bundle takes new weights into its engines without a rebuild.
 
-The parent is BERT-base fp16 under the pre-allocated-outputs policy, compiled with
-``immutable_weights=false``. It is refitted with other weights; the new bundle must match eager
-PyTorch with those weights (and not the old outputs), and a fresh process must find the policy
-on its engines. Refitting back to the parent's weights must reproduce the parent's outputs.
-What the refit and the rebuild cost goes to ``GPU_REPORT``; ``scripts/refit_bench.py`` is the
-benchmark.
+The parent is a BERT fp16 under the pre-allocated-outputs policy, compiled with
+``immutable_weights=false``: ``tiny_bert`` by default (the same architecture and refit path as
+BERT-base at a fraction of the suite's time; ``GPU_REFIT_MODEL=bert`` for the full size). It is
+refitted with other weights; the new bundle must match eager PyTorch with those weights (and not
+the old outputs), and a fresh process must find the policy on its engines. Refitting back to the
+parent's weights must reproduce the parent's outputs. What the refit and the rebuild cost goes
+to ``GPU_REPORT``; ``scripts/refit_bench.py`` (``make bench-refit``, BERT-base) is the benchmark.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pipeline.verification import compare
 from tests.gpu.probe import probe_in_fresh_process
 from tests.helpers import run
 
-PARENT = ("model=bert", "precision=fp16", "runtime=preallocated", "compile.immutable_weights=false")
+REFIT_MODEL = os.environ.get("GPU_REFIT_MODEL", "tiny_bert")
+PARENT = (f"model={REFIT_MODEL}", "precision=fp16", "runtime=preallocated", "compile.immutable_weights=false")
 
 
 @dataclass
@@ -40,8 +42,8 @@ class RefitCase:
     new_weights_seed: int = 1
 
 
-def save_bert_weights(path: Path, seed: int) -> Path:
-    model = instantiate_model(resolve(compose(["model=bert", f"model.weights.seed={seed}"])).model)
+def save_weights(path: Path, seed: int) -> Path:
+    model = instantiate_model(resolve(compose([f"model={REFIT_MODEL}", f"model.weights.seed={seed}"])).model)
     save_file(model.state_dict(), str(path))
     return path
 
@@ -51,7 +53,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> RefitCase:
     artifacts = tmp_path_factory.mktemp("refit")
     parent = run(artifacts, *PARENT, "backend=tensorrt")
     assert parent.bundle is not None
-    weights = save_bert_weights(artifacts / "seed1.safetensors", seed=1)
+    weights = save_weights(artifacts / "seed1.safetensors", seed=1)
     refit = refit_bundle(parent.bundle.path, weights, artifacts_dir=artifacts)
     if os.environ.get("GPU_REPORT"):
         report_path = Path(os.environ["GPU_REPORT"]).with_name("refit-report.json")
@@ -63,7 +65,9 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> RefitCase:
 
 def test_refitted_bert_matches_eager_with_new_weights_and_not_old_when_loaded(case: RefitCase) -> None:
     assert case.refit.engines_refitted == case.parent.bundle.manifest.engine_count == 1  # type: ignore[union-attr]
-    config = resolve(compose(["model=bert", "precision=fp16", f"model.weights.seed={case.new_weights_seed}"]))
+    config = resolve(
+        compose([f"model={REFIT_MODEL}", "precision=fp16", f"model.weights.seed={case.new_weights_seed}"])
+    )
     eager = prepare_model(instantiate_model(config.model), config, torch.device("cuda"))
     loaded = load_bundle(case.refit.bundle.path)
     with torch.inference_mode():
@@ -91,7 +95,7 @@ def test_refitted_bundle_keeps_parent_policy_on_every_engine_when_loaded_in_fres
 
 
 def test_refitted_bundle_refits_back_to_parent_outputs_when_given_parent_weights(case: RefitCase) -> None:
-    weights = save_bert_weights(case.artifacts / "seed0.safetensors", seed=0)
+    weights = save_weights(case.artifacts / "seed0.safetensors", seed=0)
     back = refit_bundle(case.refit.bundle.path, weights, artifacts_dir=case.artifacts)
     assert back.bundle.manifest.weights["sha256"] == case.parent.bundle.manifest.weights["sha256"]  # type: ignore[union-attr]
     parent = load_file(str(case.parent.bundle.path / GOLDEN_NAME))  # type: ignore[union-attr]

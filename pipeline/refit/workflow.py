@@ -49,7 +49,7 @@ from pipeline.environment import host_environment
 from pipeline.errors import ConfigError, NotRefittableError, VerificationError
 from pipeline.loaded import LoadedModel
 from pipeline.models import state_dict_digest
-from pipeline.refit.weights import load_weights, read_state_dict
+from pipeline.models.weights import load_weights, read_state_dict
 from pipeline.stages.build import BuiltModel, instantiate_model, prepare_model
 from pipeline.stages.package import PublishedBundle, package_bundle
 from pipeline.stages.verify import VerifiedModel, verify_model

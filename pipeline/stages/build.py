@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from pipeline.config.schema import ModelConfig, PipelineConfig, Precision
+from pipeline.config.schema import ModelConfig, PipelineConfig, Precision, WeightsConfig, WeightsSource
+from pipeline.errors import ConfigError
 from pipeline.models import PositionalAdapter, make_inputs, state_dict_digest
+from pipeline.models.weights import load_weights, read_state_dict
 
 
 @dataclass
@@ -24,18 +27,51 @@ class BuiltModel:
 
 
 def instantiate_model(model: ModelConfig) -> nn.Module:
-    """The model of ``model.architecture`` with ``model.weights``, as its factory returns it.
+    """The model of ``model.architecture`` with ``model.weights``.
 
-    Only for configs from this checkout's ``conf/``: ``_target_`` names code to run.
+    A factory that takes ``weights`` as a :class:`WeightsConfig` (annotated so, or unannotated)
+    handles them itself. Any other callable (a library constructor such as
+    ``torchvision.models.mobilenet_v3_small`` or ``transformers.AutoModel.from_config``, a model
+    class) is called without them, after seeding torch with ``weights.seed``; pretrained weights
+    are then loaded from ``weights.name_or_path`` (a state-dict file, a ``.safetensors`` file or a
+    ``save_pretrained`` directory), strictly, every mismatched name listed.
+
+    Only for configs from this checkout's ``conf/`` (or ``--config-dir``): ``_target_`` names
+    code to run.
     """
     # _partial_ lets Hydra resolve nested _target_ nodes while the weights config stays a dataclass.
     factory = instantiate(model.architecture, _partial_=True)
-    instance = factory(weights=model.weights)
+    target = model.architecture["_target_"]
+    if takes_weights_config(factory):
+        instance = factory(weights=model.weights)
+    else:
+        torch.manual_seed(model.weights.seed)
+        instance = factory()
     if not isinstance(instance, nn.Module):
-        raise TypeError(
-            f"{model.architecture['_target_']} returned {type(instance).__name__}, not an nn.Module"
-        )
-    return instance
+        raise TypeError(f"{target} returned {type(instance).__name__}, not an nn.Module")
+    if not takes_weights_config(factory) and model.weights.source is WeightsSource.pretrained:
+        if model.weights.name_or_path is None:
+            raise ConfigError(
+                f"model.weights.source=pretrained: {target} does not load weights itself; set "
+                "model.weights.name_or_path to a state-dict, .safetensors or save_pretrained path"
+            )
+        source = model.weights.name_or_path
+        load_weights(instance, read_state_dict(source), source, against=f"the model built by {target}")
+    return instance.eval()
+
+
+def takes_weights_config(factory: Callable[..., object]) -> bool:
+    """True when ``factory`` declares a ``weights`` parameter meant for a :class:`WeightsConfig`."""
+    try:
+        parameter = inspect.signature(factory).parameters.get("weights")
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    if parameter is None or parameter.kind is inspect.Parameter.VAR_KEYWORD:
+        return False
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty or annotation is WeightsConfig:
+        return True
+    return isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == WeightsConfig.__name__
 
 
 def prepare_model(

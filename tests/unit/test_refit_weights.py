@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pipeline.errors import ConfigError, WeightsMismatchError
-from pipeline.refit.weights import compare_state_dict, load_weights, read_state_dict
+from pipeline.models.weights import compare_state_dict, load_weights, read_state_dict
 
 
 class Encoder(nn.Module):

@@ -1,7 +1,8 @@
 """``python -m pipeline.report [DIR]``: compare runtime policies across benchmarked bundles.
 
 Reads the ``bench`` section of every bundle manifest under ``DIR`` (default ``artifacts``) and
-writes ``DIR/report.md`` (a markdown table) and ``DIR/report.png`` (latency and idle memory).
+writes ``DIR/report.md`` (a markdown table) and ``DIR/report.png`` (latency per model on linear
+axes from zero, idle memory, cold start beside compile time; every value printed).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.bundle.format import MANIFEST_NAME, Manifest, read_manifest
 from pipeline.console import console
@@ -44,8 +46,6 @@ class Row:
     """One timed variant of one bundle."""
 
     cells: dict[str, str]
-    median_ms: float
-    idle_mib: float | None
 
 
 def find_manifests(directory: Path) -> list[Manifest]:
@@ -111,8 +111,7 @@ def rows_for(manifest: Manifest) -> list[Row]:
             "serialize s": _fmt(manifest.timings.get("serialize"), 1) if name == "loaded" else "",
             "bundle MB": _fmt(size_mb, 1) if name == "loaded" else "",
         }
-        idle_mib = idle / 2**20 if name == "loaded" and idle is not None else None
-        rows.append(Row(cells=cells, median_ms=stats["median_ms"], idle_mib=idle_mib))
+        rows.append(Row(cells=cells))
     return rows
 
 
@@ -123,35 +122,145 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(rows: list[Row], path: Path) -> None:
-    """Median latency of every variant, and idle memory of every loaded bundle, as a PNG."""
+@dataclass
+class Bar:
+    """One bar of the chart: a label, its value, and the whisker's ends (p10-p90) if any."""
+
+    label: str
+    value: float
+    low: float | None = None
+    high: float | None = None
+    colour_key: str = ""  # bars with the same key share a colour (default: the label)
+
+
+# Loaded bundles first (in the policies' usual order), the fresh compile, then the other baselines.
+_VARIANT_ORDER = (
+    "bundle standard",
+    "bundle preallocated",
+    "bundle cudagraphs",
+    "bundle dynamic",
+    "fresh",
+    "fresh:",
+    "inductor",
+    "eager",
+)
+
+
+def _variant_rank(label: str) -> tuple[int, str]:
+    key = "fresh:" if label.startswith("fresh:") else label
+    return (_VARIANT_ORDER.index(key) if key in _VARIANT_ORDER else len(_VARIANT_ORDER), label)
+
+
+def _variant_label(name: str, policy: str) -> str:
+    if name.startswith("loaded"):
+        return f"bundle {name.split(':', 1)[1] if ':' in name else policy}"
+    return name
+
+
+def latency_bars(manifests: list[Manifest]) -> dict[str, list[Bar]]:
+    """Per model (``name precision``), one bar per variant: median latency with p10-p90.
+
+    Two bundles of one model timed the same baseline each; the first (by bundle name) is shown.
+    """
+    models: dict[str, dict[str, Bar]] = {}
+    for manifest in manifests:
+        bars = models.setdefault(f"{manifest.model_name} {manifest.precision}", {})
+        for name, stats in manifest.bench["latency"].items():
+            label = _variant_label(name, manifest.bench["policy"])
+            low = stats.get("p10_ms") if stats.get("p10_ms") is not None else stats["min_ms"]
+            bars.setdefault(label, Bar(label, stats["median_ms"], low, stats["p90_ms"]))
+
+    return {
+        model: sorted(bars.values(), key=lambda bar: _variant_rank(bar.label))
+        for model, bars in models.items()
+    }
+
+
+def memory_bars(manifests: list[Manifest]) -> list[Bar]:
+    """GPU memory a loaded bundle holds while idle (MiB), per bundle that measured it."""
+    bars = []
+    for manifest in manifests:
+        idle = manifest.bench.get("load", {}).get("idle_engine_memory")
+        if idle is not None:
+            policy = manifest.bench["policy"]
+            label = f"{manifest.model_name} {manifest.precision} {policy}"
+            bars.append(Bar(label, idle / 2**20, colour_key=f"bundle {policy}"))
+    return bars
+
+
+def cold_start_bars(directory: Path) -> list[Bar]:
+    """Cold start (process start to first output, ``coldstart`` runs) beside each bundle's compile."""
+    bars = []
+    for path in sorted((directory / COLD_START_DIR).glob("*.json")):
+        figures = json.loads(path.read_text(encoding="utf-8"))
+        manifest = read_manifest(Path(figures["bundle"]))
+        policy = manifest.runtime["policy"]["name"]
+        label = f"{manifest.model_name} {manifest.precision} {policy}"
+        seconds = [run["process_to_first_output_s"] for run in figures["runs"]]
+        median = figures["median"]["process_to_first_output_s"]
+        bars.append(Bar(f"{label}: cold start", median, min(seconds), max(seconds), f"bundle {policy}"))
+        bars.append(Bar(f"{label}: compile", manifest.timings.get("compile", 0.0), colour_key="compile"))
+    return bars
+
+
+def build_chart(manifests: list[Manifest], directory: Path) -> Any:
+    """The report's figure: latency per model (linear axes from zero, p10-p90 whiskers, one colour
+    per variant), idle GPU memory per bundle, and cold start beside compile time; values printed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [
-        f"{r.cells['model']} {r.cells['precision']}\n{r.cells['policy'] or r.cells['variant']}" for r in rows
+    latency = latency_bars(manifests)
+    panels: list[tuple[str, str, list[Bar], str]] = [
+        (f"{model}: latency per call", "median ms (host wall-clock), whiskers p10-p90", bars, "{:.3f}")
+        for model, bars in latency.items()
     ]
-    memory = [(label, r.idle_mib) for label, r in zip(labels, rows, strict=True) if r.idle_mib is not None]
-    figure, axes = plt.subplots(
-        1, 2 if memory else 1, figsize=(max(8, 0.9 * len(rows)) + 4, 5), squeeze=False
-    )
-    latency_axis = axes[0][0]
-    latency_axis.bar(range(len(rows)), [r.median_ms for r in rows], color="tab:blue")
-    latency_axis.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
-    latency_axis.set_ylabel("median latency (ms, host wall-clock)")
-    latency_axis.set_yscale("log")
-    latency_axis.set_title("latency per variant")
+    memory = memory_bars(manifests)
     if memory:
-        memory_axis = axes[0][1]
-        memory_axis.bar(range(len(memory)), [m for _, m in memory], color="tab:orange")
-        memory_axis.set_xticks(
-            range(len(memory)), [label for label, _ in memory], rotation=60, ha="right", fontsize=7
-        )
-        memory_axis.set_ylabel("GPU memory held while idle (MiB)")
-        memory_axis.set_title("idle memory per loaded bundle")
+        panels.append(("GPU memory held while idle", "MiB", memory, "{:.0f}"))
+    cold = cold_start_bars(directory)
+    if cold:
+        panels.append(("cold start (fresh process) vs compile", "seconds, whiskers min-max", cold, "{:.2f}"))
+    labels = sorted(
+        {bar.colour_key or bar.label for _, _, bars, _ in panels for bar in bars}, key=_variant_rank
+    )
+    palette = plt.get_cmap("tab20")
+    colours = {label: palette(i % 20) for i, label in enumerate(labels)}
+    height = sum(max(1.6, 0.45 * len(bars) + 1.0) for _, _, bars, _ in panels)
+    figure, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(9, height),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [max(1.0, len(bars)) for _, _, bars, _ in panels]},
+    )
+    for axis, (title, unit, bars, fmt) in zip(axes[:, 0], panels, strict=True):
+        positions = range(len(bars))
+        colour = [colours[bar.colour_key or bar.label] for bar in bars]
+        axis.barh(list(positions), [bar.value for bar in bars], color=colour)
+        top = max((bar.high if bar.high is not None else bar.value) for bar in bars)
+        for position, bar in zip(positions, bars, strict=True):
+            if bar.low is not None and bar.high is not None:
+                whisker = [[bar.value - bar.low], [bar.high - bar.value]]
+                axis.errorbar(bar.value, position, xerr=whisker, color="black", capsize=3, linewidth=1)
+            end = bar.high if bar.high is not None else bar.value
+            axis.text(end + top * 0.01, position, fmt.format(bar.value), va="center", fontsize=8)
+        axis.set_yticks(list(positions), [bar.label for bar in bars], fontsize=8)
+        axis.invert_yaxis()
+        axis.set_xscale("linear")
+        axis.set_xlim(0, top * 1.25 if top > 0 else 1)
+        axis.set_title(title, fontsize=10, loc="left")
+        axis.set_xlabel(unit, fontsize=8)
     figure.tight_layout()
+    return figure
+
+
+def chart(manifests: list[Manifest], directory: Path, path: Path) -> None:
+    """Write :func:`build_chart`'s figure to ``path`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = build_chart(manifests, directory)
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
@@ -187,7 +296,8 @@ def cold_start_markdown(directory: Path) -> str:
 
 def write_report(directory: Path) -> tuple[Path, Path] | None:
     """Write ``report.md`` and ``report.png`` into ``directory``; None if nothing was benchmarked."""
-    rows = [row for manifest in find_manifests(directory) for row in rows_for(manifest)]
+    manifests = find_manifests(directory)
+    rows = [row for manifest in manifests for row in rows_for(manifest)]
     if not rows:
         return None
     table, picture = directory / "report.md", directory / "report.png"
@@ -196,7 +306,7 @@ def write_report(directory: Path) -> tuple[Path, Path] | None:
     if cold:
         text += "\n# Cold start (fresh process per run) beside the compile of the same model\n\n" + cold
     table.write_text(text, encoding="utf-8")
-    chart(rows, picture)
+    chart(manifests, directory, picture)
     return table, picture
 
 

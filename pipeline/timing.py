@@ -27,6 +27,7 @@ class Latency:
     min_ms: float
     device_median_ms: float | None
     iterations: int
+    p10_ms: float | None = None  # None in bundles benchmarked before it was recorded
 
 
 @dataclass
@@ -55,6 +56,7 @@ def _stats(host: list[float], device: list[float]) -> Latency:
     return Latency(
         median_ms=statistics.median(host),
         p90_ms=host[min(len(host) - 1, int(0.9 * len(host)))],
+        p10_ms=host[int(0.1 * len(host))],
         min_ms=host[0],
         device_median_ms=statistics.median(device) if device else None,
         iterations=len(host),

@@ -1,0 +1,86 @@
+"""The report's chart reads truthfully: linear axes from zero, whiskers, values printed, colours
+that mean the same variant in every panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pytest
+
+from pipeline.bundle.format import Manifest
+from pipeline.report import build_chart, latency_bars
+from tests.helpers import sample_manifest
+
+
+def stats(median: float, p10: float | None = None) -> dict[str, Any]:
+    values = {"median_ms": median, "p90_ms": median * 1.1, "min_ms": median * 0.8, "iterations": 10}
+    if p10 is not None:
+        values["p10_ms"] = p10
+    return values
+
+
+def benched(model: str, policy: str, latency: dict[str, dict[str, Any]], idle: int | None = None) -> Manifest:
+    return sample_manifest(
+        model_name=model,
+        backend="tensorrt",
+        runtime={"policy": {"name": policy}, "applied": True, "reason": ""},
+        bench={"policy": policy, "latency": latency, "load": {"idle_engine_memory": idle}},
+    )
+
+
+MANIFESTS = [
+    benched(
+        "bert",
+        "preallocated",
+        {
+            "loaded": stats(0.31, p10=0.30),
+            "loaded:cudagraphs": stats(0.21, p10=0.20),
+            "fresh": stats(0.33, p10=0.32),
+            "eager": stats(5.4, p10=5.3),
+        },
+        idle=800 * 2**20,
+    ),
+    benched("resnet50", "standard", {"loaded": stats(5.5), "fresh": stats(5.6)}, idle=656 * 2**20),
+]
+
+
+@pytest.fixture
+def figure(tmp_path: Path) -> Any:
+    chart = build_chart(MANIFESTS, tmp_path)
+    yield chart
+    plt.close(chart)
+
+
+def test_chart_draws_every_panel_linear_from_zero_with_values_printed_when_built(figure: Any) -> None:
+    titles = [axis.get_title(loc="left") for axis in figure.axes]
+    assert titles == [
+        "bert fp32: latency per call",
+        "resnet50 fp32: latency per call",
+        "GPU memory held while idle",
+    ]
+    for axis in figure.axes:
+        assert axis.get_xscale() == "linear" and axis.get_xlim()[0] == 0
+    printed = {text.get_text() for text in figure.axes[0].texts}
+    assert {"0.310", "0.210", "0.330", "5.400"} <= printed
+    assert {"800", "656"} <= {text.get_text() for text in figure.axes[2].texts}
+
+
+def test_chart_gives_a_variant_one_colour_across_panels_when_models_share_it(figure: Any) -> None:
+    def colours(axis: Any) -> dict[str, Any]:
+        labels = [tick.get_text() for tick in axis.get_yticklabels()]
+        return {label: patch.get_facecolor() for label, patch in zip(labels, axis.patches, strict=True)}
+
+    bert, resnet, memory = (colours(axis) for axis in figure.axes)
+    assert bert["fresh"] == resnet["fresh"]
+    assert bert["bundle preallocated"] == memory["bert fp32 preallocated"]
+    assert len(set(bert.values())) == len(bert)
+
+
+def test_latency_bars_whisker_p10_to_p90_falling_back_to_min_when_p10_missing() -> None:
+    bars = {bar.label: bar for bar in latency_bars(MANIFESTS)["bert fp32"]}
+    assert (bars["bundle preallocated"].low, bars["bundle preallocated"].high) == (0.30, pytest.approx(0.341))
+    resnet = {bar.label: bar for bar in latency_bars(MANIFESTS)["resnet50 fp32"]}
+    assert resnet["bundle standard"].low == pytest.approx(5.5 * 0.8)
+    assert list(bars) == ["bundle preallocated", "bundle cudagraphs", "fresh", "eager"]

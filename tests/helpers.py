@@ -69,14 +69,18 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
 
 
-def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m ARGS`` from the repository, as a user would."""
+def cli(*args: str, cwd: Path = REPO, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ARGS`` from the repository, as a user would (``pythonpath``: one more
+    directory to import from, e.g. the user's own models)."""
+    env = subprocess_env()
+    if pythonpath is not None:
+        env["PYTHONPATH"] += os.pathsep + str(pythonpath)
     return subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=subprocess_env(),
+        env=env,
         timeout=600,
         check=False,
     )

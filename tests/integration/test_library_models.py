@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from pipeline.config.schema import InputSpec, ModelConfig, WeightsConfig, Weight
 from pipeline.errors import ConfigError, WeightsMismatchError
 from pipeline.models import state_dict_digest
 from pipeline.stages.build import instantiate_model
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import cli
 
 MOBILENET = {"_target_": "torchvision.models.mobilenet_v3_small", "num_classes": 10}
 AUTO_BERT = {
@@ -122,24 +120,14 @@ def test_cli_publishes_verified_bundle_when_model_yaml_comes_from_config_dir(
     tmp_path: Path, model: str
 ) -> None:
     config_dir = write_config_dir(tmp_path)
-    env = {**subprocess_env(), "PYTHONPATH": f"{REPO}:{tmp_path}"}
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "--config-dir",
-            str(config_dir),
-            f"model={model}",
-            f"artifacts_dir={tmp_path / 'artifacts'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=600,
-        check=False,
+    completed = cli(
+        "pipeline",
+        "--config-dir",
+        str(config_dir),
+        f"model={model}",
+        f"artifacts_dir={tmp_path / 'artifacts'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        pythonpath=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     bundle = Path(completed.stdout.strip().splitlines()[-1].removeprefix("bundle: "))

@@ -24,7 +24,7 @@ from torch import nn
 
 import pipeline
 from pipeline.backends import get_backend
-from pipeline.backends.base import Backend, DirectoryFiles, PolicyReport, RefitRequest
+from pipeline.backends.base import Backend, DirectoryFiles, FileSource, PolicyReport, RefitRequest
 from pipeline.bundle.format import (
     Manifest,
     bundle_dir_name,
@@ -34,10 +34,11 @@ from pipeline.bundle.format import (
     read_manifest,
 )
 from pipeline.bundle.loader import (
+    check_host,
     default_device,
     input_specs,
     open_bundle,
-    runtime_for_manifest,
+    runtime_kind,
     saved_artifact,
 )
 from pipeline.bundle.store import BundleStore
@@ -157,7 +158,7 @@ def refit_bundle(
     engines disagree with eager PyTorch.
     """
     source = str(Path(weights).expanduser().resolve())
-    root, manifest, _ = open_bundle(bundle, trust)
+    root, manifest, parent_files = open_bundle(bundle, trust)
     check_refittable(manifest, source)
     config = rebuild_config(manifest)
     clock = StageClock()
@@ -185,7 +186,9 @@ def refit_bundle(
             )
         staging = store.staging_dir(bid)
         try:
-            result = _refit_into(staging, root, manifest, config, source, backend, built, store, bid, clock)
+            result = _refit_into(
+                staging, root, parent_files, manifest, config, source, backend, built, store, bid, clock
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     result.seconds = dict(clock.seconds)
@@ -193,8 +196,15 @@ def refit_bundle(
 
 
 def backend_for_manifest(manifest: Manifest) -> Backend:
-    """The compiler backend of a bundle this host can run (the compatibility gate applies)."""
-    return get_backend(runtime_for_manifest(manifest, force=False).kind)
+    """The compiler backend of a bundle this host can run (the compatibility gate applies).
+
+    The backend comes first: it imports torch_tensorrt, which loads Torch-TensorRT's full library;
+    loading the runtime-only library before it would register the same operators twice.
+    """
+    backend = get_backend(runtime_kind(manifest))
+    backend.prepare()
+    check_host(manifest, backend, force=False)
+    return backend
 
 
 def _model_with_new_weights(config: PipelineConfig, source: str) -> nn.Module:
@@ -210,6 +220,7 @@ def _model_with_new_weights(config: PipelineConfig, source: str) -> nn.Module:
 def _refit_into(
     staging: Path,
     parent_root: Path,
+    parent_files: FileSource,
     parent: Manifest,
     config: PipelineConfig,
     source: str,
@@ -224,7 +235,7 @@ def _refit_into(
         refit = backend.refit(
             RefitRequest(
                 artifact=saved_artifact(parent),
-                files=DirectoryFiles(parent_root),
+                files=parent_files,  # the bytes verified by open_bundle, not a second read
                 model=built.eager,
                 example_inputs=built.golden_inputs,
                 specs=specs,

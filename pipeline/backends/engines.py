@@ -92,8 +92,13 @@ class ModeGate:
     A call that needs the mode on (CUDA-graph policy) needs it on for its whole duration, and a
     call under any other policy needs it off; a CUDA graph being recorded must not see other
     engine work start. So calls with the mode on run one at a time, alone; calls with it off run
-    together, never beside one with it on. Waiting mode-on calls go before newly arriving
-    mode-off calls, so neither side starves. The mode is off whenever no mode-on call runs.
+    together, never beside one with it on. Neither side starves: a waiting mode-on call goes
+    before newly arriving mode-off calls, and after each mode-on call the mode-off calls already
+    waiting go before the next mode-on call. The mode is off whenever no mode-on call runs.
+
+    A call made from inside another on the same thread (a model calling a model) passes straight
+    through when it needs the same mode, and raises when it needs the other one, instead of
+    waiting for itself forever. A failing switch or an interrupted wait leaves the gate usable.
     """
 
     def __init__(self, get: Callable[[], bool], set_: Callable[[bool], None]) -> None:
@@ -102,31 +107,78 @@ class ModeGate:
         self._sharing = 0
         self._exclusive = False
         self._exclusive_waiting = 0
+        self._sharing_waiting = 0
+        self._sharing_turn = False  # set when a mode-on call leaves while mode-off calls wait
+        self._held = threading.local()  # this thread's (mode, depth) while inside the gate
 
     def enter(self, on: bool) -> None:
         """Wait until a call of this kind may run, and set the mode for it."""
+        held: tuple[bool, int] | None = getattr(self._held, "state", None)
+        if held is not None:
+            mode, depth = held
+            if mode != on:
+                raise RuntimeError(
+                    f"a loaded model with CUDA graphs {'on' if on else 'off'} was called from inside "
+                    f"the call of one with them {'on' if mode else 'off'}; call them one after the other"
+                )
+            self._held.state = (mode, depth + 1)
+            return
         with self._condition:
             if on:
-                self._exclusive_waiting += 1
-                self._condition.wait_for(lambda: not self._exclusive and not self._sharing)
-                self._exclusive_waiting -= 1
-                self._exclusive = True
-                self._set(True)
+                self._enter_exclusive()
             else:
-                self._condition.wait_for(lambda: not self._exclusive and not self._exclusive_waiting)
-                if not self._sharing and self._get():
-                    self._set(False)  # switched on by code outside any loaded model
-                self._sharing += 1
+                self._enter_shared()
+        self._held.state = (on, 1)
+
+    def _enter_exclusive(self) -> None:
+        self._exclusive_waiting += 1
+        try:
+            self._condition.wait_for(
+                lambda: not self._exclusive and not self._sharing and not self._sharing_turn
+            )
+        finally:
+            self._exclusive_waiting -= 1
+        self._exclusive = True
+        try:
+            self._set(True)
+        except BaseException:
+            self._exclusive = False
+            self._condition.notify_all()
+            raise
+
+    def _enter_shared(self) -> None:
+        self._sharing_waiting += 1
+        try:
+            self._condition.wait_for(
+                lambda: not self._exclusive and (self._sharing_turn or not self._exclusive_waiting)
+            )
+        finally:
+            self._sharing_waiting -= 1
+            if self._sharing_turn and not self._sharing_waiting:
+                self._sharing_turn = False
+                self._condition.notify_all()
+        if not self._sharing and self._get():
+            self._set(False)  # switched on by code outside any loaded model
+        self._sharing += 1
 
     def exit(self, on: bool) -> None:
         """Leave; a mode-on call switches the mode back off."""
+        mode, depth = self._held.state
+        if depth > 1:
+            self._held.state = (mode, depth - 1)
+            return
+        self._held.state = None
         with self._condition:
-            if on:
-                self._set(False)
-                self._exclusive = False
-            else:
-                self._sharing -= 1
-            self._condition.notify_all()
+            try:
+                if on:
+                    self._set(False)
+            finally:
+                if on:
+                    self._exclusive = False
+                    self._sharing_turn = self._sharing_waiting > 0
+                else:
+                    self._sharing -= 1
+                self._condition.notify_all()
 
     def call(self, on: bool) -> GatedCall:
         """A reusable context manager for calls of one kind."""

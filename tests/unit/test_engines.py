@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -200,6 +201,72 @@ def test_mode_gate_releases_when_call_raises() -> None:
         raise ValueError
     with gate.call(False):  # would wait forever if the failed call still held the gate
         assert not switch.on
+
+
+def run_in_thread(target: Callable[[], object], timeout: float = 10) -> bool:
+    """Run ``target`` in a thread; True when it finished within ``timeout`` seconds."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
+def one_call(gate: ModeGate, on: bool) -> None:
+    with gate.call(on):
+        pass
+
+
+def test_mode_gate_stays_usable_when_switching_the_mode_on_fails() -> None:
+    switch = RecordingSwitch()
+
+    def flaky_set(value: bool) -> None:
+        if value:
+            raise RuntimeError("set_cudagraphs_mode failed")
+        switch.on = value
+
+    gate = ModeGate(lambda: switch.on, flaky_set)
+    with pytest.raises(RuntimeError, match="set_cudagraphs_mode failed"), gate.call(True):
+        pass
+    assert run_in_thread(lambda: one_call(gate, False))
+
+
+def test_mode_gate_passes_nested_call_of_same_mode_and_refuses_other_mode_when_same_thread() -> None:
+    switch = RecordingSwitch()
+    gate = ModeGate(lambda: switch.on, lambda value: setattr(switch, "on", value))
+
+    def nested() -> None:
+        with gate.call(True), gate.call(True):
+            assert switch.on
+        assert not switch.on
+        with gate.call(False), pytest.raises(RuntimeError, match="called from inside"), gate.call(True):
+            pass
+
+    assert run_in_thread(nested), "nested call waited for itself"
+    assert run_in_thread(lambda: one_call(gate, True))
+
+
+def test_mode_gate_lets_waiting_mode_off_call_in_between_back_to_back_mode_on_calls() -> None:
+    switch = RecordingSwitch()
+    gate = ModeGate(lambda: switch.on, lambda value: setattr(switch, "on", value))
+    stop, graphs_done = threading.Event(), []
+
+    def graphs(worker: int) -> None:
+        while not stop.is_set():
+            with gate.call(True):
+                time.sleep(0.002)
+            graphs_done.append(worker)
+
+    workers = [threading.Thread(target=graphs, args=(i,), daemon=True) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.05)
+    try:
+        assert run_in_thread(lambda: one_call(gate, False), timeout=5)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(5)
+    assert graphs_done and not switch.on
 
 
 ALL_SETTINGS = {f for f in CompileConfig.__dataclass_fields__} | {"use_python_runtime"}

@@ -138,13 +138,20 @@ def split_engines(module: nn.Module, describe: Callable[[nn.Module], EngineDescr
     graph = copy.deepcopy(module.graph)  # nodes only; node metadata is copied shallowly
     shell = GraphModule(module, graph)  # references the submodules; copies nothing heavy
     engines: list[tuple[EngineRecord, bytes]] = []
+    targets: dict[str, str] = {}  # engine attribute -> the submodule it came from
     for node in graph.nodes:
-        if node.op != "call_module":
-            continue
+        if node.op != "call_module" or node.target in targets.values():
+            continue  # an engine called twice keeps one slot, which every call site uses
         description = describe(module.get_submodule(node.target))
         if description is None:
             continue
         attribute = f"{node.target.replace('.', '_')}_engine"
+        if attribute in targets:
+            raise ValueError(
+                f"engine modules {targets[attribute]!r} and {node.target!r} would share the name "
+                f"{attribute!r} in the bundle"
+            )
+        targets[attribute] = node.target
         record = EngineRecord(
             attribute=attribute,
             file=f"{ENGINE_DIR}/{node.target.replace('.', '_')}{ENGINE_SUFFIX}",
@@ -186,6 +193,7 @@ def attach_engines(module: GraphModule, engines: Mapping[str, object], execute: 
     if set(slots) != set(engines):
         raise BundleError(f"the graph calls engines {sorted(slots)} but the manifest lists {sorted(engines)}")
     graph = module.graph
+    replaced: set[str] = set()
     for node in list(graph.nodes):
         if node.op != "call_module":
             continue
@@ -202,7 +210,9 @@ def attach_engines(module: GraphModule, engines: Mapping[str, object], execute: 
             result = graph.call_function(operator.getitem, (call, 0)) if slot.outputs == 1 else call
         node.replace_all_uses_with(result)
         graph.erase_node(node)
-        _delete_submodule(module, node.target)
+        replaced.add(node.target)
+    for target in replaced:  # after every call site: one slot may serve several
+        _delete_submodule(module, target)
     graph.lint()
     module.recompile()
 

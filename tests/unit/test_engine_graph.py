@@ -164,3 +164,42 @@ def test_load_bundle_imports_no_compiler_config_or_stage_when_loading_and_callin
 def test_split_engines_refuses_when_module_is_not_a_graph_module() -> None:
     with pytest.raises(TypeError, match="GraphModule"):
         split_engines(nn.Linear(2, 2), describe)
+
+
+class Colliding(nn.Module):
+    """Two engine modules whose names flatten to the same bundle name (``sub.b`` and ``sub_b``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sub = nn.Module()
+        self.sub.b = FakeEngineModule(1.0, outputs=1)
+        self.sub_b = FakeEngineModule(2.0, outputs=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sub_b(self.sub.b(x))
+
+
+class CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self._run_on_acc_0 = FakeEngineModule(1.0, outputs=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run_on_acc_0(self._run_on_acc_0(x))
+
+
+def test_split_engines_refuses_when_two_engines_would_share_a_file_name() -> None:
+    root = Colliding().eval()
+    with pytest.raises(ValueError, match="would share the name 'sub_b_engine'"):
+        split_engines(GraphModule(root, LeafTracer().trace(root)), describe)
+
+
+def test_split_engines_stores_engine_once_when_graph_calls_it_twice() -> None:
+    root = CalledTwice().eval()
+    split = split_engines(GraphModule(root, LeafTracer().trace(root)), describe)
+    assert [record.attribute for record, _ in split.engines] == ["_run_on_acc_0_engine"]
+    module = load_graph(split.graph_bytes, torch.device("cpu"))
+    record, data = split.engines[0]
+    attach_engines(module, {record.attribute: FakeEngine(record, data)}, fake_execute)
+    x = torch.ones(2, 4)
+    assert torch.equal(module(x), root(x))

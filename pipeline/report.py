@@ -188,12 +188,27 @@ def memory_bars(manifests: list[Manifest]) -> list[Bar]:
     return bars
 
 
-def cold_start_bars(directory: Path) -> list[Bar]:
+# Cold-start measurements: each bundle's manifest with the figures measured for it.
+ColdStarts = list[tuple[Manifest, dict[str, Any]]]
+
+
+def cold_starts(directory: Path) -> ColdStarts:
+    """``DIR/coldstart/*.json`` (``python -m pipeline.bundle coldstart --json``) with the manifest
+    of each measured bundle; a file that cannot be read, or whose bundle is gone, is skipped."""
+    found = []
+    for path in sorted((directory / COLD_START_DIR).glob("*.json")):
+        try:
+            figures = json.loads(path.read_text(encoding="utf-8"))
+            found.append((read_manifest(Path(figures["bundle"])), figures))
+        except (OSError, ValueError, KeyError, TypeError, BundleError) as error:
+            console.print(f"[yellow]skipped[/] {path}: {error}")
+    return found
+
+
+def cold_start_bars(measured: ColdStarts) -> list[Bar]:
     """Cold start (process start to first output, ``coldstart`` runs) beside each bundle's compile."""
     bars = []
-    for path in sorted((directory / COLD_START_DIR).glob("*.json")):
-        figures = json.loads(path.read_text(encoding="utf-8"))
-        manifest = read_manifest(Path(figures["bundle"]))
+    for manifest, figures in measured:
         policy = manifest.runtime["policy"]["name"]
         label = f"{manifest.model_name} {manifest.precision} {policy}"
         seconds = [run["process_to_first_output_s"] for run in figures["runs"]]
@@ -203,7 +218,7 @@ def cold_start_bars(directory: Path) -> list[Bar]:
     return bars
 
 
-def build_chart(manifests: list[Manifest], directory: Path) -> Any:
+def build_chart(manifests: list[Manifest], measured: ColdStarts) -> Any:
     """The report's figure: latency per model (linear axes from zero, p10-p90 whiskers, one colour
     per variant), idle GPU memory per bundle, and cold start beside compile time; values printed."""
     import matplotlib
@@ -219,7 +234,7 @@ def build_chart(manifests: list[Manifest], directory: Path) -> Any:
     memory = memory_bars(manifests)
     if memory:
         panels.append(("GPU memory held while idle", "MiB", memory, "{:.0f}"))
-    cold = cold_start_bars(directory)
+    cold = cold_start_bars(measured)
     if cold:
         panels.append(("cold start (fresh process) vs compile", "seconds, whiskers min-max", cold, "{:.2f}"))
     labels = sorted(
@@ -256,11 +271,11 @@ def build_chart(manifests: list[Manifest], directory: Path) -> Any:
     return figure
 
 
-def chart(manifests: list[Manifest], directory: Path, path: Path) -> None:
+def chart(manifests: list[Manifest], measured: ColdStarts, path: Path) -> None:
     """Write :func:`build_chart`'s figure to ``path`` as a PNG."""
     import matplotlib.pyplot as plt
 
-    figure = build_chart(manifests, directory)
+    figure = build_chart(manifests, measured)
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
@@ -268,14 +283,12 @@ def chart(manifests: list[Manifest], directory: Path, path: Path) -> None:
 COLD_START_DIR = "coldstart"
 
 
-def cold_start_markdown(directory: Path) -> str:
+def cold_start_markdown(measured: ColdStarts) -> str:
     """A table of ``DIR/coldstart/*.json`` (``python -m pipeline.bundle coldstart --json``), each
     beside the compile time recorded in its bundle's manifest (measured in the same run)."""
     lines = []
-    for path in sorted((directory / COLD_START_DIR).glob("*.json")):
-        figures = json.loads(path.read_text(encoding="utf-8"))
+    for manifest, figures in measured:
         median = figures["median"]
-        manifest = read_manifest(Path(figures["bundle"]))
         compile_seconds = manifest.timings.get("compile", 0.0)
         total = median["process_to_first_output_s"]
         lines.append(
@@ -302,11 +315,12 @@ def write_report(directory: Path) -> tuple[Path, Path] | None:
         return None
     table, picture = directory / "report.md", directory / "report.png"
     text = "# Runtime policy comparison\n\n" + markdown(rows)
-    cold = cold_start_markdown(directory)
+    measured = cold_starts(directory)
+    cold = cold_start_markdown(measured)
     if cold:
         text += "\n# Cold start (fresh process per run) beside the compile of the same model\n\n" + cold
     table.write_text(text, encoding="utf-8")
-    chart(manifests, directory, picture)
+    chart(manifests, measured, picture)
     return table, picture
 
 

@@ -76,7 +76,7 @@ def extract_bundle(archive: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="bundle-"))
     atexit.register(shutil.rmtree, target, True)
     try:
-        with tarfile.open(archive, "r:" if archive.name.endswith(".tar") else "r:gz") as tar:
+        with tarfile.open(archive, "r:*") as tar:  # by content: a .tar may hold gzip, and back
             top = vet_members(archive, tar)
             tar.extractall(target, filter="data")
     except BundleError:

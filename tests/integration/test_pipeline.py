@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from pipeline import load_bundle
 from pipeline.bundle.format import MANIFEST_NAME, read_manifest
 from pipeline.bundle.loader import verify_bundle
-from pipeline.bundle.pack import pack_bundle
+from pipeline.bundle.pack import Compression, pack_bundle
 from pipeline.config import Stage
 from pipeline.errors import BundleError, InputValidationError, VerificationError
 from pipeline.models import make_inputs, state_dict_digest
@@ -132,8 +132,19 @@ def test_load_bundle_reproduces_golden_outputs_when_loaded_from_directory(
     assert loaded.manifest.bundle_id == cnn_bundle.manifest.bundle_id
 
 
-def test_load_bundle_works_when_given_a_packed_archive(cnn_bundle: PublishedBundle, tmp_path: Path) -> None:
-    archive = pack_bundle(cnn_bundle.path, tmp_path / "shipped.tar.gz")
+@pytest.mark.parametrize(
+    ("name", "compression"),
+    [
+        ("shipped.tar", None),
+        ("shipped.tar.gz", None),
+        ("gzipped.tar", Compression.gz),
+        ("plain.tgz", Compression.none),
+    ],
+)
+def test_load_bundle_works_when_given_a_packed_archive(
+    cnn_bundle: PublishedBundle, tmp_path: Path, name: str, compression: Compression | None
+) -> None:
+    archive = pack_bundle(cnn_bundle.path, tmp_path / name, compression)
     loaded = load_bundle(archive)
     assert loaded.manifest == cnn_bundle.manifest
     assert verify_bundle(archive).passed

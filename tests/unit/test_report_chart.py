@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from pipeline.bundle.format import Manifest
-from pipeline.report import build_chart, latency_bars
+from pipeline.report import COLD_START_DIR, build_chart, cold_starts, latency_bars
 from tests.helpers import sample_manifest
 
 
@@ -47,8 +47,8 @@ MANIFESTS = [
 
 
 @pytest.fixture
-def figure(tmp_path: Path) -> Any:
-    chart = build_chart(MANIFESTS, tmp_path)
+def figure() -> Any:
+    chart = build_chart(MANIFESTS, [])
     yield chart
     plt.close(chart)
 
@@ -84,3 +84,10 @@ def test_latency_bars_whisker_p10_to_p90_falling_back_to_min_when_p10_missing() 
     resnet = {bar.label: bar for bar in latency_bars(MANIFESTS)["resnet50 fp32"]}
     assert resnet["bundle standard"].low == pytest.approx(5.5 * 0.8)
     assert list(bars) == ["bundle preallocated", "bundle cudagraphs", "fresh", "eager"]
+
+
+def test_cold_starts_skip_measurement_when_its_bundle_is_gone(tmp_path: Path) -> None:
+    (tmp_path / COLD_START_DIR).mkdir()
+    (tmp_path / COLD_START_DIR / "gone.json").write_text('{"bundle": "%s"}' % (tmp_path / "gone"))
+    (tmp_path / COLD_START_DIR / "garbled.json").write_text("{not json")
+    assert cold_starts(tmp_path) == []

@@ -64,7 +64,9 @@ def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> tuple[Pat
     root = _as_directory(Path(path))
     manifest = read_manifest(root)
     files = check_files(root, manifest, keep=saved_artifact(manifest).files)
-    check_signature(root, trust if trust is not None else TrustPolicy.from_environment())
+    # The manifest is byte-exact canonical JSON, so its serialization is the bytes that were read.
+    policy = trust if trust is not None else TrustPolicy.from_environment()
+    check_signature(root, policy, manifest.to_json().encode("utf-8"))
     return root, manifest, files
 
 

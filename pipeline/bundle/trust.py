@@ -70,8 +70,9 @@ def sign_bundle(root: Path, private_key_pem: bytes) -> Path:
     return signature
 
 
-def check_signature(root: Path, policy: TrustPolicy) -> bool:
-    """Verify ``manifest.sig`` against the trusted keys; return whether the bundle is signed.
+def check_signature(root: Path, policy: TrustPolicy, manifest_bytes: bytes) -> bool:
+    """Verify ``manifest.sig`` over ``manifest_bytes`` (the manifest as parsed, not a second read
+    of the file) against the trusted keys; return whether the bundle is signed.
 
     Raises :class:`BundleError` for a bad signature, or for an unsigned bundle when required.
     """
@@ -89,7 +90,7 @@ def check_signature(root: Path, policy: TrustPolicy) -> bool:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     signature = signature_path.read_bytes()
-    message = (root / MANIFEST_NAME).read_bytes()
+    message = manifest_bytes
     for pem in policy.trusted_keys:
         try:
             key = load_pem_public_key(pem)

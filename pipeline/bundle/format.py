@@ -215,11 +215,12 @@ class VerifiedFiles:
             raise BundleError(f"{relative}: not among the verified files of this bundle") from None
 
 
-def check_files(root: Path, manifest: Manifest, keep: Collection[str] = ()) -> VerifiedFiles:
+def check_files(root: Path, manifest: Manifest, model_files: Collection[str]) -> VerifiedFiles:
     """Check every listed file's size and sha256, and that no unlisted file exists.
 
-    Files named in ``keep`` are read into memory whole, hashed there and returned; the others
-    are hashed in a stream. Raises :class:`BundleError` naming the first offending file.
+    ``model_files`` (the files the model is loaded from) must be listed; they are read into
+    memory whole, hashed there and returned, the others are hashed in a stream. Raises
+    :class:`BundleError` naming the first offending file.
     """
     listed = {entry.path for entry in manifest.files}
     kept: dict[str, bytes] = {}
@@ -234,23 +235,20 @@ def check_files(root: Path, manifest: Manifest, keep: Collection[str] = ()) -> V
         size = path.stat().st_size
         if size != entry.size:
             raise BundleError(f"{entry.path}: size {size} bytes, manifest says {entry.size}")
-        if entry.path in keep:
+        if entry.path in model_files:
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest() if len(data) == entry.size else ""
         else:
             data, digest = b"", sha256_file(path)
         if digest != entry.sha256:
             raise BundleError(f"{entry.path}: sha256 does not match the manifest (modified or corrupt)")
-        if entry.path in keep:
+        if entry.path in model_files:
             kept[entry.path] = data
     for path in root.rglob("*"):
         relative = path.relative_to(root).as_posix()
         if (path.is_file() or path.is_symlink()) and relative not in UNLISTED and relative not in listed:
             raise BundleError(f"{relative}: file not listed in the manifest")
-    for needed in (
-        manifest.model_file,
-        *(str(e.get("file")) for e in manifest.engines if isinstance(e, dict)),
-    ):
+    for needed in model_files:
         if needed not in listed:
             raise BundleError(f"{needed}: a file of the model is not listed in the manifest")
     return VerifiedFiles(kept)

@@ -63,7 +63,7 @@ def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> tuple[Pat
     """
     root = _as_directory(Path(path))
     manifest = read_manifest(root)
-    files = check_files(root, manifest, keep=saved_artifact(manifest).files)
+    files = check_files(root, manifest, saved_artifact(manifest).files)
     # The manifest is byte-exact canonical JSON, so its serialization is the bytes that were read.
     policy = trust if trust is not None else TrustPolicy.from_environment()
     check_signature(root, policy, manifest.to_json().encode("utf-8"))
@@ -128,14 +128,6 @@ def recorded_policy(manifest: Manifest) -> RuntimeConfig:
         return RuntimeConfig(**manifest.runtime["policy"])
     except (KeyError, TypeError) as exc:
         raise BundleError(f"manifest.json: malformed runtime policy ({exc})") from None
-
-
-def runtime_for_manifest(manifest: Manifest, force: bool) -> ModelRuntime:
-    """The runtime that reads this bundle, once this host is known to be able to run it."""
-    model_runtime = get_runtime(runtime_kind(manifest))
-    model_runtime.prepare()
-    check_host(manifest, model_runtime, force)
-    return model_runtime
 
 
 def runtime_kind(manifest: Manifest) -> BackendKind:

@@ -42,14 +42,15 @@ def instantiate_model(model: ModelConfig) -> nn.Module:
     # _partial_ lets Hydra resolve nested _target_ nodes while the weights config stays a dataclass.
     factory = instantiate(model.architecture, _partial_=True)
     target = model.architecture["_target_"]
-    if takes_weights_config(factory):
+    loads_own_weights = takes_weights_config(factory)
+    if loads_own_weights:
         instance = factory(weights=model.weights)
     else:
         torch.manual_seed(model.weights.seed)
         instance = factory()
     if not isinstance(instance, nn.Module):
         raise TypeError(f"{target} returned {type(instance).__name__}, not an nn.Module")
-    if not takes_weights_config(factory) and model.weights.source is WeightsSource.pretrained:
+    if not loads_own_weights and model.weights.source is WeightsSource.pretrained:
         if model.weights.name_or_path is None:
             raise ConfigError(
                 f"model.weights.source=pretrained: {target} does not load weights itself; set "

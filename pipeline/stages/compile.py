@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,16 +33,16 @@ class CachedCompile:
 
 
 class CompileCache:
-    """The last compiled models of this process, by what decides their engines.
+    """The last compiled model of this process, by what decides its engines.
 
     A sweep over runtime policies in one process (Hydra's basic launcher, the GPU suite) builds
     bundles whose engines are identical but for the policy loaded onto them: they are compiled
-    once. Held on the device, so only ``capacity`` are kept.
+    once. Engines live on the device, so only the last one is kept.
     """
 
-    def __init__(self, capacity: int = 1) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[str, CachedCompile] = OrderedDict()
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._entry: CachedCompile | None = None
 
     @staticmethod
     def key(resolved: dict[str, Any], weights_sha256: str) -> str:
@@ -53,22 +52,16 @@ class CompileCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, key: str) -> CachedCompile | None:
-        """The cached compile for ``key``, if any."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
+        """The cached compile for ``key``, if it is the one kept."""
+        return self._entry if key == self._key else None
 
     def put(self, key: str, compiled: CompiledModel, seconds: float) -> None:
-        """Keep ``compiled``, dropping the oldest entries beyond capacity."""
-        self._entries[key] = CachedCompile(compiled, seconds)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        """Keep ``compiled`` in place of whatever was kept."""
+        self._key, self._entry = key, CachedCompile(compiled, seconds)
 
     def clear(self) -> None:
-        """Forget every compiled model (frees their engines)."""
-        self._entries.clear()
+        """Forget the compiled model (frees its engines)."""
+        self._key = self._entry = None
 
 
 #: The process's compile cache, used by :func:`pipeline.runner.run_pipeline`.

@@ -17,11 +17,6 @@ class SerializedModel:
     artifact: SavedArtifact
 
     @property
-    def size_bytes(self) -> int:
-        """Bytes written, all files together."""
-        return sum((self.root / relative).stat().st_size for relative in self.artifact.files)
-
-    @property
     def files(self) -> DirectoryFiles:
         """Reads the written files back (the reload stage)."""
         return DirectoryFiles(self.root)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from pipeline.config.presets import as_policy
 from pipeline.config.schema import InputSpec, Precision, RuntimeConfig
 from pipeline.errors import BundleError, InputValidationError
 from pipeline.models.inputs import torch_dtype
+from pipeline.models.shapes import dim_names
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class _ExpectedInput:
     dtype: torch.dtype
     low: tuple[int, ...]
     high: tuple[int, ...]
+    dims: tuple[str | None, ...]
 
 
 class InputChecker:
@@ -47,6 +50,7 @@ class InputChecker:
                 dtype=torch_dtype(spec.dtype, precision),
                 low=tuple(spec.min_shape or spec.shape),
                 high=tuple(spec.max_shape or spec.shape),
+                dims=tuple(dim_names(spec)),
             )
             for spec in specs
         ]
@@ -78,10 +82,56 @@ class InputChecker:
                     f"input '{expected.name}': shape {tuple(shape)} outside the declared range "
                     f"{list(expected.low)}..{list(expected.high)}"
                 )
+        self._check_shared_dims([arg.shape for arg in args])  # type: ignore[attr-defined]
+
+    def _check_shared_dims(self, shapes: Sequence[torch.Size]) -> None:
+        """Dimensions with one name (e.g. ``batch``) must have one size across the inputs."""
+        seen: dict[str, tuple[str, int]] = {}
+        for shape, expected in zip(shapes, self.expected, strict=True):
+            for name, size in zip(expected.dims, shape, strict=True):
+                if name is None:
+                    continue
+                first = seen.setdefault(name, (expected.name, size))
+                if first[1] != size:
+                    raise InputValidationError(
+                        f"inputs '{first[0]}' and '{expected.name}' must agree on dimension '{name}': "
+                        f"{first[1]} vs {size}"
+                    )
+
+
+class ModelOutputs(tuple[torch.Tensor, ...]):
+    """A loaded model's outputs: a tuple of tensors that also answers to the outputs' names.
+
+    A model that returned a dict or a transformers ``ModelOutput`` keeps its keys:
+    ``outputs["last_hidden_state"]``, ``outputs.to_dict()``; ``outputs[0]`` works for every model.
+    """
+
+    names: tuple[str | None, ...]
+
+    def __new__(cls, values: Sequence[torch.Tensor], names: Sequence[str | None] = ()) -> ModelOutputs:
+        outputs = super().__new__(cls, values)
+        outputs.names = tuple(names) if len(names) == len(outputs) else (None,) * len(outputs)
+        return outputs
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            if key not in self.names:
+                known = [n for n in self.names if n is not None]
+                raise KeyError(f"no output named {key!r}; outputs: {known or 'unnamed'}")
+            return super().__getitem__(self.names.index(key))
+        return super().__getitem__(key)
+
+    def keys(self) -> list[str]:
+        """The output names, in order (empty when the model's outputs have none)."""
+        return [n for n in self.names if n is not None]
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """The outputs by name, as the eager model returned them (named outputs only)."""
+        return {n: t for n, t in zip(self.names, self, strict=True) if n is not None}
 
 
 class LoadedModel:
-    """Callable like the model: ``outputs = loaded(*inputs)`` returns a tuple of tensors."""
+    """Callable like the model: ``outputs = loaded(*inputs)`` returns :class:`ModelOutputs`."""
 
     def __init__(
         self,
@@ -92,8 +142,10 @@ class LoadedModel:
         device: torch.device,
         policy: RuntimeConfig,
         expected_engines: int | None = None,
+        output_names: Sequence[str | None] = (),
     ) -> None:
         self.module = module
+        self.output_names = tuple(output_names)
         self.backend = backend
         self.specs = list(specs)
         self.precision = precision
@@ -131,8 +183,9 @@ class LoadedModel:
         with self._lock, self.backend.hold_resources(self.module, self.policy):
             yield
 
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Run the model on ``inputs`` (checked first); returns a tuple of tensors.
+    def __call__(self, *inputs: torch.Tensor) -> ModelOutputs:
+        """Run the model on ``inputs`` (checked first); returns its outputs as a tuple of tensors
+        that answers to output names too (:class:`ModelOutputs`).
 
         Every call runs the same way whatever the caller's autograd state (plain, ``no_grad``,
         ``inference_mode``, in any order): with autograd off and *outside* inference mode, so
@@ -143,4 +196,4 @@ class LoadedModel:
         """
         self._check_inputs(inputs)
         with self._lock, self._call_context, torch.inference_mode(False), torch.no_grad():
-            return tuple(self.module(*inputs))
+            return ModelOutputs(self.module(*inputs), self.output_names)

@@ -160,6 +160,7 @@ def _build_bundle(
                 config.bench,
                 eager=built.eager,
                 fresh=FreshModel(compiled.module, backend),
+                shape_inputs=built.shape_inputs,
             )
         console.print(summary_table(report_rows(result.bench), title="bench"))
     if Stage.package not in config.stages:
@@ -182,7 +183,7 @@ def _build_bundle(
             compile_settings=resolved["compile"],
             runtime=policy_report.manifest_record(),
             inputs=resolved["model"]["inputs"],
-            outputs=describe_outputs(verified.golden_outputs),
+            outputs=describe_outputs(verified.golden_outputs, verified.output_names),
             verification=verified.report.to_dict(),
             weights={**resolved["model"]["weights"], "sha256": built.weights_sha256},
             engine_count=compiled.engine_count,
@@ -200,8 +201,7 @@ def _build_bundle(
             manifest,
             OmegaConf.to_yaml(resolved),
             config.model.inputs,
-            built.golden_inputs,
-            verified.golden_outputs,
+            verified.golden_sets(built),
         )
 
 

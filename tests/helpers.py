@@ -111,3 +111,22 @@ def sample_manifest(**fields: Any) -> Manifest:
     }
     values.update(fields)
     return Manifest(**values)
+
+
+class DictOutputModel(nn.Module):
+    """Returns a dict, as many user models do: names must survive into the loaded bundle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.conv(images).mean(dim=(2, 3))
+        return {"logits": self.head(features), "features": features}
+
+
+def dict_output_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
+    """Factory for ``model.architecture._target_=tests.helpers.dict_output_model``."""
+    torch.manual_seed(weights.seed)
+    return DictOutputModel().eval()

@@ -10,22 +10,22 @@ from torch import nn
 from torch.fx.graph import CodeGen
 
 from pipeline.config.schema import InputSpec
+from pipeline.models.shapes import dim_names, dynamic_dims
 
 
 def dynamic_shapes(specs: list[InputSpec]) -> tuple[tuple[dict[int, Any], ...]] | None:
-    """``torch.export`` dynamic-shape spec for inputs whose min and max shapes differ.
+    """``torch.export`` dynamic-shape spec: one ``Dim`` per dynamic dimension name, shared by
+    every input that uses the name (see :mod:`pipeline.models.shapes`).
 
     Shaped for :class:`PositionalAdapter`'s ``forward(*args)``: one entry, the args tuple.
     """
-    shapes = []
-    for spec in specs:
-        dims: dict[int, Any] = {}
-        low = spec.min_shape or spec.shape
-        high = spec.max_shape or spec.shape
-        for index, (lo, hi) in enumerate(zip(low, high, strict=True)):
-            if lo != hi:
-                dims[index] = torch.export.Dim(f"{spec.name}_dim{index}", min=lo, max=hi)
-        shapes.append(dims)
+    dims = {
+        name: torch.export.Dim(name, min=dim.min, max=dim.max) for name, dim in dynamic_dims(specs).items()
+    }
+    shapes = [
+        {index: dims[name] for index, name in enumerate(dim_names(spec)) if name is not None}
+        for spec in specs
+    ]
     return (tuple(shapes),) if any(shapes) else None
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.bundle.coldstart import measure_cold_start
 from pipeline.bundle.format import Manifest
@@ -38,12 +39,28 @@ def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
         ),
         ("verification", "PASS" if verification.get("passed") else "FAIL"),
         ("weights", json.dumps(manifest.weights, sort_keys=True)),
-        ("inputs", ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in manifest.inputs)),
-        ("outputs", ", ".join(f"{o['shape']} {o['dtype']}" for o in manifest.outputs)),
+        ("inputs", ", ".join(_describe_input(i) for i in manifest.inputs)),
+        (
+            "outputs",
+            ", ".join(f"{o.get('name') or o['index']} {o['shape']} {o['dtype']}" for o in manifest.outputs),
+        ),
     ]
     rows += [(f"env.{k}", v) for k, v in sorted(manifest.environment.items())]
     rows += [(f"file {f.path}", f"{f.size} bytes sha256:{f.sha256[:16]}") for f in manifest.files]
     return rows
+
+
+def _describe_input(entry: dict[str, Any]) -> str:
+    """``name (1, 128) int32``; dynamic dimensions as ``batch=1..32``, then the opt shape."""
+    shape = entry["shape"]
+    low, high = entry.get("min_shape") or shape, entry.get("max_shape") or shape
+    names = entry.get("dims") or [None] * len(shape)
+    sizes = [
+        f"{name or f'dim{i}'}={lo}..{hi}" if lo != hi else str(opt)
+        for i, (name, lo, opt, hi) in enumerate(zip(names, low, shape, high, strict=True))
+    ]
+    opt = f"; opt {tuple(shape)}" if low != high else ""
+    return f"{entry['name']} ({', '.join(sizes)}{opt}) {entry['dtype']}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

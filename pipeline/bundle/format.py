@@ -6,6 +6,8 @@ A bundle is a directory (or a .tar or .tar.gz of one)::
         manifest.json         what this is, how it was built, how to run it, every file's sha256
         config.yaml           the resolved pipeline config
         golden.safetensors    golden inputs ("input.<name>") and reference outputs ("output.<i>")
+                              at the opt shape; models with dynamic dimensions also hold sets at
+                              other shapes ("<set>/input.<name>", "<set>/output.<i>": min, max, odd)
         model/model.pt2       export: the torch.export archive
         model/graph.pt        tensorrt: the graph that calls the engines, without them
         engines/<name>.engine tensorrt: each engine's raw bytes (its other fields: manifest "engines")
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,6 +40,8 @@ SIGNATURE_NAME = "manifest.sig"
 UNLISTED = (MANIFEST_NAME, SIGNATURE_NAME)
 GOLDEN_INPUT_PREFIX = "input."
 GOLDEN_OUTPUT_PREFIX = "output."
+#: The golden set at the inputs' declared (opt) shape; its keys carry no set prefix.
+OPT_SET = "opt"
 _HASH_CHUNK = 8 << 20
 
 
@@ -254,12 +258,55 @@ def check_files(root: Path, manifest: Manifest, model_files: Collection[str]) ->
     return VerifiedFiles(kept)
 
 
-def describe_outputs(outputs: Sequence[Any]) -> list[dict[str, Any]]:
-    """The ``outputs`` section of a manifest: index, shape and dtype of each output tensor."""
+def describe_outputs(outputs: Sequence[Any], names: Sequence[str | None] = ()) -> list[dict[str, Any]]:
+    """The ``outputs`` section of a manifest: index, name (None when the model gave none), shape
+    and dtype of each output tensor at the opt shape."""
+    padded = list(names) + [None] * (len(outputs) - len(names))
     return [
-        {"index": i, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-        for i, t in enumerate(outputs)
+        {"index": i, "name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        for i, (t, name) in enumerate(zip(outputs, padded, strict=True))
     ]
+
+
+def output_names(manifest: Manifest) -> list[str | None]:
+    """Each output's recorded name (bundles made before names were recorded: all None)."""
+    return [entry.get("name") for entry in manifest.outputs]
+
+
+GoldenSet = tuple[Sequence[Any], Sequence[Any]]  # (inputs in spec order, reference outputs)
+
+
+def _golden_prefix(set_name: str) -> str:
+    return "" if set_name == OPT_SET else f"{set_name}/"
+
+
+def golden_tensors(input_names: Sequence[str], sets: Mapping[str, GoldenSet]) -> dict[str, Any]:
+    """The contents of ``golden.safetensors`` for golden sets by name (``opt`` first)."""
+    tensors: dict[str, Any] = {}
+    for set_name, (inputs, outputs) in sets.items():
+        prefix = _golden_prefix(set_name)
+        for name, tensor in zip(input_names, inputs, strict=True):
+            tensors[f"{prefix}{GOLDEN_INPUT_PREFIX}{name}"] = tensor.detach().cpu().contiguous()
+        for index, tensor in enumerate(outputs):
+            tensors[f"{prefix}{GOLDEN_OUTPUT_PREFIX}{index}"] = tensor.detach().cpu().contiguous()
+    return tensors
+
+
+def golden_sets(
+    tensors: dict[str, Any], input_names: Sequence[str], output_count: int
+) -> dict[str, GoldenSet]:
+    """The golden sets held in ``golden.safetensors`` contents, ``opt`` first."""
+    names = [OPT_SET, *sorted({key.split("/", 1)[0] for key in tensors if "/" in key})]
+    sets: dict[str, GoldenSet] = {}
+    for set_name in names:
+        prefix = _golden_prefix(set_name)
+        try:
+            inputs = [tensors[f"{prefix}{GOLDEN_INPUT_PREFIX}{name}"] for name in input_names]
+            outputs = [tensors[f"{prefix}{GOLDEN_OUTPUT_PREFIX}{i}"] for i in range(output_count)]
+        except KeyError as exc:
+            raise BundleError(f"{GOLDEN_NAME}: golden set {set_name!r} lacks {exc.args[0]!r}") from None
+        sets[set_name] = (inputs, outputs)
+    return sets
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

@@ -22,12 +22,13 @@ from pipeline.backends.engine_graph import EngineRecord
 from pipeline.bundle.archive import extract_bundle, is_archive
 from pipeline.bundle.compat import compatibility_problems
 from pipeline.bundle.format import (
-    GOLDEN_INPUT_PREFIX,
     GOLDEN_NAME,
-    GOLDEN_OUTPUT_PREFIX,
+    OPT_SET,
     Manifest,
     VerifiedFiles,
     check_files,
+    golden_sets,
+    output_names,
     read_manifest,
 )
 from pipeline.bundle.trust import TrustPolicy, check_signature
@@ -107,6 +108,7 @@ def load_bundle(
             device=target,
             policy=recorded_policy(manifest) if runtime is None else runtime,
             expected_engines=manifest.engine_count,
+            output_names=output_names(manifest),
         )
     loaded.load_seconds = watch.seconds
     return loaded
@@ -159,17 +161,23 @@ def verify_bundle(path: str | Path) -> VerificationReport:
 
 
 def verify_loaded(loaded: LoadedBundle) -> VerificationReport:
-    """The golden check of a loaded bundle: its golden inputs through it, against its outputs."""
+    """The golden check of a loaded bundle: each golden set's inputs through it (the opt shape,
+    then min, max and odd shapes where the model has dynamic dimensions), against its outputs."""
     from safetensors.torch import load_file
 
     from pipeline.verification import VerificationReport, compare
 
-    golden = load_file(str(loaded.root / GOLDEN_NAME))
-    inputs = tuple(golden[GOLDEN_INPUT_PREFIX + spec.name].to(loaded.device) for spec in loaded.specs)
-    reference = [golden[f"{GOLDEN_OUTPUT_PREFIX}{i}"] for i in range(len(loaded.manifest.outputs))]
+    sets = golden_sets(
+        load_file(str(loaded.root / GOLDEN_NAME)),
+        [spec.name for spec in loaded.specs],
+        len(loaded.manifest.outputs),
+    )
     tolerance = Tolerance(**loaded.manifest.verification["tolerance"])
     report = VerificationReport(tolerance=tolerance)
-    report.comparisons = compare("golden", loaded(*inputs), reference, tolerance)
+    for name, (inputs, reference) in sets.items():
+        label = "golden" if name == OPT_SET else f"golden-{name}"
+        outputs = loaded(*(tensor.to(loaded.device) for tensor in inputs))
+        report.comparisons.extend(compare(label, outputs, reference, tolerance))
     return report
 
 

@@ -25,6 +25,8 @@ from pipeline.config.schema import (
     BackendKind,
     DeviceKind,
     DType,
+    InputSpec,
+    ModelConfig,
     PipelineConfig,
     RefitConfig,
     Stage,
@@ -167,6 +169,9 @@ def _validate_model(config: PipelineConfig) -> None:
         key = f"model.inputs[{spec.name}]"
         if not spec.shape or any(d < 1 for d in spec.shape):
             raise ConfigError(f"{key}.shape must be a non-empty list of positive sizes")
+    _resolve_named_dims(model)
+    for spec in model.inputs:
+        key = f"model.inputs[{spec.name}]"
         for bound_name in ("min_shape", "max_shape"):
             bound = getattr(spec, bound_name)
             if bound is not None and len(bound) != len(spec.shape):
@@ -179,6 +184,77 @@ def _validate_model(config: PipelineConfig) -> None:
             raise ConfigError(f"{key}: value range needs low < high")
         if spec.dtype in (DType.int32, DType.int64) and spec.low != int(spec.low):
             raise ConfigError(f"{key}: integer inputs need a whole-number low bound")
+
+
+def _resolve_named_dims(model: ModelConfig) -> None:
+    """Check the named dynamic dimensions and write their ranges into the inputs' shapes.
+
+    Each name in an input's ``dims`` must be declared in ``model.dims``; its ``opt`` is the size
+    ``shape`` gives it (every input naming it must agree, and an explicit ``opt`` too). The
+    inputs' ``min_shape``/``max_shape`` then follow the ranges, so everything downstream reads
+    one form; running this again on its own output changes nothing.
+    """
+    for dim, dim_range in model.dims.items():
+        if not dim.isidentifier():
+            raise ConfigError(f"model.dims.{dim}: a dimension name must be an identifier")
+        if not 1 <= dim_range.min < dim_range.max:
+            raise ConfigError(
+                f"model.dims.{dim}: need 1 <= min < max, got min={dim_range.min} max={dim_range.max} "
+                "(a dimension of one size is static: null in dims)"
+            )
+    opt_from: dict[str, str] = {}  # dimension -> the input whose shape gave its opt size
+    for spec in model.inputs:
+        if spec.dims is not None:
+            spec.min_shape, spec.max_shape = _named_bounds(model, spec, spec.dims, opt_from)
+    unused = sorted(set(model.dims) - {d for spec in model.inputs for d in spec.dims or () if d})
+    if unused:
+        raise ConfigError(f"model.dims: {unused} declared but no input names them in its dims")
+
+
+def _named_bounds(
+    model: ModelConfig, spec: InputSpec, dims: list[str | None], opt_from: dict[str, str]
+) -> tuple[list[int], list[int]]:
+    """``spec``'s min and max shapes with its named dimensions (``dims``) at their declared ranges."""
+    key = f"model.inputs[{spec.name}]"
+    if len(dims) != len(spec.shape):
+        raise ConfigError(f"{key}.dims must name each of the {len(spec.shape)} dimensions (null: static)")
+    low, high = list(spec.min_shape or spec.shape), list(spec.max_shape or spec.shape)
+    for index, dim in enumerate(dims):
+        if dim is None:
+            if low[index] != high[index]:
+                raise ConfigError(f"{key}.dims[{index}] varies in min_shape/max_shape: give it a name")
+            continue
+        dim_range = model.dims.get(dim)
+        if dim_range is None:
+            declared = ", ".join(model.dims) or "none"
+            raise ConfigError(
+                f"{key}.dims[{index}]: dimension {dim!r} is not in model.dims (declared: {declared})"
+            )
+        size = spec.shape[index]
+        if dim_range.opt is None:
+            dim_range.opt = size
+            opt_from[dim] = spec.name
+        if size != dim_range.opt and dim in opt_from and opt_from[dim] != spec.name:
+            raise ConfigError(
+                f"{key}.shape[{index}] is {size}, but model.inputs[{opt_from[dim]}] gives dimension "
+                f"{dim!r} size {dim_range.opt}: inputs that share a dimension share its opt size"
+            )
+        if size != dim_range.opt or not dim_range.min <= size <= dim_range.max:
+            raise ConfigError(
+                f"{key}.shape[{index}] is {size}, but dimension {dim!r} has opt {dim_range.opt} in "
+                f"{dim_range.min}..{dim_range.max}: the shape gives each named dimension its opt size"
+            )
+        for bound_name, bound, expected in (
+            ("min_shape", spec.min_shape, dim_range.min),
+            ("max_shape", spec.max_shape, dim_range.max),
+        ):
+            if bound is not None and len(bound) == len(spec.shape) and bound[index] != expected:
+                raise ConfigError(
+                    f"{key}.{bound_name}[{index}] is {bound[index]} but dimension {dim!r} ranges "
+                    f"{dim_range.min}..{dim_range.max}: declare the range in model.dims only"
+                )
+        low[index], high[index] = dim_range.min, dim_range.max
+    return low, high
 
 
 def _validate_compile_and_runtime(config: PipelineConfig) -> None:

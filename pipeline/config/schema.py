@@ -76,17 +76,35 @@ class InputSpec:
     """One model input: its name, shape, element type and the range random values are drawn from.
 
     ``shape`` is the shape of the golden and verification inputs (TensorRT's "opt" shape).
-    ``min_shape``/``max_shape`` declare dynamic dimensions; when omitted the input is static.
+    Dynamic dimensions are declared by name in ``dims`` (one entry per dimension, ``null`` for a
+    static one), each name ranging as :attr:`ModelConfig.dims` says; inputs that use one name
+    share one dimension (BERT's ``batch`` and ``seq``). ``min_shape``/``max_shape`` are filled
+    from those ranges when the config is validated; given without ``dims`` they make each
+    differing dimension dynamic on its own.
     Integer inputs are drawn from ``[low, high)``, floating ones uniformly from ``[low, high]``.
     """
 
     name: str = MISSING
     shape: list[int] = MISSING
     dtype: DType = DType.float32
+    dims: list[str | None] | None = None
     min_shape: list[int] | None = None
     max_shape: list[int] | None = None
     low: float = 0.0
     high: float = 1.0
+
+
+@dataclass
+class DimRange:
+    """The range of one named dynamic dimension: TensorRT's min/opt/max for it.
+
+    ``opt`` (the size engines are tuned for, and the golden inputs') defaults to the size the
+    inputs' ``shape`` gives that dimension.
+    """
+
+    min: int = MISSING
+    max: int = MISSING
+    opt: int | None = None
 
 
 @dataclass
@@ -108,6 +126,8 @@ class ModelConfig:
     architecture: Any = MISSING
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     inputs: list[InputSpec] = MISSING
+    # Named dynamic dimensions (e.g. batch, seq) that inputs refer to in their ``dims``.
+    dims: dict[str, DimRange] = field(default_factory=dict)
 
 
 @dataclass

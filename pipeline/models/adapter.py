@@ -32,6 +32,31 @@ def flatten_outputs(outputs: Any) -> tuple[torch.Tensor, ...]:
     raise TypeError(f"model returned {type(outputs).__name__}, which holds no tensors")
 
 
+def output_names(outputs: Any, path: str | None = None) -> list[str | None]:
+    """The name of each tensor :func:`flatten_outputs` returns, in the same order.
+
+    Tensors under a mapping (a dict, a transformers ``ModelOutput``) are named by their key
+    path, e.g. ``logits`` or ``hidden_states.3``; tensors reached through sequences alone (a
+    bare tensor, a tuple) have no name.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return [path]
+    if isinstance(outputs, Mapping) or hasattr(outputs, "to_tuple"):
+        items = [(str(key), value) for key, value in outputs.items() if value is not None]
+        return [
+            name
+            for key, value in items
+            for name in output_names(value, key if path is None else f"{path}.{key}")
+        ]
+    if isinstance(outputs, Sequence):
+        return [
+            name
+            for index, item in enumerate(outputs)
+            for name in output_names(item, None if path is None else f"{path}.{index}")
+        ]
+    return []
+
+
 class PositionalAdapter(nn.Module):
     """Calls ``model(**{name: tensor})`` in input-spec order and returns a flat tensor tuple."""
 
@@ -47,3 +72,9 @@ class PositionalAdapter(nn.Module):
         else:
             outputs = self.model(*args)
         return flatten_outputs(outputs)
+
+    def output_names(self, *args: torch.Tensor) -> list[str | None]:
+        """The names of the outputs :meth:`forward` returns for ``args`` (one eager call)."""
+        if self.keyword:
+            return output_names(self.model(**dict(zip(self.input_names, args, strict=True))))
+        return output_names(self.model(*args))

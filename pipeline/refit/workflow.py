@@ -237,7 +237,7 @@ def _refit_into(
                 artifact=saved_artifact(parent),
                 files=parent_files,  # the bytes verified by open_bundle, not a second read
                 model=built.eager,
-                example_inputs=built.golden_inputs,
+                example_inputs=built.trace_inputs,
                 specs=specs,
                 target=staging,
                 device=built.device,
@@ -273,7 +273,7 @@ def _refit_into(
             created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             environment={**host_environment(), **backend.environment()},
             runtime=report.manifest_record(),
-            outputs=describe_outputs(verified.golden_outputs),
+            outputs=describe_outputs(verified.golden_outputs, verified.output_names),
             verification=verified.report.to_dict(),
             weights={
                 "source": "refit",
@@ -296,8 +296,7 @@ def _refit_into(
             manifest,
             OmegaConf.to_yaml(parent.config),
             specs,
-            built.golden_inputs,
-            verified.golden_outputs,
+            verified.golden_sets(built),
         )
     return RefitResult(
         parent=parent_root, bundle=published, engines_refitted=refit.engines, policy=report, verified=verified

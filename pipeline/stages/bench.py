@@ -8,6 +8,7 @@ after the first call and idle after the timed calls (after freeing PyTorch's cac
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,9 @@ class BenchReport:
     latency: dict[str, Latency]
     load: LoadMeasurement
     extra_seconds: dict[str, float] = field(default_factory=dict)
+    #: The loaded model at the other golden shapes (min, max, odd), and ``switching``: calls
+    #: that alternate between the opt shape and another one, what a change of shape costs.
+    shapes: dict[str, Latency] = field(default_factory=dict)
 
     def ratio(self, variant: str, baseline: str) -> float | None:
         """``variant``'s median host latency over ``baseline``'s (None if either is missing)."""
@@ -67,6 +71,7 @@ class BenchReport:
             "latency": {name: asdict(value) for name, value in self.latency.items()},
             "load": {**asdict(self.load), "idle_engine_memory": self.load.idle_engine_memory},
             "extra_seconds": self.extra_seconds,
+            "shapes": {name: asdict(value) for name, value in self.shapes.items()},
         }
 
 
@@ -109,11 +114,14 @@ def bench_model(
     settings: BenchConfig,
     eager: nn.Module | None = None,
     fresh: FreshModel | None = None,
+    shape_inputs: dict[str, tuple[torch.Tensor, ...]] | None = None,
 ) -> BenchReport:
     """Time the loaded model (and extra policies) against the requested baselines.
 
     With a fresh module, ``fresh`` is Torch-TensorRT's default (standard) state and
     ``fresh:<policy>`` the same engines under each timed policy, for like-for-like ratios.
+    ``inputs`` are at the opt shape; ``shape_inputs`` (other shapes of a model with dynamic
+    dimensions) are timed on the loaded model afterwards, alone and alternating with ``inputs``.
     """
     loaded, load_measurement = measure_load(lambda: load(policy), inputs)
     calls: dict[str, Callable[[], object]] = {LOADED: lambda: loaded(*inputs)}
@@ -145,9 +153,36 @@ def bench_model(
         peak_from = torch.cuda.memory_allocated()
     latency = compare_latency(calls, settings.warmup, settings.iterations, settings.rounds, prepare)
     finish_load_measurement(load_measurement, peak_from)
+    shapes = time_shapes(loaded, inputs, shape_inputs or {}, settings)
     return BenchReport(
-        policy=policy.name, latency=latency, load=load_measurement, extra_seconds=extra_seconds
+        policy=policy.name, latency=latency, load=load_measurement, extra_seconds=extra_seconds, shapes=shapes
     )
+
+
+SWITCHING = "switching"
+
+
+def time_shapes(
+    loaded: LoadedModel,
+    inputs: tuple[torch.Tensor, ...],
+    shape_inputs: dict[str, tuple[torch.Tensor, ...]],
+    settings: BenchConfig,
+) -> dict[str, Latency]:
+    """Latency at each other shape, and per call when every call changes the shape.
+
+    ``switching`` alternates the opt shape with the odd one (else the first other shape): with
+    pre-allocated outputs, each change of shape allocates new output buffers.
+    """
+    if not shape_inputs:
+        return {}
+    calls: dict[str, Callable[[], object]] = {
+        name: lambda other=other: loaded(*other)  # type: ignore[misc]
+        for name, other in shape_inputs.items()
+    }
+    other = shape_inputs.get("odd") or next(iter(shape_inputs.values()))
+    turn = itertools.cycle((inputs, other))
+    calls[SWITCHING] = lambda: loaded(*next(turn))
+    return compare_latency(calls, settings.warmup, settings.iterations, settings.rounds, {})
 
 
 @dataclass
@@ -193,4 +228,7 @@ def report_rows(report: BenchReport) -> list[tuple[str, str]]:
         rows.append(("peak allocated (torch)", f"{(load.peak_allocated or 0) / 2**20:.0f} MiB"))
     for name, seconds in report.extra_seconds.items():
         rows.append((name, f"{seconds:.1f} s"))
+    for name, value in report.shapes.items():
+        label = "every call a new shape" if name == SWITCHING else f"{name} shape"
+        rows.append((f"latency loaded, {label}", f"median {value.median_ms:.3f} ms, p90 {value.p90_ms:.3f}"))
     return rows

@@ -4,26 +4,45 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from pipeline.config.schema import ModelConfig, PipelineConfig, Precision, WeightsConfig, WeightsSource
+from pipeline.bundle.format import OPT_SET
+from pipeline.config.schema import (
+    ModelConfig,
+    PipelineConfig,
+    Precision,
+    WeightsConfig,
+    WeightsSource,
+)
 from pipeline.errors import ConfigError
 from pipeline.models import PositionalAdapter, make_inputs, state_dict_digest
+from pipeline.models.shapes import shape_sets, trace_sizes
 from pipeline.models.weights import load_weights, read_state_dict
 
 
 @dataclass
 class BuiltModel:
-    """The eager model in its precision and on its device, ready to compile and compare against."""
+    """The eager model in its precision and on its device, ready to compile and compare against.
 
-    eager: nn.Module
+    ``golden_inputs`` are at the declared (opt) shape; ``shape_inputs`` hold one more golden set
+    per other shape of a model with dynamic dimensions (min, max, odd; see
+    :func:`pipeline.models.shapes.shape_sets`); ``trace_inputs`` are what compilers trace with.
+    """
+
+    eager: PositionalAdapter
     golden_inputs: tuple[torch.Tensor, ...]
     weights_sha256: str
     device: torch.device
+    shape_inputs: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    trace_inputs: tuple[torch.Tensor, ...] = ()
+
+    def golden_input_sets(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Every golden input set by name, the opt-shape one (``opt``) first."""
+        return {OPT_SET: self.golden_inputs, **self.shape_inputs}
 
 
 def instantiate_model(model: ModelConfig) -> nn.Module:
@@ -90,8 +109,20 @@ def prepare_model(
     if config.precision is Precision.fp16:
         eager = eager.half()
     eager = eager.to(device)
-    golden = make_inputs(config.model.inputs, config.verify.seed, config.precision, device)
-    return BuiltModel(eager=eager, golden_inputs=golden, weights_sha256=weights_sha256, device=device)
+    specs, seed, precision = config.model.inputs, config.verify.seed, config.precision
+    golden = make_inputs(specs, seed, precision, device)
+    shape_inputs = {
+        name: make_inputs(specs, seed, precision, device, sizes) for name, sizes in shape_sets(specs).items()
+    }
+    trace_inputs = make_inputs(specs, seed, precision, device, trace_sizes(specs))
+    return BuiltModel(
+        eager=eager,
+        golden_inputs=golden,
+        weights_sha256=weights_sha256,
+        device=device,
+        shape_inputs=shape_inputs,
+        trace_inputs=trace_inputs,
+    )
 
 
 def build_model(config: PipelineConfig, device: torch.device) -> BuiltModel:

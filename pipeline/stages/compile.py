@@ -19,9 +19,9 @@ ENGINE_IDENTITY = ("model", "precision", "backend", "compile")
 
 
 def compile_model(backend: Backend, built: BuiltModel, config: PipelineConfig) -> CompiledModel:
-    """Compile ``built.eager`` for the golden inputs' shapes (and declared dynamic ranges)."""
+    """Compile ``built.eager``, traced at ``built.trace_inputs``, for the declared shape ranges."""
     with torch.no_grad():
-        return backend.compile(built.eager, built.golden_inputs, config)
+        return backend.compile(built.eager, built.trace_inputs, config)
 
 
 @dataclass

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from pipeline.bundle.format import (
     CONFIG_NAME,
-    GOLDEN_INPUT_PREFIX,
     GOLDEN_NAME,
-    GOLDEN_OUTPUT_PREFIX,
+    GoldenSet,
     Manifest,
     describe_files,
+    golden_tensors,
     write_manifest,
 )
 from pipeline.bundle.store import BundleStore
@@ -37,18 +37,13 @@ def package_bundle(
     manifest: Manifest,
     config_yaml: str,
     specs: list[InputSpec],
-    golden_inputs: tuple[torch.Tensor, ...],
-    golden_outputs: tuple[torch.Tensor, ...],
+    golden_sets: Mapping[str, GoldenSet],
 ) -> PublishedBundle:
-    """Complete the staging directory (golden data, config, manifest) and rename it into place."""
-    tensors = {
-        GOLDEN_INPUT_PREFIX + spec.name: tensor.detach().cpu().contiguous()
-        for spec, tensor in zip(specs, golden_inputs, strict=True)
-    }
-    tensors.update(
-        {f"{GOLDEN_OUTPUT_PREFIX}{i}": t.detach().cpu().contiguous() for i, t in enumerate(golden_outputs)}
-    )
-    save_file(tensors, str(staging / GOLDEN_NAME))
+    """Complete the staging directory (golden sets, config, manifest) and rename it into place.
+
+    ``golden_sets``: (inputs in ``specs`` order, reference outputs) by set name, ``opt`` first.
+    """
+    save_file(golden_tensors([spec.name for spec in specs], golden_sets), str(staging / GOLDEN_NAME))
     (staging / CONFIG_NAME).write_text(config_yaml, encoding="utf-8")
     manifest.files = describe_files(staging)
     write_manifest(staging, manifest)

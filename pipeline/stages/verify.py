@@ -1,11 +1,12 @@
-"""verify: the reloaded artifact vs eager PyTorch on the golden and fresh random input sets."""
+"""verify: the reloaded artifact vs eager PyTorch on every golden set and fresh random input sets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.bundle.format import OPT_SET
 from pipeline.config.schema import PipelineConfig
 from pipeline.loaded import LoadedModel
 from pipeline.models import make_inputs
@@ -15,26 +16,49 @@ from pipeline.verification import VerificationReport, compare
 
 @dataclass
 class VerifiedModel:
-    """The verdict, and eager PyTorch's outputs on the golden inputs (the golden reference)."""
+    """The verdict, and eager PyTorch's outputs on each golden input set (the golden reference).
+
+    ``golden_outputs`` are those of the opt-shape set; ``shape_outputs`` those of the other
+    shapes' sets (min, max, odd) of a model with dynamic dimensions. ``output_names`` name the
+    outputs where the eager model did (dict keys, ``ModelOutput`` fields).
+    """
 
     report: VerificationReport
     golden_outputs: tuple[torch.Tensor, ...]
+    shape_outputs: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    output_names: list[str | None] = field(default_factory=list)
+
+    def golden_sets(
+        self, built: BuiltModel
+    ) -> dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]:
+        """Every golden set as (inputs, reference outputs), the opt-shape one first."""
+        outputs = {OPT_SET: self.golden_outputs, **self.shape_outputs}
+        return {name: (inputs, outputs[name]) for name, inputs in built.golden_input_sets().items()}
 
 
 def verify_model(built: BuiltModel, loaded: LoadedModel, config: PipelineConfig) -> VerifiedModel:
-    """Compare every output on the golden set plus ``verify.random_input_sets`` fresh sets."""
+    """Compare every output on each golden set plus ``verify.random_input_sets`` fresh sets."""
     tolerance = config.verify.tolerance(config.precision)
     report = VerificationReport(tolerance=tolerance)
-    input_sets = {"golden": built.golden_inputs}
+    golden_sets = {
+        ("golden" if name == OPT_SET else f"golden-{name}"): inputs
+        for name, inputs in built.golden_input_sets().items()
+    }
+    input_sets = dict(golden_sets)
     for index in range(1, config.verify.random_input_sets + 1):
         input_sets[f"random-{index}"] = make_inputs(
             config.model.inputs, config.verify.seed + index, config.precision, built.device
         )
-    golden_outputs: tuple[torch.Tensor, ...] = ()
+    references: dict[str, tuple[torch.Tensor, ...]] = {}
     with torch.inference_mode():
+        names = built.eager.output_names(*built.golden_inputs)
         for name, inputs in input_sets.items():
             reference = tuple(t.detach().cpu() for t in built.eager(*inputs))
             report.comparisons.extend(compare(name, loaded(*inputs), reference, tolerance))
-            if name == "golden":
-                golden_outputs = reference
-    return VerifiedModel(report=report, golden_outputs=golden_outputs)
+            references[name] = reference
+    return VerifiedModel(
+        report=report,
+        golden_outputs=references["golden"],
+        shape_outputs={name: references[f"golden-{name}"] for name in built.shape_inputs},
+        output_names=names,
+    )

@@ -35,3 +35,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"{'PASS' if report['golden_passed'] else 'FAIL':>7} {report['latency_ms']:>10.3f} "
             f"{report['load_seconds']:>7.2f}"
         )
+        if "sequence" in report:
+            sequence = report["sequence"]
+            steady = ", ".join(f"{name} {ms:.3f}" for name, ms in sequence["steady_ms"].items())
+            write(
+                f"{'':<34} batches {' -> '.join(c['set'] for c in sequence['calls'])}: "
+                f"{'PASS' if all(c['passed'] for c in sequence['calls']) else 'FAIL'}; steady ms {steady}; "
+                f"alternating {sequence['alternating_ms']:.3f} ms/call "
+                f"(a shape change costs {sequence['shape_change_ms']:+.3f} ms)"
+            )

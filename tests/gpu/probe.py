@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import subprocess
@@ -42,10 +43,11 @@ def probe_in_fresh_process(
 
 
 def probe_many_in_fresh_process(
-    bundles: list[Path], runtime: str | None = None, cwd: Path | None = None
+    bundles: list[Path], runtime: str | None = None, cwd: Path | None = None, extra: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Probe ``bundles`` one after another in one new Python process; a report per bundle."""
-    command = [sys.executable, "-m", "tests.gpu.probe", *map(str, bundles)]
+    """Probe ``bundles`` one after another in one new Python process; a report per bundle
+    (``extra``: more options, e.g. ``--sequence``)."""
+    command = [sys.executable, "-m", "tests.gpu.probe", *map(str, bundles), *(extra or [])]
     if runtime is not None:
         command += ["--runtime", runtime]
     repository = str(Path(__file__).resolve().parents[2])
@@ -66,10 +68,20 @@ def main() -> None:
     parser.add_argument("bundles", nargs="+")
     parser.add_argument("--runtime", default=None)
     parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument(
+        "--sequence",
+        default=None,
+        help="safetensors of input sets and eager outputs ('<set>/input.<name>', '<set>/output.<i>'); "
+        "each bundle is then also called on them in --order and compared",
+    )
+    parser.add_argument("--order", default="", help="comma-separated set names, e.g. b1,b7,b32,b7,b1")
     args = parser.parse_args()
     reports = []
     for bundle in args.bundles:
-        reports.append(probe(bundle, args.runtime, args.iterations))
+        report = probe(bundle, args.runtime, args.iterations)
+        if args.sequence:
+            report["sequence"] = call_sequence(bundle, args.sequence, args.order.split(","), args.iterations)
+        reports.append(report)
         gc.collect()  # the next bundle's memory baseline starts without this one
     print(json.dumps(reports))
 
@@ -119,6 +131,7 @@ def probe(bundle: str, runtime: str | None, iterations: int) -> dict[str, Any]:
         "cuda_graphs_after_call": seen_modes[1],
         "golden": golden.summary(),
         "golden_passed": golden.passed,
+        "golden_sets": sorted({c.input_set for c in golden.comparisons}),
         "latency_ms": latency.median_ms,
         "latency_p90_ms": latency.p90_ms,
         # Device-wide: what this process added to its own baseline.
@@ -128,6 +141,48 @@ def probe(bundle: str, runtime: str | None, iterations: int) -> dict[str, Any]:
         "first_call_seconds": first_call_seconds,
     }
     return report
+
+
+def call_sequence(bundle: str, sequence: str, order: list[str], iterations: int) -> dict[str, Any]:
+    """Call ``bundle`` on the input sets of ``sequence`` in ``order`` (shapes changing between
+    calls), comparing each output with eager's; then time a steady shape against alternating ones."""
+    from safetensors.torch import load_file
+
+    import pipeline
+    from pipeline.bundle.format import golden_sets
+    from pipeline.config.schema import Tolerance
+    from pipeline.timing import measure_latency
+    from pipeline.verification import compare
+
+    loaded = pipeline.load_bundle(bundle)
+    names = [spec.name for spec in loaded.specs]
+    sets = golden_sets(load_file(sequence), names, len(loaded.manifest.outputs))
+    tolerance = Tolerance(**loaded.manifest.verification["tolerance"])
+    inputs = {name: tuple(t.cuda() for t in pair[0]) for name, pair in sets.items()}
+    calls = []
+    for name in order:
+        outputs = loaded(*inputs[name])
+        comparisons = compare(name, outputs, sets[name][1], tolerance)
+        calls.append(
+            {"set": name, "passed": all(c.passed for c in comparisons), "shape": list(outputs[0].shape)}
+        )
+    first, second = order[1], order[2]
+    steady = {
+        name: measure_latency(lambda n=name: loaded(*inputs[n]), 20, iterations).median_ms
+        for name in (first, second)
+    }
+    turn = itertools.cycle((inputs[first], inputs[second]))
+    alternating = measure_latency(lambda: loaded(*next(turn)), 20, iterations).median_ms
+    from pipeline.backends.engines import find_engines
+
+    return {
+        "calls": calls,
+        "policy": loaded.policy.name,
+        "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module)},
+        "steady_ms": steady,
+        "alternating_ms": alternating,
+        "shape_change_ms": alternating - (steady[first] + steady[second]) / 2,
+    }
 
 
 if __name__ == "__main__":

@@ -272,3 +272,34 @@ def test_dynamic_bundle_keeps_memory_while_resources_are_held(artifacts: Path) -
     write_report()
     assert held > released
     assert released_again < held
+
+
+def test_loaded_bundle_equals_torch_tensorrt_saved_program_bit_for_bit_when_engine_is_the_same(
+    artifacts: Path,
+) -> None:
+    """Format 2 (raw engine files) against format 1 (``torch_tensorrt.save`` as an exported
+    program, reloaded with ``torch.export.load``) and the in-process module, on one engine."""
+    import torch_tensorrt
+
+    model, precision = MODELS[0]
+    case = (model, precision, "standard")
+    result = build(artifacts, case)
+    assert result.compiled is not None
+    target = loaded(artifacts, case)
+    inputs, _, _ = golden(target.manifest, target.root)
+    old_format = artifacts / f"{model}-old-format.ep"
+    torch_tensorrt.save(
+        result.compiled.module,
+        str(old_format),
+        output_format="exported_program",
+        arg_inputs=list(inputs),
+        retrace=False,
+    )
+    reloaded = torch.export.load(str(old_format)).module()
+    with torch.no_grad():
+        expected = [t.clone() for t in reloaded(*inputs)]
+        fresh = [t.clone() for t in result.compiled.module(*inputs)]
+    outputs = target(*inputs)
+    assert len(outputs) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, expected, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(outputs, fresh, strict=True))

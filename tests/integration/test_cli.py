@@ -18,7 +18,7 @@ def test_cli_exits_2_with_one_line_listing_models_when_model_is_unknown() -> Non
     lines = completed.stderr.strip().splitlines()
     assert lines == [
         "error: model=bret: no such option in config group 'model'; "
-        "available: bert, resnet152, resnet50, tiny_bert, tiny_cnn"
+        "available: bert, bert_dynamic, resnet152, resnet50, tiny_bert, tiny_bert_dynamic, tiny_cnn"
     ]
     assert "Traceback" not in completed.stderr
 

@@ -62,7 +62,7 @@ def test_compose_lists_available_models_when_model_option_is_unknown() -> None:
         compose(["model=bret"])
     message = str(caught.value)
     assert "model=bret" in message
-    assert "bert, resnet152, resnet50, tiny_bert, tiny_cnn" in message
+    assert "bert, bert_dynamic, resnet152, resnet50, tiny_bert, tiny_bert_dynamic, tiny_cnn" in message
     assert "\n" not in message
 
 

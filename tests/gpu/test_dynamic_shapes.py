@@ -1,0 +1,73 @@
+"""A BERT fp16 bundle with a dynamic batch and sequence, pre-allocated outputs, on a real GPU.
+
+Pre-allocated output buffers are reused while input shapes stay the same; this proves that a
+``preallocated`` bundle gives correct outputs when consecutive calls change the batch (1, 7, 32,
+7, 1), in a fresh process that loads the shipped archive, with the policy on every engine. The
+same process times one shape against alternating shapes: what a change of shape costs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pipeline.bundle.format import OPT_SET, golden_tensors
+from pipeline.bundle.pack import pack_bundle
+from pipeline.models import make_inputs
+from pipeline.stages.build import build_model
+from tests.gpu.probe import HEAVY_MODULES, probe_many_in_fresh_process
+from tests.gpu.test_tensorrt_bundles import REPORT
+from tests.helpers import run
+
+BATCHES = {OPT_SET: 1, "b7": 7, "b32": 32}
+ORDER = [OPT_SET, "b7", "b32", "b7", OPT_SET]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gpu-dynamic")
+
+
+def test_preallocated_dynamic_batch_bert_matches_eager_when_batch_changes_between_calls_in_fresh_process(
+    artifacts: Path,
+) -> None:
+    result = run(
+        artifacts, "model=bert_dynamic", "precision=fp16", "runtime=preallocated", "backend=tensorrt"
+    )
+    assert result.bundle is not None and result.verified is not None
+    checked = {c.input_set for c in result.verified.report.comparisons}
+    assert {"golden", "golden-min", "golden-max", "golden-odd"} <= checked
+
+    config = result.config
+    eager = build_model(config, torch.device("cuda")).eager
+    sets = {}
+    with torch.inference_mode():
+        for name, batch in BATCHES.items():
+            inputs = make_inputs(config.model.inputs, 100 + batch, config.precision, "cuda", {"batch": batch})
+            sets[name] = (inputs, tuple(t.cpu() for t in eager(*inputs)))
+    del eager
+    torch.cuda.empty_cache()
+    sequence = artifacts / "batches.safetensors"
+    save_file(golden_tensors([s.name for s in config.model.inputs], sets), str(sequence))
+
+    shipped = artifacts / "shipped"
+    shipped.mkdir()
+    archive = Path(shutil.move(pack_bundle(result.bundle.path), shipped / f"{result.bundle.path.name}.tar"))
+    (report,) = probe_many_in_fresh_process(
+        [archive], cwd=shipped, extra=["--sequence", str(sequence), "--order", ",".join(ORDER)]
+    )
+    REPORT["bert_dynamic-fp16-preallocated"] = report
+
+    assert report["imported"] == dict.fromkeys(HEAVY_MODULES, False)
+    assert report["golden_passed"], report["golden"]
+    assert {"golden", "golden-min", "golden-max", "golden-odd"} <= set(report["golden_sets"])
+    run_ = report["sequence"]
+    assert [call["set"] for call in run_["calls"]] == ORDER
+    assert [call["shape"][0] for call in run_["calls"]] == [BATCHES[name] for name in ORDER]
+    assert all(call["passed"] for call in run_["calls"]), run_["calls"]
+    assert run_["policy"] == "preallocated"
+    assert run_["engines"] and all(state["pre_allocated_outputs"] for state in run_["engines"].values())

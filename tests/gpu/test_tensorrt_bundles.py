@@ -274,15 +274,15 @@ def test_dynamic_bundle_keeps_memory_while_resources_are_held(artifacts: Path) -
     assert released_again < held
 
 
+@pytest.mark.parametrize("model", [m for m, _ in MODELS])
 def test_loaded_bundle_equals_torch_tensorrt_saved_program_bit_for_bit_when_engine_is_the_same(
-    artifacts: Path,
+    model: str, artifacts: Path
 ) -> None:
     """Format 2 (raw engine files) against format 1 (``torch_tensorrt.save`` as an exported
     program, reloaded with ``torch.export.load``) and the in-process module, on one engine."""
     import torch_tensorrt
 
-    model, precision = MODELS[0]
-    case = (model, precision, "standard")
+    case = (model, dict(MODELS)[model], "standard")
     result = build(artifacts, case)
     assert result.compiled is not None
     target = loaded(artifacts, case)

@@ -46,7 +46,8 @@ class VerificationReport:
         verdict = "PASS" if self.passed else "FAIL"
         return (
             f"{verdict}: {len(self.comparisons)} output checks; worst max_abs={worst.max_abs_error:.3g} "
-            f"(allowed {worst.allowed_abs_error:.3g}), cosine={min(c.cosine for c in self.comparisons):.6f}"
+            f"(allowed {worst.allowed_abs_error:.3g}, {worst.input_set} output {worst.output}), "
+            f"cosine={min(c.cosine for c in self.comparisons):.6f}"
         )
 
     def to_dict(self) -> dict[str, Any]:

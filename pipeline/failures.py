@@ -34,6 +34,12 @@ def failure_hint(error: BaseException) -> str | None:
             "torch.export cannot branch on tensor values: make the branch independent of the data "
             "or express it with torch.cond"
         )
+    if "unable to create tensorrt execution context" in lowered:
+        return (
+            "TensorRT built the engine but could not compile its kernels for this GPU (TensorRT-RTX "
+            "fails on cuDNN attention graphs on Hopper): for transformers, set "
+            "model.architecture.attn_implementation=eager; the log above the error names the layer"
+        )
     if "converter" in lowered and "support" in lowered:
         return (
             "TensorRT cannot convert an operator: compile.min_block_size decides how small a block "

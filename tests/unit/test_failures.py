@@ -34,6 +34,16 @@ def test_failure_hint_quotes_torch_export_fix_when_separate_dims_must_be_equal()
     assert "right_batch = left_batch" in hint and "draft_export" not in hint
 
 
+def test_failure_hint_suggests_eager_attention_when_engine_cannot_create_execution_context() -> None:
+    # The message Torch-TensorRT 2.11 raised for BERT with SDPA attention on an H200 (TensorRT-RTX 1.4).
+    error = RuntimeError(
+        "[Error thrown at core/runtime/TRTEngine.cpp:143] Expected (exec_ctx.get() != nullptr) to be "
+        "true but got false\nUnable to create TensorRT execution context"
+    )
+    hint = failure_hint(error)
+    assert hint is not None and "attn_implementation=eager" in hint
+
+
 def test_failure_hint_is_none_when_no_fix_is_known() -> None:
     assert failure_hint(ValueError("something else entirely")) is None
 

@@ -115,6 +115,86 @@ def rows_for(manifest: Manifest) -> list[Row]:
     return rows
 
 
+@dataclass
+class Fastest:
+    """The bundle with the lowest median latency for one model, precision and runtime policy
+    (Model Navigator's "min latency" choice), and how to build it again."""
+
+    model: str
+    precision: str
+    policy: str
+    median_ms: float
+    bundle_id: str
+    candidates: int
+    settings: dict[str, Any]
+    command: str
+
+
+# Overrides that say where or how a run was measured, not what it built.
+_NOT_BUILD = ("artifacts_dir", "stages", "bench.", "hydra.", "force", "model=", "precision=", "runtime=")
+
+
+def rebuild_command(manifest: Manifest, policy: str) -> str:
+    """The command that builds ``manifest``'s engines again, loaded under ``policy``."""
+    kept = [o.lstrip("+~") for o in manifest.overrides if not o.lstrip("+~").startswith(_NOT_BUILD)]
+    return " ".join(
+        [
+            "python -m pipeline",
+            f"model={manifest.model_name}",
+            f"precision={manifest.precision}",
+            f"runtime={policy}",
+            *kept,
+        ]
+    )
+
+
+def fastest_bundles(manifests: list[Manifest]) -> list[Fastest]:
+    """Per model, precision and policy, the fastest loaded bundle among ``manifests``.
+
+    Every loaded variant counts under its policy (``loaded`` under the bundle's own,
+    ``loaded:<name>`` under ``<name>``), so a sweep over compile settings (e.g.
+    ``compile.optimization_level``) picks the best build for each policy.
+    """
+    best: dict[tuple[str, str, str], Fastest] = {}
+    for manifest in manifests:
+        latency: dict[str, dict[str, float]] = manifest.bench.get("latency", {})
+        for name, stats in latency.items():
+            if not name.startswith("loaded"):
+                continue
+            policy = name.split(":", 1)[1] if ":" in name else manifest.bench["policy"]
+            key = (manifest.model_name, manifest.precision, policy)
+            current = best.get(key)
+            candidates = 1 + (current.candidates if current else 0)
+            if current is None or stats["median_ms"] < current.median_ms:
+                best[key] = Fastest(
+                    model=manifest.model_name,
+                    precision=manifest.precision,
+                    policy=policy,
+                    median_ms=stats["median_ms"],
+                    bundle_id=manifest.bundle_id,
+                    candidates=candidates,
+                    settings={k: v for k, v in manifest.compile_settings.items() if v is not None},
+                    command=rebuild_command(manifest, policy),
+                )
+            else:
+                current.candidates = candidates
+    return [best[key] for key in sorted(best)]
+
+
+def fastest_markdown(choices: list[Fastest]) -> str:
+    """The fastest bundles as a markdown table, with the command that rebuilds each."""
+    lines = [
+        "| model | precision | policy | median ms | bundle | of | rebuild |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c.model} | {c.precision} | {c.policy} | {c.median_ms:.3f} | {c.bundle_id} | {c.candidates} "
+        f"| `{c.command}` |"
+        for c in choices
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[Row]) -> str:
     """The rows as a markdown table."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -315,6 +395,9 @@ def write_report(directory: Path) -> tuple[Path, Path] | None:
         return None
     table, picture = directory / "report.md", directory / "report.png"
     text = "# Runtime policy comparison\n\n" + markdown(rows)
+    text += "\n# Fastest bundle per model, precision and policy\n\n" + fastest_markdown(
+        fastest_bundles(manifests)
+    )
     measured = cold_starts(directory)
     cold = cold_start_markdown(measured)
     if cold:

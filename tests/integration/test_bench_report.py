@@ -67,8 +67,10 @@ def test_report_table_lists_each_variant_with_ratios_from_manifests_when_written
     lines = table.read_text().splitlines()
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header == COLUMNS
+    policy_table = lines[4 : lines.index("", 4)]
     rows = [
-        dict(zip(COLUMNS, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[4:]
+        dict(zip(COLUMNS, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        for line in policy_table
     ]
     assert len(rows) == 11  # standard: 2 loaded + eager + 2 fresh; preallocated: 2 loaded + eager + 3 fresh
     loaded = [r for r in rows if r["variant"] == "loaded bundle"]
@@ -82,6 +84,12 @@ def test_report_table_lists_each_variant_with_ratios_from_manifests_when_written
         same = latency.get(f"fresh:{bundle.manifest.bench['policy']}", latency["fresh"])
         assert row["vs fresh same policy"] == f"{latency['loaded']['median_ms'] / same['median_ms']:.2f}x"
         assert float(row["compile s"]) == pytest.approx(bundle.manifest.timings["compile"], abs=0.05)
+    fastest = lines[lines.index("# Fastest bundle per model, precision and policy") :]
+    cudagraphs = min(b.manifest.bench["latency"]["loaded:cudagraphs"]["median_ms"] for b in bundles)
+    assert any(f"| tiny_cnn | fp32 | cudagraphs | {cudagraphs:.3f} |" in line for line in fastest)
+    assert any(
+        "`python -m pipeline model=tiny_cnn precision=fp32 runtime=standard`" in line for line in fastest
+    )
 
 
 def test_report_exits_1_when_no_bundle_was_benchmarked(tmp_path: Path) -> None:

@@ -10,7 +10,14 @@ import matplotlib.pyplot as plt
 import pytest
 
 from pipeline.bundle.format import Manifest
-from pipeline.report import COLD_START_DIR, build_chart, cold_starts, latency_bars
+from pipeline.report import (
+    COLD_START_DIR,
+    build_chart,
+    cold_starts,
+    fastest_bundles,
+    fastest_markdown,
+    latency_bars,
+)
 from tests.helpers import sample_manifest
 
 
@@ -91,3 +98,35 @@ def test_cold_starts_skip_measurement_when_its_bundle_is_gone(tmp_path: Path) ->
     (tmp_path / COLD_START_DIR / "gone.json").write_text('{"bundle": "%s"}' % (tmp_path / "gone"))
     (tmp_path / COLD_START_DIR / "garbled.json").write_text("{not json")
     assert cold_starts(tmp_path) == []
+
+
+def swept(bundle_id: str, level: int, latency: dict[str, dict[str, Any]]) -> Manifest:
+    manifest = benched("bert", "preallocated", latency)
+    manifest.bundle_id = bundle_id
+    manifest.overrides = [
+        "model=bert",
+        "precision=fp32",
+        "runtime=preallocated",
+        f"compile.optimization_level={level}",
+        "artifacts_dir=/tmp/sweep",
+        "stages=[build,compile,serialize,reload,verify,bench,package]",
+        "bench.policies=[cudagraphs]",
+    ]
+    manifest.compile_settings = {"optimization_level": level, "lazy_engine_init": False}
+    return manifest
+
+
+def test_fastest_bundles_pick_lowest_median_per_policy_with_rebuild_command_when_a_sweep_differs() -> None:
+    level3 = swept("a" * 16, 3, {"loaded": stats(0.50), "loaded:cudagraphs": stats(0.30)})
+    level5 = swept("b" * 16, 5, {"loaded": stats(0.40), "loaded:cudagraphs": stats(0.35)})
+    choices = {c.policy: c for c in fastest_bundles([level3, level5, MANIFESTS[1]]) if c.model == "bert"}
+
+    assert choices["preallocated"].bundle_id == "b" * 16 and choices["preallocated"].candidates == 2
+    assert choices["preallocated"].command == (
+        "python -m pipeline model=bert precision=fp32 runtime=preallocated compile.optimization_level=5"
+    )
+    assert choices["cudagraphs"].bundle_id == "a" * 16
+    assert choices["cudagraphs"].command.endswith("runtime=cudagraphs compile.optimization_level=3")
+    assert choices["cudagraphs"].settings["optimization_level"] == 3
+    table = fastest_markdown(fastest_bundles([level3, level5]))
+    assert "| bert | fp32 | cudagraphs | 0.300 | aaaaaaaaaaaaaaaa | 2 |" in table

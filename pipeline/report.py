@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.bundle.format import MANIFEST_NAME, Manifest, read_manifest
 from pipeline.console import console
 from pipeline.errors import BundleError
+from pipeline.stages.bench import LOADED
 
 COLUMNS = [
     "model",
@@ -68,6 +69,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def loaded_policy(variant: str, bench_policy: str) -> str:
+    """The policy a loaded variant ran under: ``loaded`` the bundle's own, ``loaded:<name>`` name's."""
+    return variant.split(":", 1)[1] if ":" in variant else bench_policy
+
+
 def rows_for(manifest: Manifest) -> list[Row]:
     """Table rows of one bundle: its loaded variants first, then the baselines."""
     bench = manifest.bench
@@ -87,8 +93,8 @@ def rows_for(manifest: Manifest) -> list[Row]:
                 return ""
             return f"{stats['median_ms'] / latency[baseline]['median_ms']:.2f}x"
 
-        is_loaded = name.startswith("loaded")
-        policy = name.split(":", 1)[1] if ":" in name else bench["policy"]
+        is_loaded = name.startswith(LOADED)
+        policy = loaded_policy(name, bench["policy"])
         cells = {
             "model": manifest.model_name,
             "precision": manifest.precision,
@@ -155,51 +161,60 @@ def fastest_bundles(manifests: list[Manifest]) -> list[Fastest]:
     ``loaded:<name>`` under ``<name>``), so a sweep over compile settings (e.g.
     ``compile.optimization_level``) picks the best build for each policy.
     """
-    best: dict[tuple[str, str, str], Fastest] = {}
+    groups: dict[tuple[str, str, str], list[tuple[float, Manifest]]] = {}
     for manifest in manifests:
-        latency: dict[str, dict[str, float]] = manifest.bench.get("latency", {})
-        for name, stats in latency.items():
-            if not name.startswith("loaded"):
-                continue
-            policy = name.split(":", 1)[1] if ":" in name else manifest.bench["policy"]
-            key = (manifest.model_name, manifest.precision, policy)
-            current = best.get(key)
-            candidates = 1 + (current.candidates if current else 0)
-            if current is None or stats["median_ms"] < current.median_ms:
-                best[key] = Fastest(
-                    model=manifest.model_name,
-                    precision=manifest.precision,
-                    policy=policy,
-                    median_ms=stats["median_ms"],
-                    bundle_id=manifest.bundle_id,
-                    candidates=candidates,
-                    settings={k: v for k, v in manifest.compile_settings.items() if v is not None},
-                    command=rebuild_command(manifest, policy),
-                )
-            else:
-                current.candidates = candidates
-    return [best[key] for key in sorted(best)]
+        for name, stats in manifest.bench.get("latency", {}).items():
+            if name.startswith(LOADED):
+                policy = loaded_policy(name, manifest.bench["policy"])
+                key = (manifest.model_name, manifest.precision, policy)
+                groups.setdefault(key, []).append((stats["median_ms"], manifest))
+    choices = []
+    for (model, precision, policy), timed in sorted(groups.items()):
+        median_ms, best = min(timed, key=lambda pair: pair[0])
+        choices.append(
+            Fastest(
+                model=model,
+                precision=precision,
+                policy=policy,
+                median_ms=median_ms,
+                bundle_id=best.bundle_id,
+                candidates=len(timed),
+                settings={k: v for k, v in best.compile_settings.items() if v is not None},
+                command=rebuild_command(best, policy),
+            )
+        )
+    return choices
 
 
 def fastest_markdown(choices: list[Fastest]) -> str:
     """The fastest bundles as a markdown table, with the command that rebuilds each."""
-    lines = [
-        "| model | precision | policy | median ms | bundle | of | rebuild |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {c.model} | {c.precision} | {c.policy} | {c.median_ms:.3f} | {c.bundle_id} | {c.candidates} "
-        f"| `{c.command}` |"
-        for c in choices
-    ]
+    return markdown_table(
+        ["model", "precision", "policy", "median ms", "bundle", "of", "rebuild"],
+        [
+            [
+                c.model,
+                c.precision,
+                c.policy,
+                f"{c.median_ms:.3f}",
+                c.bundle_id,
+                str(c.candidates),
+                f"`{c.command}`",
+            ]
+            for c in choices
+        ],
+    )
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table of ``rows`` under ``header``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[Row]) -> str:
     """The rows as a markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row.cells[c] for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(COLUMNS, [[row.cells[c] for c in COLUMNS] for row in rows])
 
 
 @dataclass
@@ -232,9 +247,7 @@ def _variant_rank(label: str) -> tuple[int, str]:
 
 
 def _variant_label(name: str, policy: str) -> str:
-    if name.startswith("loaded"):
-        return f"bundle {name.split(':', 1)[1] if ':' in name else policy}"
-    return name
+    return f"bundle {loaded_policy(name, policy)}" if name.startswith(LOADED) else name
 
 
 def latency_bars(manifests: list[Manifest]) -> dict[str, list[Bar]]:
@@ -366,25 +379,34 @@ COLD_START_DIR = "coldstart"
 def cold_start_markdown(measured: ColdStarts) -> str:
     """A table of ``DIR/coldstart/*.json`` (``python -m pipeline.bundle coldstart --json``), each
     beside the compile time recorded in its bundle's manifest (measured in the same run)."""
-    lines = []
+    rows = []
     for manifest, figures in measured:
         median = figures["median"]
         compile_seconds = manifest.timings.get("compile", 0.0)
         total = median["process_to_first_output_s"]
-        lines.append(
-            f"| {manifest.model_name} {manifest.precision} {manifest.runtime['policy']['name']} "
-            f"| {median['import_torch_s'] + median['cuda_init_s']:.2f} | {median['load_bundle_s']:.2f} "
-            f"| {median['first_call_s']:.3f} | {total:.2f} | {compile_seconds:.2f} "
-            f"| {total / compile_seconds if compile_seconds else float('nan'):.2f} |"
+        rows.append(
+            [
+                f"{manifest.model_name} {manifest.precision} {manifest.runtime['policy']['name']}",
+                f"{median['import_torch_s'] + median['cuda_init_s']:.2f}",
+                f"{median['load_bundle_s']:.2f}",
+                f"{median['first_call_s']:.3f}",
+                f"{total:.2f}",
+                f"{compile_seconds:.2f}",
+                f"{total / compile_seconds if compile_seconds else float('nan'):.2f}",
+            ]
         )
-    if not lines:
+    if not rows:
         return ""
-    header = (
-        "| bundle | import torch + CUDA init (s) | load_bundle (s) | first call (s) "
-        "| process start to first output (s) | compile (s) | cold start / compile |\n"
-        "|---|---|---|---|---|---|---|\n"
-    )
-    return header + "\n".join(lines) + "\n"
+    header = [
+        "bundle",
+        "import torch + CUDA init (s)",
+        "load_bundle (s)",
+        "first call (s)",
+        "process start to first output (s)",
+        "compile (s)",
+        "cold start / compile",
+    ]
+    return markdown_table(header, rows)
 
 
 def write_report(directory: Path) -> tuple[Path, Path] | None:

@@ -63,6 +63,11 @@ def _describe_input(entry: dict[str, Any]) -> str:
     return f"{entry['name']} ({', '.join(sizes)}{opt}) {entry['dtype']}"
 
 
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.bundle", description=__doc__)
@@ -119,8 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = [(key, f"{value:.3f}") for key, value in figures["median"].items()]
             console.print(summary_table(rows, title=f"cold start (median of {args.repeats}) {args.path}"))
             if args.json_path:
-                Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json_path).write_text(json.dumps(figures, indent=2))
+                _write_json(Path(args.json_path), figures)
         elif args.command == "keygen":
             generate_key_pair(Path(args.private), Path(args.public))
             print(args.public)
@@ -140,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench_report = bench_bundle(args.path, args.runtime, settings)
             console.print(summary_table(report_rows(bench_report), title=f"bench {args.path}"))
             if args.json_path:
-                Path(args.json_path).write_text(json.dumps(bench_report.to_dict(), indent=2))
+                _write_json(Path(args.json_path), bench_report.to_dict())
         else:
             report = verify_bundle(args.path)
             print(report.summary())

@@ -55,8 +55,14 @@ def _child(bundle: str) -> None:
     load_done = time.perf_counter()
     from safetensors.torch import load_file
 
-    golden = load_file(str(Path(loaded.root) / "golden.safetensors"))
-    inputs = tuple(golden[f"input.{spec.name}"].to(loaded.device) for spec in loaded.specs)
+    from pipeline.bundle.format import GOLDEN_NAME, OPT_SET, golden_sets
+
+    golden = golden_sets(
+        load_file(str(Path(loaded.root) / GOLDEN_NAME)),
+        [spec.name for spec in loaded.specs],
+        len(loaded.manifest.outputs),
+    )
+    inputs = tuple(tensor.to(loaded.device) for tensor in golden[OPT_SET][0])
     inputs_ready = time.perf_counter()
     loaded(*inputs)
     if torch.cuda.is_available():

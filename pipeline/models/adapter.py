@@ -67,14 +67,14 @@ class PositionalAdapter(nn.Module):
         self.keyword = keyword
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.keyword:
-            outputs = self.model(**dict(zip(self.input_names, args, strict=True)))
-        else:
-            outputs = self.model(*args)
-        return flatten_outputs(outputs)
+        return flatten_outputs(self._call(args))
 
-    def output_names(self, *args: torch.Tensor) -> list[str | None]:
-        """The names of the outputs :meth:`forward` returns for ``args`` (one eager call)."""
+    def named_outputs(self, *args: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], list[str | None]]:
+        """:meth:`forward`'s outputs for ``args`` and their names, from one call."""
+        outputs = self._call(args)
+        return flatten_outputs(outputs), output_names(outputs)
+
+    def _call(self, args: tuple[torch.Tensor, ...]) -> Any:
         if self.keyword:
-            return output_names(self.model(**dict(zip(self.input_names, args, strict=True))))
-        return output_names(self.model(*args))
+            return self.model(**dict(zip(self.input_names, args, strict=True)))
+        return self.model(*args)

@@ -20,7 +20,7 @@ from pipeline.config.schema import (
 )
 from pipeline.errors import ConfigError
 from pipeline.models import PositionalAdapter, make_inputs, state_dict_digest
-from pipeline.models.shapes import shape_sets, trace_sizes
+from pipeline.models.shapes import shape_at, shape_sets, trace_sizes
 from pipeline.models.weights import load_weights, read_state_dict
 
 
@@ -114,7 +114,9 @@ def prepare_model(
     shape_inputs = {
         name: make_inputs(specs, seed, precision, device, sizes) for name, sizes in shape_sets(specs).items()
     }
-    trace_inputs = make_inputs(specs, seed, precision, device, trace_sizes(specs))
+    trace = trace_sizes(specs)
+    retraced = any(shape_at(spec, trace) != list(spec.shape) for spec in specs)
+    trace_inputs = make_inputs(specs, seed, precision, device, trace) if retraced else golden
     return BuiltModel(
         eager=eager,
         golden_inputs=golden,

@@ -10,10 +10,10 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle test test-gpu reliability bench bench-refit report lint typecheck check clean
+.PHONY: help setup run bundle test test-gpu reliability bench bench-sweep bench-refit report lint typecheck check clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 	@echo "  overrides: MODEL=$(MODEL) RUNTIME=$(RUNTIME) PRECISION=$(PRECISION) ARGS='...' ARTIFACTS=$(ARTIFACTS)"
 
 $(STAMP): pyproject.toml
@@ -56,6 +56,15 @@ bench: ## GPU: the two seed scenarios (BERT fp16 1x128 policies; ResNet-152 x100
 		$(GPU_PY) -m pipeline.bundle coldstart $$bundle --json $(ARTIFACTS)/coldstart/$$(basename $$bundle).json || exit 1; \
 	done
 	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
+
+# Compile settings that change TensorRT's kernels, swept over BERT fp16 with Hydra multirun; every
+# bundle is benchmarked and the report marks the fastest per policy with the command that rebuilds it.
+SWEEP ?= compile.optimization_level=3,5 compile.tiling_optimization_level=none,full
+bench-sweep: ## GPU: BERT fp16 built for each SWEEP combination, all benchmarked; report marks the fastest
+	$(GPU_PY) -m pipeline -m model=bert precision=fp16 runtime=cudagraphs $(BENCH_STAGES) \
+		bench.baselines=[fresh] bench.policies=[preallocated] $(SWEEP) \
+		artifacts_dir=$(ARTIFACTS)/sweep hydra.sweep.dir=$(ARTIFACTS)/sweep/multirun $(ARGS)
+	$(GPU_PY) -m pipeline.report $(ARTIFACTS)/sweep
 
 REFIT_MODEL ?= bert
 REFIT_PRECISION ?= fp16

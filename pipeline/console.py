@@ -9,6 +9,7 @@ from enum import Enum
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -44,10 +45,10 @@ class StageClock:
 
 
 def summary_table(rows: list[tuple[str, str]], title: str) -> Table:
-    """A two-column table of labelled values."""
+    """A two-column table of labelled values, printed as they are (``[...]`` is not markup)."""
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(label, Text(value))
     return table

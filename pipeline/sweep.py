@@ -16,6 +16,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from pipeline.console import console, summary_table
 from pipeline.report import write_report
@@ -99,6 +100,7 @@ class SweepSummary(Callback):
         failed = [o for o in outcomes if o.status != "ok"]
         if failed:
             for o in failed:
-                console.print(f"[red]failed:[/] job {o.job} ({' '.join(o.overrides)}): {o.error}")
+                overrides = escape(" ".join(o.overrides))
+                console.print(f"[red]failed:[/] job {o.job} ({overrides}): {escape(o.error)}")
             # SystemExit passes through Hydra's callback guard: the sweep's exit code says it failed.
             raise SystemExit(1)

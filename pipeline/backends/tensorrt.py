@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def compile_settings(settings: CompileConfig, supported: set[str]) -> dict[str, 
     for field in dataclasses.fields(CompileConfig):
         value = getattr(settings, field.name)
         if field.name in supported:
-            kwargs[field.name] = value
+            kwargs[field.name] = value.value if isinstance(value, Enum) else value
         elif value != getattr(defaults, field.name):
             raise ConfigError(
                 f"compile.{field.name}={value}: not supported by the installed torch_tensorrt "

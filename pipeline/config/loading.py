@@ -263,6 +263,8 @@ def _validate_compile_and_runtime(config: PipelineConfig) -> None:
         raise ConfigError("compile.optimization_level must be null or 0..5")
     if settings.min_block_size < 1:
         raise ConfigError("compile.min_block_size must be >= 1")
+    if settings.l2_limit_for_tiling < -1:
+        raise ConfigError("compile.l2_limit_for_tiling must be -1 (no limit) or a size in bytes")
     if settings.workspace_size < 0:
         raise ConfigError("compile.workspace_size must be >= 0 (0: TensorRT's default)")
     if runtime.dynamic_allocation and not settings.dynamically_allocate_resources:

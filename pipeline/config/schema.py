@@ -52,6 +52,15 @@ class DType(str, Enum):
     int64 = "int64"
 
 
+class TilingLevel(str, Enum):
+    """How long TensorRT searches for tiled kernels that keep data in L2 (TensorRT 10.8+, RTX)."""
+
+    none = "none"
+    fast = "fast"
+    moderate = "moderate"
+    full = "full"
+
+
 class WeightsSource(str, Enum):
     """Where the model's weights come from."""
 
@@ -154,6 +163,14 @@ class CompileConfig:
     hardware_compatible: bool = False
     disable_tf32: bool = False
     truncate_double: bool = False
+    # Kernel search settings that change the engine's speed, not its results.
+    tiling_optimization_level: TilingLevel = TilingLevel.none
+    l2_limit_for_tiling: int = -1
+    # Attention: SDPA becomes one TensorRT IAttention layer unless decomposed into matmuls.
+    decompose_attention: bool = False
+    # Torch-TensorRT defaults this to True (rewrites every masked efficient-attention call as
+    # causal, right for decoder LLMs only); False keeps encoders such as BERT correct.
+    attn_bias_is_causal: bool = False
 
 
 @dataclass

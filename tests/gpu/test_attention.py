@@ -5,7 +5,8 @@ On an H200 with torch-tensorrt-rtx 2.11 and TensorRT-RTX 1.4, BERT with SDPA att
 and builds, then TensorRT-RTX's JIT fails to create the execution context: ``Myelin ...
 MyelinCheckException: cudnn_graph_utils.h:405: CHECK(false) failed. cuDNN graph compilation
 failed`` (TensorRT-RTX does not list SM 9.0 as supported). The run ends in the pipeline's failure
-block with a hint, and nothing is published.
+block with a hint, and nothing is published. ``compile.decompose_attention=true`` lowers SDPA to
+matmuls and softmax instead of one IAttention layer: that builds, and matches eager PyTorch.
 """
 
 from __future__ import annotations
@@ -38,3 +39,34 @@ def test_bert_sdpa_attention_fails_to_create_execution_context_when_built_with_t
     assert "Unable to create TensorRT execution context" in str(failure.cause)
     assert failure.hint is not None and "attn_implementation=eager" in failure.hint
     assert not [p for p in (tmp_path / "bundles").glob("*") if not p.name.startswith(".")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bert_sdpa_attention_builds_and_matches_eager_when_decomposed(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        "model=tiny_bert",
+        "precision=fp16",
+        "backend=tensorrt",
+        "model.architecture.attn_implementation=sdpa",
+        "compile.decompose_attention=true",
+    )
+    assert result.verified is not None and result.verified.report.passed
+    assert result.bundle is not None
+    assert result.bundle.manifest.compile_settings["decompose_attention"] is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bert_engine_matches_eager_when_built_with_full_tiling_search(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        "model=tiny_bert",
+        "precision=fp16",
+        "backend=tensorrt",
+        "compile.tiling_optimization_level=full",
+        "compile.optimization_level=5",
+    )
+    assert result.verified is not None and result.verified.report.passed
+    assert result.bundle is not None
+    settings = result.bundle.manifest.compile_settings
+    assert (settings["tiling_optimization_level"], settings["optimization_level"]) == ("full", 5)

@@ -112,6 +112,8 @@ def test_compose_explains_allowed_values_when_value_is_bad(override: str, expect
         (["model=tiny_cnn", "model.inputs.0.min_shape=[4,3,32,32]"], "min_shape <= shape <= max_shape"),
         (["model=tiny_cnn", "model.inputs.0.max_shape=[8,3,32]"], "max_shape must have rank 4"),
         (["compile.optimization_level=9"], "optimization_level"),
+        (["compile.l2_limit_for_tiling=-2"], "l2_limit_for_tiling"),
+        (["compile.tiling_optimization_level=fastest"], "tiling_optimization_level"),
         (["backend=tensorrt", "backend.device=cpu"], "CUDA only"),
         (["verify.random_input_sets=-1"], "random_input_sets"),
     ],

@@ -22,7 +22,7 @@ from pipeline.backends.engines import (
     resources_held,
 )
 from pipeline.backends.tensorrt import EngineSnapshot, compile_settings
-from pipeline.config import CompileConfig, RuntimeConfig
+from pipeline.config import CompileConfig, RuntimeConfig, TilingLevel
 from pipeline.config.presets import runtime_preset
 from pipeline.errors import ConfigError
 
@@ -324,3 +324,20 @@ def test_engine_snapshot_serializes_once_when_state_is_read_and_module_deep_copi
     assert engine.serializations == 1
     assert all(state == ["abi", "name", "device", "engine-bytes"] for state in states)
     assert copied._run_on_acc_0_engine.use_pre_allocated_outputs is False  # forwarded to the engine
+
+
+def test_compile_settings_pass_tiling_level_as_plain_string_when_set() -> None:
+    kwargs = compile_settings(
+        CompileConfig(tiling_optimization_level=TilingLevel.full, l2_limit_for_tiling=1 << 20),
+        ALL_SETTINGS,
+    )
+    # Torch-TensorRT looks the level up in a dict keyed by plain strings.
+    assert type(kwargs["tiling_optimization_level"]) is str
+    assert kwargs["tiling_optimization_level"] == "full"
+    assert kwargs["l2_limit_for_tiling"] == 1 << 20
+
+
+def test_compile_settings_keep_masked_attention_non_causal_when_defaults_used() -> None:
+    kwargs = compile_settings(CompileConfig(), ALL_SETTINGS)
+    assert kwargs["attn_bias_is_causal"] is False
+    assert kwargs["decompose_attention"] is False

@@ -49,13 +49,7 @@ def test_runtime_dynamic_sets_the_seed_compile_flags_when_selected() -> None:
     assert config.runtime.dynamic_allocation
     assert config.compile.lazy_engine_init
     assert config.compile.dynamically_allocate_resources
-    # Refittable engines are larger; refitting is asked for separately.
-    assert config.compile.immutable_weights
-
-
-def test_runtime_dynamic_builds_refittable_engines_when_asked() -> None:
-    config = resolve(compose(["runtime=dynamic", "compile.immutable_weights=false"]))
-    assert config.runtime.dynamic_allocation and not config.compile.immutable_weights
+    assert not config.compile.immutable_weights
 
 
 @pytest.mark.parametrize("name", ["standard", "preallocated", "dynamic", "cudagraphs"])

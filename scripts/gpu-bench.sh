@@ -2,7 +2,7 @@
 # On the GPU host, from the repository root: install the wheelhouse, run `make bench` (the two seed
 # scenarios, cold starts in fresh processes, the report), then per-call overhead of a loaded BERT
 # bundle, pack and unpack times (plain tar vs gzip) and a cold start from the shipped archive;
-# copy reports and figures under $OUT. BENCH_EXTRAS=1 adds refit vs rebuild and a 3-job sweep.
+# copy reports and figures under $OUT. BENCH_EXTRAS=1 adds refit vs rebuild and make bench-sweep.
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 ARTIFACTS=${BENCH_ARTIFACTS:-/tmp/bench-artifacts}
@@ -34,8 +34,7 @@ fi
 if [ "${BENCH_EXTRAS:-0}" = 1 ]; then
   python3 scripts/refit_bench.py --artifacts "$ARTIFACTS/refit-bench" --json "$OUT/refit-bench.json" 2>&1 \
     | quiet | tail -n 30
-  python3 -m pipeline -m hydra/launcher=local model=bert precision=fp16 runtime=standard,preallocated,cudagraphs \
-    artifacts_dir="$ARTIFACTS" hydra.sweep.dir="$ARTIFACTS/sweep" 2>&1 | quiet | tail -n 25
-  cp "$ARTIFACTS/sweep/summary.md" "$OUT/sweep-summary.md" 2>/dev/null
+  make bench-sweep ARTIFACTS="$ARTIFACTS" GPU_PY=python3 2>&1 | quiet | tail -n 25
+  cp "$ARTIFACTS/sweep/report.md" "$OUT/sweep-report.md" 2>/dev/null
 fi
 exit "$status"

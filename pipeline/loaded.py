@@ -11,6 +11,7 @@ mode held for the call by the model's runtime.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,11 +55,15 @@ class InputChecker:
             )
             for spec in specs
         ]
+        # Only a name used more than once can disagree; most models have none, so skip the check.
+        uses = Counter(name for expected in self.expected for name in expected.dims if name)
+        self._has_shared_dims = any(count > 1 for count in uses.values())
 
     def __call__(self, args: Sequence[object]) -> None:
         if len(args) != len(self.expected):
             names = ", ".join(e.name for e in self.expected)
             raise InputValidationError(f"expected {len(self.expected)} inputs ({names}), got {len(args)}")
+        shapes = []
         for value, expected in zip(args, self.expected, strict=True):
             if not isinstance(value, torch.Tensor):
                 raise InputValidationError(
@@ -75,6 +80,7 @@ class InputChecker:
                     f"input '{expected.name}': on {value.device}, expected {self.device}"
                 )
             shape = value.shape
+            shapes.append(shape)
             if len(shape) != len(expected.low) or any(
                 not lo <= d <= hi for lo, d, hi in zip(expected.low, shape, expected.high, strict=True)
             ):
@@ -82,7 +88,8 @@ class InputChecker:
                     f"input '{expected.name}': shape {tuple(shape)} outside the declared range "
                     f"{list(expected.low)}..{list(expected.high)}"
                 )
-        self._check_shared_dims([arg.shape for arg in args])  # type: ignore[attr-defined]
+        if self._has_shared_dims:
+            self._check_shared_dims(shapes)
 
     def _check_shared_dims(self, shapes: Sequence[torch.Size]) -> None:
         """Dimensions with one name (e.g. ``batch``) must have one size across the inputs."""

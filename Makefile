@@ -19,10 +19,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
-	$(PY) -m pip install -q -e '.[dev,sweep]'
+	$(PY) -m pip install -q -e '.[build,dev,sweep]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the package with its dev and sweep tools
+setup: $(STAMP) ## create .venv and install the package with its build, dev and sweep tools
 
 run: $(STAMP) ## run the pipeline: make run MODEL=bert RUNTIME=preallocated ARGS="precision=fp16"
 	$(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as missing:  # a deployment install: pipeline.runtime only
+    print(
+        f"error: python -m pipeline builds bundles and needs the build extra ({missing.name} is not "
+        "installed): pip install 'trt-pipeline[build]'",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig

@@ -31,6 +31,10 @@ class InputValidationError(PipelineError, ValueError):
     """Inputs passed to a loaded model that do not match its declared input specs."""
 
 
+class ModelClosedError(PipelineError, RuntimeError):
+    """A call on a loaded model after :meth:`~pipeline.runtime.LoadedModel.close`."""
+
+
 class NotRefittableError(ConfigError):
     """A bundle whose engines cannot take new weights (immutable weights, no engines, ...)."""
 

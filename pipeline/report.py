@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.bundle.format import MANIFEST_NAME, Manifest, read_manifest
 from pipeline.console import console
 from pipeline.errors import BundleError
+from pipeline.runtime.format import MANIFEST_NAME, Manifest, read_manifest
 from pipeline.stages.bench import LOADED
 
 COLUMNS = [

@@ -11,7 +11,14 @@ from omegaconf import OmegaConf
 
 import pipeline
 from pipeline.backends import BackendChoice, CompiledModel, PolicyReport, select_backend
-from pipeline.bundle.format import (
+from pipeline.bundle.store import BundleStore
+from pipeline.config import config_dict
+from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
+from pipeline.console import StageClock, console, summary_table
+from pipeline.environment import host_environment
+from pipeline.errors import PipelineError, StageFailure, VerificationError
+from pipeline.failures import failure_hint
+from pipeline.runtime.format import (
     FORMAT_VERSION,
     Manifest,
     bundle_dir_name,
@@ -20,13 +27,6 @@ from pipeline.bundle.format import (
     describe_outputs,
     read_manifest,
 )
-from pipeline.bundle.store import BundleStore
-from pipeline.config import config_dict
-from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
-from pipeline.console import StageClock, console, summary_table
-from pipeline.environment import host_environment
-from pipeline.errors import PipelineError, StageFailure, VerificationError
-from pipeline.failures import failure_hint
 from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
 from pipeline.stages.build import BuiltModel, build_model
 from pipeline.stages.compile import COMPILE_CACHE, CompileCache, compile_model

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.bundle.format import FORMAT_VERSION, Manifest
 from pipeline.config import WeightsConfig, compose, resolve
 from pipeline.config.schema import PipelineConfig
 from pipeline.runner import RunResult, run_pipeline
+from pipeline.runtime.format import FORMAT_VERSION, Manifest
 
 
 def config_for(artifacts: Path, *overrides: str) -> PipelineConfig:

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 import torch
 
-from pipeline.backends.base import (
-    Backend,
-    CompiledModel,
-    ModelRuntime,
-    PolicyReport,
-    RefitReport,
-    RefitRequest,
-    SavedArtifact,
-)
+from pipeline.backends.base import Backend, CompiledModel, RefitReport, RefitRequest
 from pipeline.config.schema import BackendKind, DeviceKind
 from pipeline.errors import BackendUnavailableError
+from pipeline.runtime.base import ModelRuntime, SavedArtifact
+from pipeline.runtime.policy import PolicyReport
+from pipeline.runtime.tensorrt import tensorrt_unavailable_reason
 
 __all__ = [
     "Backend",
@@ -29,8 +23,8 @@ __all__ = [
     "RefitRequest",
     "SavedArtifact",
     "get_backend",
-    "get_runtime",
     "select_backend",
+    "tensorrt_unavailable_reason",
 ]
 
 
@@ -41,15 +35,6 @@ class BackendChoice:
     backend: Backend
     device: torch.device
     reason: str
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """Why the TensorRT backend cannot run here, or None when it can."""
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    if importlib.util.find_spec("torch_tensorrt") is None:
-        return "torch_tensorrt is not installed (pip install '.[tensorrt]' or '.[tensorrt-rtx]')"
-    return None
 
 
 def get_backend(kind: BackendKind) -> Backend:
@@ -63,15 +48,6 @@ def get_backend(kind: BackendKind) -> Backend:
 
         return ExportBackend()
     raise ValueError(f"backend kind {kind.value} must be resolved first")
-
-
-def get_runtime(kind: BackendKind) -> ModelRuntime:
-    """What loads and runs artifacts of ``kind``: no compiler is imported (deployment hosts)."""
-    if kind is BackendKind.tensorrt:
-        from pipeline.backends.tensorrt_runtime import TensorRTRuntime
-
-        return TensorRTRuntime()
-    return get_backend(kind)
 
 
 def select_backend(kind: BackendKind, device: DeviceKind) -> BackendChoice:

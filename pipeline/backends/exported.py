@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-from torch import nn
-from torch.fx.graph import CodeGen
 
-from pipeline.config.schema import InputSpec
-from pipeline.models.shapes import dim_names, dynamic_dims
+from pipeline.models.shapes import dynamic_dims
+from pipeline.runtime.types import InputSpec, dim_names
 
 
 def dynamic_shapes(specs: list[InputSpec]) -> tuple[tuple[dict[int, Any], ...]] | None:
@@ -27,25 +24,3 @@ def dynamic_shapes(specs: list[InputSpec]) -> tuple[tuple[dict[int, Any], ...]] 
         for spec in specs
     ]
     return (tuple(shapes),) if any(shapes) else None
-
-
-def flat_module(program: torch.export.ExportedProgram) -> nn.Module:
-    """``program.module()`` reduced to a flat-tensor forward for deployment.
-
-    ``ExportedProgram.module()`` wraps every call in a guard function, input-constraint and
-    exit hooks, and pytree flattening of inputs and outputs. The loaded model's own input check
-    (see :mod:`pipeline.loaded`) already guarantees what those re-check, and our models take and
-    return flat tensors, so all of it is removed: ``forward(*tensors) -> tuple of tensors``.
-    On BERT-base fp16 (H200) this took a call from 0.78-0.95 ms to 0.70-0.84 ms.
-    """
-    if "check_guards" in inspect.signature(program.module).parameters:
-        module = program.module(check_guards=False)
-    else:
-        module = program.module()
-    module._forward_pre_hooks.clear()
-    module._forward_pre_hooks_with_kwargs.clear()
-    module._forward_hooks.clear()
-    module._forward_hooks_always_called.clear()
-    module.graph._codegen = CodeGen()
-    module.recompile()
-    return module

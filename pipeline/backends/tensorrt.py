@@ -2,7 +2,7 @@
 
 ``torch_tensorrt`` is imported only when this backend is used: importing it on a host without
 a GPU raises (it queries the device at import), and loading bundles never needs it
-(:mod:`pipeline.backends.tensorrt_runtime`).
+(:mod:`pipeline.runtime.tensorrt`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from pipeline.backends.base import Backend, CompiledModel, RefitReport, RefitRequest, SavedArtifact
-from pipeline.backends.engine_graph import EngineDescription, EngineRecord, split_engines
-from pipeline.backends.engines import find_engines
 from pipeline.backends.exported import dynamic_shapes
-from pipeline.backends.tensorrt_runtime import TensorRTRuntime, engine_index
 from pipeline.config.schema import CompileConfig, InputSpec, PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.models.inputs import torch_dtype
+from pipeline.runtime.engine_graph import EngineDescription, EngineRecord, split_engines
+from pipeline.runtime.engines import find_engines
+from pipeline.runtime.tensorrt import TensorRTRuntime, engine_index
 from pipeline.timing import Stopwatch
 
 

@@ -1,5 +1,3 @@
-"""Bundles: the format, the store, loading, and the ``python -m pipeline.bundle`` tool."""
-
-from pipeline.bundle.format import FORMAT_VERSION, Manifest
-
-__all__ = ["FORMAT_VERSION", "Manifest"]
+"""Bundle tools of the build side: the store, packing, cold-start timing and the
+``python -m pipeline.bundle`` command. The format, loading and checking live in
+:mod:`pipeline.runtime`."""

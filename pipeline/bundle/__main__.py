@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.bundle.coldstart import measure_cold_start
-from pipeline.bundle.format import Manifest
-from pipeline.bundle.loader import bench_bundle, open_bundle, verify_bundle
 from pipeline.bundle.pack import Compression, pack_bundle
 from pipeline.bundle.store import BundleStore
-from pipeline.bundle.trust import TrustPolicy, generate_key_pair, sign_bundle
 from pipeline.config.schema import BenchConfig
 from pipeline.console import console, summary_table
 from pipeline.errors import PipelineError
-from pipeline.stages.bench import report_rows
+from pipeline.runtime.format import Manifest
+from pipeline.runtime.loader import open_bundle, verify_bundle
+from pipeline.runtime.trust import TrustPolicy, generate_key_pair, sign_bundle
 
 
 def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
@@ -141,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 baselines=[],
                 policies=[p for p in args.policies.split(",") if p],
             )
+            from pipeline.stages.bench import bench_bundle, report_rows  # the build side: only here
+
             bench_report = bench_bundle(args.path, args.runtime, settings)
             console.print(summary_table(report_rows(bench_report), title=f"bench {args.path}"))
             if args.json_path:

@@ -55,7 +55,7 @@ def _child(bundle: str) -> None:
     load_done = time.perf_counter()
     from safetensors.torch import load_file
 
-    from pipeline.bundle.format import GOLDEN_NAME, OPT_SET, golden_sets
+    from pipeline.runtime.format import GOLDEN_NAME, OPT_SET, golden_sets
 
     golden = golden_sets(
         load_file(str(Path(loaded.root) / GOLDEN_NAME)),

@@ -6,7 +6,7 @@ import tarfile
 from enum import Enum
 from pathlib import Path
 
-from pipeline.bundle.loader import open_bundle
+from pipeline.runtime.loader import open_bundle
 
 
 class Compression(str, Enum):
@@ -35,6 +35,7 @@ def pack_bundle(
         compression = Compression.gz if gz else Compression.none
     root, _, _ = open_bundle(directory)
     target = Path(output) if output is not None else root.with_name(root.name + SUFFIXES[compression])
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     with (
         tarfile.open(partial, "w:gz") if compression is Compression.gz else tarfile.open(partial, "w") as tar

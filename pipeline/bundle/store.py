@@ -9,7 +9,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from pipeline.bundle.format import MANIFEST_NAME
+from pipeline.runtime.format import MANIFEST_NAME
 
 STAGING_PREFIX = ".staging-"
 

@@ -37,7 +37,18 @@ from pipeline.errors import ConfigError
 
 SchemaT = TypeVar("SchemaT")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+def _config_dir() -> Path:
+    """The config groups: shipped inside the package by a wheel (``pipeline/conf``), or at the
+    top of the repository in a checkout (``conf/``, also for editable installs)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(f"no config groups found in {package / 'conf'} or {package.parent / 'conf'}")
+
+
+CONFIG_DIR = _config_dir()
 CONFIG_NAME = "config"
 REFIT_CONFIG_NAME = "refit"
 # The schema dataclass at the root of each primary config, for error messages.
@@ -272,11 +283,8 @@ def _validate_compile_and_runtime(config: PipelineConfig) -> None:
             f"runtime={runtime.name} allocates engine memory per call, which needs "
             "compile.dynamically_allocate_resources=true"
         )
-    if runtime.cuda_graphs and runtime.dynamic_allocation:
-        raise ConfigError(
-            "runtime.cuda_graphs and runtime.dynamic_allocation cannot be combined: a recorded "
-            "CUDA graph replays fixed memory addresses, which per-call allocation frees"
-        )
+    if problems := runtime.problems():
+        raise ConfigError(problems[0])
     if config.backend.kind is BackendKind.tensorrt and config.backend.device is DeviceKind.cpu:
         raise ConfigError("backend=tensorrt runs on CUDA only; set backend.device=cuda or auto")
 

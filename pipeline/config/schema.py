@@ -12,27 +12,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-#: OmegaConf's marker for a value that must be given (its ``MISSING``), spelled out so that
-#: deployment hosts can use these types without importing omegaconf.
-MISSING: Any = "???"
-
-
-class Precision(str, Enum):
-    """Numeric precision the model is compiled and verified in.
-
-    Member names equal their values because OmegaConf matches enum values by name.
-    """
-
-    fp32 = "fp32"
-    fp16 = "fp16"
-
-
-class BackendKind(str, Enum):
-    """Which compiler turns the eager model into a deployable artifact."""
-
-    auto = "auto"
-    tensorrt = "tensorrt"
-    export = "export"
+from pipeline.runtime.policy import RuntimeConfig
+from pipeline.runtime.types import MISSING, BackendKind, InputSpec, Precision, Tolerance
+from pipeline.runtime.types import DType as DType  # re-exported: the config schema names it
 
 
 class DeviceKind(str, Enum):
@@ -41,15 +23,6 @@ class DeviceKind(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class DType(str, Enum):
-    """Element type of a model input."""
-
-    float32 = "float32"
-    float16 = "float16"
-    int32 = "int32"
-    int64 = "int64"
 
 
 class TilingLevel(str, Enum):
@@ -78,29 +51,6 @@ class Stage(str, Enum):
     verify = "verify"
     bench = "bench"
     package = "package"
-
-
-@dataclass
-class InputSpec:
-    """One model input: its name, shape, element type and the range random values are drawn from.
-
-    ``shape`` is the shape of the golden and verification inputs (TensorRT's "opt" shape).
-    Dynamic dimensions are declared by name in ``dims`` (one entry per dimension, ``null`` for a
-    static one), each name ranging as :attr:`ModelConfig.dims` says; inputs that use one name
-    share one dimension (BERT's ``batch`` and ``seq``). ``min_shape``/``max_shape`` are filled
-    from those ranges when the config is validated; given without ``dims`` they make each
-    differing dimension dynamic on its own.
-    Integer inputs are drawn from ``[low, high)``, floating ones uniformly from ``[low, high]``.
-    """
-
-    name: str = MISSING
-    shape: list[int] = MISSING
-    dtype: DType = DType.float32
-    dims: list[str | None] | None = None
-    min_shape: list[int] | None = None
-    max_shape: list[int] | None = None
-    low: float = 0.0
-    high: float = 1.0
 
 
 @dataclass
@@ -171,39 +121,6 @@ class CompileConfig:
     # Torch-TensorRT defaults this to True (rewrites every masked efficient-attention call as
     # causal, right for decoder LLMs only); False keeps encoders such as BERT correct.
     attn_bias_is_causal: bool = False
-
-
-@dataclass
-class RuntimeConfig:
-    """Runtime policy applied to every TensorRT engine when a bundle is loaded.
-
-    - ``pre_allocated_outputs``: reuse output buffers between calls (first seed).
-    - ``dynamic_allocation``: engines allocate their execution memory per call and free it
-      after (second seed); needs ``compile.dynamically_allocate_resources=true``.
-    - ``cuda_graphs``: record and replay each engine's launch as a CUDA graph.
-    """
-
-    name: str = "standard"
-    pre_allocated_outputs: bool = False
-    dynamic_allocation: bool = False
-    cuda_graphs: bool = False
-
-    def is_default(self) -> bool:
-        """True when this policy changes nothing from Torch-TensorRT's defaults."""
-        return not (self.pre_allocated_outputs or self.dynamic_allocation or self.cuda_graphs)
-
-
-@dataclass
-class Tolerance:
-    """Pass criteria for one precision.
-
-    An output passes when ``max_abs_error <= atol + rtol * max|reference|`` and its cosine
-    similarity to the reference is at least ``min_cosine``.
-    """
-
-    atol: float = MISSING
-    rtol: float = MISSING
-    min_cosine: float = MISSING
 
 
 @dataclass

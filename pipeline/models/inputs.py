@@ -6,23 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from pipeline.config.schema import DType, InputSpec, Precision
 from pipeline.models.shapes import shape_at
-
-_TORCH_DTYPES: dict[DType, torch.dtype] = {
-    DType.float32: torch.float32,
-    DType.float16: torch.float16,
-    DType.int32: torch.int32,
-    DType.int64: torch.int64,
-}
-
-
-def torch_dtype(dtype: DType, precision: Precision = Precision.fp32) -> torch.dtype:
-    """The torch dtype of an input; floating inputs follow the run's precision."""
-    resolved = _TORCH_DTYPES[dtype]
-    if resolved.is_floating_point and precision is Precision.fp16:
-        return torch.float16
-    return resolved
+from pipeline.runtime.types import InputSpec, Precision, torch_dtype
 
 
 def make_inputs(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.config.schema import InputSpec
+from pipeline.runtime.types import InputSpec, dim_names
 
 #: Golden input sets besides the opt-shape one, in the order they are checked.
 SHAPE_SET_NAMES = ("min", "max", "odd")
@@ -34,17 +34,6 @@ class DynamicDim:
             if self.min < size < self.max and size != self.opt:
                 return size
         return None
-
-
-def dim_names(spec: InputSpec) -> list[str | None]:
-    """The name of each dimension of ``spec`` that varies, None for a static one."""
-    low = spec.min_shape or spec.shape
-    high = spec.max_shape or spec.shape
-    names: list[str | None] = []
-    for index, (lo, hi) in enumerate(zip(low, high, strict=True)):
-        named = spec.dims[index] if spec.dims else None
-        names.append(named if named else (f"{spec.name}_dim{index}" if lo != hi else None))
-    return names
 
 
 def dynamic_dims(specs: Sequence[InputSpec]) -> dict[str, DynamicDim]:

@@ -24,8 +24,17 @@ from torch import nn
 
 import pipeline
 from pipeline.backends import get_backend
-from pipeline.backends.base import Backend, DirectoryFiles, FileSource, PolicyReport, RefitRequest
-from pipeline.bundle.format import (
+from pipeline.backends.base import Backend, RefitRequest
+from pipeline.bundle.store import BundleStore
+from pipeline.config import compose, parse, resolve
+from pipeline.config.schema import PipelineConfig, Precision, RuntimeConfig
+from pipeline.console import StageClock, console
+from pipeline.environment import host_environment
+from pipeline.errors import ConfigError, NotRefittableError, VerificationError
+from pipeline.models import state_dict_digest
+from pipeline.models.weights import load_weights, read_state_dict
+from pipeline.runtime.base import DirectoryFiles, FileSource
+from pipeline.runtime.format import (
     Manifest,
     bundle_dir_name,
     bundle_id,
@@ -33,7 +42,8 @@ from pipeline.bundle.format import (
     describe_outputs,
     read_manifest,
 )
-from pipeline.bundle.loader import (
+from pipeline.runtime.loaded import LoadedModel
+from pipeline.runtime.loader import (
     check_host,
     default_device,
     input_specs,
@@ -41,16 +51,8 @@ from pipeline.bundle.loader import (
     runtime_kind,
     saved_artifact,
 )
-from pipeline.bundle.store import BundleStore
-from pipeline.bundle.trust import TrustPolicy
-from pipeline.config import compose, parse, resolve
-from pipeline.config.schema import PipelineConfig, Precision, RuntimeConfig
-from pipeline.console import StageClock, console
-from pipeline.environment import host_environment
-from pipeline.errors import ConfigError, NotRefittableError, VerificationError
-from pipeline.loaded import LoadedModel
-from pipeline.models import state_dict_digest
-from pipeline.models.weights import load_weights, read_state_dict
+from pipeline.runtime.policy import PolicyReport
+from pipeline.runtime.trust import TrustPolicy
 from pipeline.stages.build import BuiltModel, instantiate_model, prepare_model
 from pipeline.stages.package import PublishedBundle, package_bundle
 from pipeline.stages.verify import VerifiedModel, verify_model

@@ -12,15 +12,16 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.backends.base import Backend
-from pipeline.config.presets import runtime_preset
 from pipeline.config.schema import Baseline, BenchConfig, RuntimeConfig
-from pipeline.loaded import LoadedModel
+from pipeline.runtime.loaded import LoadedModel
+from pipeline.runtime.policy import runtime_preset
 from pipeline.timing import Latency, compare_latency, gpu_memory_in_use
 
 LOADED = "loaded"
@@ -232,3 +233,18 @@ def report_rows(report: BenchReport) -> list[tuple[str, str]]:
         label = "every call a new shape" if name == SWITCHING else f"{name} shape"
         rows.append((f"latency loaded, {label}", f"median {value.median_ms:.3f} ms, p90 {value.p90_ms:.3f}"))
     return rows
+
+
+def bench_bundle(path: str | Path, runtime: str | None, settings: BenchConfig) -> BenchReport:
+    """Time a packed or published bundle on this host: load, first call, latency (and extra
+    policies), memory."""
+    from pipeline.models import make_inputs
+    from pipeline.runtime.loader import default_device, input_specs, load_bundle, open_bundle, recorded_policy
+    from pipeline.runtime.policy import as_policy
+    from pipeline.runtime.types import Precision
+
+    root, manifest, _ = open_bundle(path)
+    policy = as_policy(runtime) if runtime else recorded_policy(manifest)
+    specs = input_specs(manifest)
+    inputs = make_inputs(specs, 0, Precision(manifest.precision), default_device(manifest))
+    return bench_model(lambda p: load_bundle(root, runtime=p), policy, inputs, settings)

@@ -10,7 +10,6 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from pipeline.bundle.format import OPT_SET
 from pipeline.config.schema import (
     ModelConfig,
     PipelineConfig,
@@ -22,6 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import PositionalAdapter, make_inputs, state_dict_digest
 from pipeline.models.shapes import shape_at, shape_sets, trace_sizes
 from pipeline.models.weights import load_weights, read_state_dict
+from pipeline.runtime.format import OPT_SET
 
 
 @dataclass

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from pipeline.bundle.format import (
+from pipeline.bundle.store import BundleStore
+from pipeline.config.schema import InputSpec
+from pipeline.runtime.format import (
     CONFIG_NAME,
     GOLDEN_NAME,
     GoldenSet,
@@ -17,8 +19,6 @@ from pipeline.bundle.format import (
     golden_tensors,
     write_manifest,
 )
-from pipeline.bundle.store import BundleStore
-from pipeline.config.schema import InputSpec
 
 
 @dataclass

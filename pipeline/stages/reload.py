@@ -6,7 +6,7 @@ import torch
 
 from pipeline.backends.base import Backend, CompiledModel
 from pipeline.config.schema import PipelineConfig, RuntimeConfig
-from pipeline.loaded import LoadedModel
+from pipeline.runtime.loaded import LoadedModel
 from pipeline.stages.serialize import SerializedModel
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backends.base import Backend, CompiledModel, DirectoryFiles, SavedArtifact
+from pipeline.backends.base import Backend, CompiledModel
 from pipeline.config.schema import InputSpec
+from pipeline.runtime.base import DirectoryFiles, SavedArtifact
 
 
 @dataclass

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.bundle.format import OPT_SET
 from pipeline.config.schema import PipelineConfig
-from pipeline.loaded import LoadedModel
 from pipeline.models import make_inputs
+from pipeline.runtime.format import OPT_SET
+from pipeline.runtime.loaded import LoadedModel
+from pipeline.runtime.verification import VerificationReport, compare
 from pipeline.stages.build import BuiltModel
-from pipeline.verification import VerificationReport, compare
 
 
 @dataclass

@@ -107,15 +107,15 @@ def probe(bundle: str, runtime: str | None, iterations: int) -> dict[str, Any]:
         name: any(m == name or m.startswith(name + ".") for m in sys.modules) for name in HEAVY_MODULES
     }
 
-    from pipeline.backends.tensorrt_runtime import cudagraphs_enabled
+    from pipeline.runtime.tensorrt import cudagraphs_enabled
 
     seen_modes: list[bool] = []
     with loaded._call_context:
         seen_modes.append(cudagraphs_enabled())
     seen_modes.append(cudagraphs_enabled())
 
-    from pipeline.backends.engines import find_engines
-    from pipeline.bundle.loader import verify_loaded
+    from pipeline.runtime.engines import find_engines
+    from pipeline.runtime.loader import verify_loaded
 
     golden = verify_loaded(loaded)
     latency = measure_latency(lambda: loaded(*inputs), warmup=30, iterations=iterations)
@@ -149,10 +149,10 @@ def call_sequence(bundle: str, sequence: str, order: list[str], iterations: int)
     from safetensors.torch import load_file
 
     import pipeline
-    from pipeline.bundle.format import golden_sets
     from pipeline.config.schema import Tolerance
+    from pipeline.runtime.format import golden_sets
+    from pipeline.runtime.verification import compare
     from pipeline.timing import measure_latency
-    from pipeline.verification import compare
 
     loaded = pipeline.load_bundle(bundle)
     names = [spec.name for spec in loaded.specs]
@@ -173,7 +173,7 @@ def call_sequence(bundle: str, sequence: str, order: list[str], iterations: int)
     }
     turn = itertools.cycle((inputs[first], inputs[second]))
     alternating = measure_latency(lambda: loaded(*next(turn)), 20, iterations).median_ms
-    from pipeline.backends.engines import find_engines
+    from pipeline.runtime.engines import find_engines
 
     return {
         "calls": calls,

@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline import load_bundle
-from pipeline.bundle.format import GOLDEN_NAME
 from pipeline.config import compose, resolve
 from pipeline.refit import RefitResult, refit_bundle
 from pipeline.runner import RunResult
+from pipeline.runtime.format import GOLDEN_NAME
+from pipeline.runtime.verification import compare
 from pipeline.stages.build import instantiate_model, prepare_model
-from pipeline.verification import compare
 from tests.gpu.probe import probe_in_fresh_process
 from tests.helpers import run
 

@@ -29,16 +29,16 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline import LoadedBundle, load_bundle
-from pipeline.backends.engines import find_engines
-from pipeline.bundle.format import GOLDEN_NAME, Manifest
 from pipeline.bundle.pack import pack_bundle
-from pipeline.config.presets import runtime_preset
 from pipeline.config.schema import Tolerance
 from pipeline.errors import InputValidationError
 from pipeline.models import make_inputs
 from pipeline.runner import RunResult
+from pipeline.runtime.engines import find_engines
+from pipeline.runtime.format import GOLDEN_NAME, Manifest
+from pipeline.runtime.policy import runtime_preset
+from pipeline.runtime.verification import compare
 from pipeline.timing import gpu_memory_in_use
-from pipeline.verification import compare
 from tests.gpu.probe import HEAVY_MODULES, probe_many_in_fresh_process
 from tests.helpers import run
 

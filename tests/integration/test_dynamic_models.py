@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline import load_bundle
-from pipeline.bundle.format import GOLDEN_NAME, describe_files, read_manifest, write_manifest
-from pipeline.bundle.loader import verify_bundle
 from pipeline.errors import InputValidationError
 from pipeline.models import make_inputs
+from pipeline.runtime.format import GOLDEN_NAME, describe_files, read_manifest, write_manifest
+from pipeline.runtime.loader import verify_bundle
 from pipeline.stages.build import build_model
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import cli, config_for, run

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline import load_bundle
-from pipeline.bundle.format import MANIFEST_NAME, read_manifest
-from pipeline.bundle.loader import verify_bundle
 from pipeline.bundle.pack import Compression, pack_bundle
 from pipeline.config import Stage
 from pipeline.errors import BundleError, InputValidationError, VerificationError
 from pipeline.models import make_inputs, state_dict_digest
+from pipeline.runtime.format import MANIFEST_NAME, read_manifest
+from pipeline.runtime.loader import verify_bundle
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import flip_byte, run
 

@@ -17,12 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.backends.base import PolicyReport, RefitReport, RefitRequest
-from pipeline.backends.engine_graph import EngineRecord
+from pipeline.backends.base import RefitReport, RefitRequest
 from pipeline.backends.export import ExportBackend
 from pipeline.backends.exported import dynamic_shapes
-from pipeline.bundle.format import GOLDEN_NAME, describe_files, read_manifest, write_manifest
-from pipeline.bundle.loader import open_bundle
 from pipeline.config import compose, resolve
 from pipeline.config.schema import RuntimeConfig
 from pipeline.errors import (
@@ -36,6 +33,10 @@ from pipeline.models import state_dict_digest
 from pipeline.refit import refit_bundle
 from pipeline.refit import workflow as refit_workflow
 from pipeline.refit.cli import print_summary
+from pipeline.runtime.engine_graph import EngineRecord
+from pipeline.runtime.format import GOLDEN_NAME, describe_files, read_manifest, write_manifest
+from pipeline.runtime.loader import open_bundle
+from pipeline.runtime.policy import PolicyReport
 from pipeline.stages.build import instantiate_model
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import cli
@@ -94,7 +95,9 @@ class ReexportBackend(ExportBackend):
             (request.target / record.file).write_bytes(request.files.read(record.file))
         return RefitReport(engines=1, artifact=request.artifact)
 
-    def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
+    def apply_policy(
+        self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
+    ) -> PolicyReport:
         return PolicyReport(policy=policy, applied=True, engines_configured=1)
 
 

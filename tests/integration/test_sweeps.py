@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bundle.loader import open_bundle
+from pipeline.runtime.loader import open_bundle
 from pipeline.sweep import OUTCOME_NAME, JobOutcome, collect_outcomes
 from tests.integration.test_cli import cli
 

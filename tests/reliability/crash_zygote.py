@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.bundle.loader import open_bundle
 from pipeline.bundle.store import STAGING_PREFIX
-from pipeline.bundle.trust import TrustPolicy
 from pipeline.errors import BundleError
 from pipeline.runner import run_pipeline
+from pipeline.runtime.loader import open_bundle
+from pipeline.runtime.trust import TrustPolicy
 from tests.helpers import config_for
 
 TARGETS = (None, "golden.safetensors", "manifest.json")

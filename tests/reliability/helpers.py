@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.bundle.format import read_manifest, write_manifest
+from pipeline.runtime.format import read_manifest, write_manifest
 from pipeline.stages.package import PublishedBundle
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bundle.loader import open_bundle
 from pipeline.bundle.store import STAGING_PREFIX, BundleStore
-from pipeline.bundle.trust import TrustPolicy
 from pipeline.errors import BundleError
+from pipeline.runtime.loader import open_bundle
+from pipeline.runtime.trust import TrustPolicy
 from tests.helpers import REPO, subprocess_env
 from tests.reliability.conftest import Tally
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import load_bundle
-from pipeline.backends import engine_graph
-from pipeline.backends.engine_graph import EngineRecord
-from pipeline.bundle.format import describe_files, read_manifest, write_manifest
+from pipeline.runtime import engine_graph
+from pipeline.runtime.engine_graph import EngineRecord
+from pipeline.runtime.format import describe_files, read_manifest, write_manifest
 from pipeline.stages.package import PublishedBundle
 from tests.reliability.conftest import Tally
 from tests.reliability.helpers import rewrite_manifest

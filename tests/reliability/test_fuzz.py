@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.bundle.format import Manifest
 from pipeline.config import PipelineConfig, compose, config_dict, parse, resolve
 from pipeline.errors import BundleError, ConfigError
+from pipeline.runtime.format import Manifest
 from tests.helpers import sample_manifest
 from tests.reliability.conftest import Tally
 
@@ -145,7 +145,7 @@ def test_manifest_parser_raises_only_bundle_error_when_fed_random_input(
     def retyped_field(key: str, value: Any) -> None:
         data = {**VALID_MANIFEST, key: value}
         data.pop("manifest_sha256")
-        from pipeline.bundle.format import _content_digest
+        from pipeline.runtime.format import _content_digest
 
         only_bundle_errors(check, json.dumps({**data, "manifest_sha256": _content_digest(data)}, default=str))
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import load_bundle
-from pipeline.bundle.format import MANIFEST_NAME
 from pipeline.bundle.pack import pack_bundle
+from pipeline.runtime.format import MANIFEST_NAME
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import flip_byte
 from tests.reliability.conftest import Tally

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import load_bundle
-from pipeline.bundle.compat import compatibility_problems
-from pipeline.bundle.format import SIGNATURE_NAME
-from pipeline.bundle.trust import TrustPolicy, generate_key_pair, sign_bundle
 from pipeline.config import BackendKind
+from pipeline.runtime.compat import compatibility_problems
+from pipeline.runtime.format import SIGNATURE_NAME
+from pipeline.runtime.trust import TrustPolicy, generate_key_pair, sign_bundle
 from pipeline.stages.package import PublishedBundle
 from tests.reliability.conftest import Tally
 from tests.reliability.helpers import fresh_copy, rewrite_manifest, spy_deserializers

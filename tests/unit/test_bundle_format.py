@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.bundle.format import FileEntry, Manifest, _content_digest, bundle_id
 from pipeline.errors import BundleError
+from pipeline.runtime.format import FileEntry, Manifest, _content_digest, bundle_id
 from tests import helpers
 
 

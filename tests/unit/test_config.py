@@ -14,8 +14,8 @@ from pipeline.config import (
     resolve,
 )
 from pipeline.config.loading import runtime_names
-from pipeline.config.presets import runtime_preset
 from pipeline.errors import ConfigError
+from pipeline.runtime.policy import runtime_preset
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
 GROUP_OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]

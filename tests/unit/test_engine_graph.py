@@ -14,15 +14,16 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from pipeline.backends.engine_graph import (
+from pipeline.errors import BundleError
+from pipeline.runtime.engine_graph import (
     EngineDescription,
     EngineRecord,
     EngineSlot,
     attach_engines,
+    escaping_engines,
     load_graph,
     split_engines,
 )
-from pipeline.errors import BundleError
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import REPO, subprocess_env
 
@@ -108,6 +109,33 @@ def test_attach_engines_reproduces_compiled_outputs_and_calls_operator_directly_
     assert "fake_execute" in graph.code and "_run_on_acc_0_engine" in graph.code
     for got, want in zip(graph(x), expected, strict=True):
         torch.testing.assert_close(got, want)
+
+
+class IntermediateEngine(nn.Module):
+    """An engine whose outputs feed only the next engine, and one whose output leaves by a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._run_on_acc_0 = FakeEngineModule(1.0, outputs=2)
+        self._run_on_acc_2 = FakeEngineModule(10.0, outputs=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, _ = self._run_on_acc_0(x)
+        return self._run_on_acc_2(a).view(-1)
+
+
+def test_escaping_engines_lists_engines_whose_outputs_leave_the_call_when_graph_returns_them() -> None:
+    graph, engines = split_and_load()  # engine 0 returns one output directly, engine 2 via the linear
+    attach_engines(graph, {name: FakeEngine(r, b) for name, (r, b) in engines.items()}, fake_execute)
+    assert escaping_engines(graph, fake_execute) == {"_run_on_acc_0_engine", "_run_on_acc_2_engine"}
+
+
+def test_escaping_engines_leaves_out_engine_when_only_another_engine_reads_its_outputs() -> None:
+    root = IntermediateEngine().eval()
+    graph, engines = split_and_load(GraphModule(root, LeafTracer().trace(root)))
+    attach_engines(graph, {name: FakeEngine(r, b) for name, (r, b) in engines.items()}, fake_execute)
+    # Engine 2's output leaves through a view: it must count (a view aliases the engine's buffer).
+    assert escaping_engines(graph, fake_execute) == {"_run_on_acc_2_engine"}
 
 
 def test_attach_engines_refuses_when_manifest_lists_other_engines() -> None:

@@ -14,17 +14,17 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.backends.engines import (
+from pipeline.backends.tensorrt import EngineSnapshot, compile_settings
+from pipeline.config import CompileConfig, RuntimeConfig, TilingLevel
+from pipeline.errors import ConfigError
+from pipeline.runtime.engines import (
     ModeGate,
     apply_to_engines,
     find_engines,
     is_engine,
     resources_held,
 )
-from pipeline.backends.tensorrt import EngineSnapshot, compile_settings
-from pipeline.config import CompileConfig, RuntimeConfig, TilingLevel
-from pipeline.config.presets import runtime_preset
-from pipeline.errors import ConfigError
+from pipeline.runtime.policy import runtime_preset
 
 
 class FakeEngine:
@@ -115,6 +115,37 @@ def test_apply_to_engines_fails_when_engine_does_not_take_the_setting() -> None:
         apply_to_engines(
             find_engines(reloaded_graph(engines), predicate=is_fake), runtime_preset("preallocated")
         )
+
+
+class BrokenEngine(FakeEngine):
+    """Refuses the dynamic-allocation switch (as a real engine does when its context cannot be made)."""
+
+    def use_dynamically_allocated_resources(self, dynamic: bool, /) -> None:
+        raise RuntimeError("cannot switch")
+
+
+def test_apply_to_engines_puts_configured_engines_back_when_a_later_engine_refuses() -> None:
+    engines = [FakeEngine(), FakeEngine(), FakeEngine(accepts_pre_allocation=False)]
+    refs = find_engines(reloaded_graph(engines), predicate=is_fake)
+    standard = runtime_preset("standard")
+    apply_to_engines(refs, standard)
+    with pytest.raises(RuntimeError, match="did not take"):
+        apply_to_engines(refs, runtime_preset("preallocated"), previous=standard)
+    assert [e.use_pre_allocated_outputs for e in engines] == [False, False, False]
+    assert [e.dynamic_calls[-1] for e in engines] == [False, False, False]
+
+
+def test_resources_held_switches_back_only_engines_it_switched_when_one_refuses() -> None:
+    first, broken, last = FakeEngine(), BrokenEngine(), FakeEngine()
+    root = nn.Module()
+    for index, engine in enumerate([first, broken, last]):
+        setattr(root, f"_run_on_acc_{index}_engine", engine)
+    refs = find_engines(root, predicate=is_fake)
+    assert [ref.engine for ref in refs] == [first, broken, last]
+    with pytest.raises(RuntimeError, match="cannot switch"), resources_held(refs, runtime_preset("dynamic")):
+        pytest.fail("the block must not run when holding fails")
+    assert first.dynamic_calls == [False, True]  # switched, then put back to the policy's
+    assert last.dynamic_calls == []  # never reached: left as it was
 
 
 def test_resources_held_keeps_memory_then_restores_dynamic_when_block_exits() -> None:

@@ -10,8 +10,8 @@ import torch
 
 from pipeline.config import DType, InputSpec, Precision
 from pipeline.errors import InputValidationError
-from pipeline.loaded import InputChecker
 from pipeline.models import flatten_outputs, make_inputs, state_dict_digest
+from pipeline.runtime.loaded import InputChecker
 
 SPECS = [
     InputSpec(name="ids", shape=[2, 8], dtype=DType.int32, low=0, high=5),
@@ -84,14 +84,14 @@ def test_input_checker_accepts_any_size_within_range_when_dimension_is_dynamic()
 
 def test_input_checker_rejects_wrong_device_when_model_is_on_cuda() -> None:
     check = InputChecker(SPECS, Precision.fp32, torch.device("cuda"))
-    with pytest.raises(InputValidationError, match="input 'ids': on cpu, expected cuda"):
+    with pytest.raises(InputValidationError, match="input 'ids': on cpu, but the model runs on cuda"):
         check(make_inputs(SPECS, 0))
 
 
 def test_input_checker_still_rejects_when_python_runs_with_optimizations() -> None:
     code = (
         "import torch; from pipeline.config import DType, InputSpec, Precision; "
-        "from pipeline.loaded import InputChecker; from pipeline.errors import InputValidationError\n"
+        "from pipeline.runtime.loaded import InputChecker; from pipeline.errors import InputValidationError\n"
         "spec = InputSpec(name='x', shape=[2], dtype=DType.float32)\n"
         "c = InputChecker([spec], Precision.fp32, torch.device('cpu'))\n"
         "try:\n    c((torch.zeros(3),))\nexcept InputValidationError as e:\n    print('rejected', e)\n"

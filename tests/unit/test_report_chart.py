@@ -9,7 +9,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pytest
 
-from pipeline.bundle.format import Manifest
 from pipeline.report import (
     COLD_START_DIR,
     build_chart,
@@ -18,6 +17,7 @@ from pipeline.report import (
     fastest_markdown,
     latency_bars,
 )
+from pipeline.runtime.format import Manifest
 from tests.helpers import sample_manifest
 
 

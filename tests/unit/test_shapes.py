@@ -9,10 +9,10 @@ from pipeline.backends.exported import dynamic_shapes
 from pipeline.config import DType, InputSpec, Precision, compose, resolve, validate
 from pipeline.config.schema import DimRange
 from pipeline.errors import ConfigError, InputValidationError
-from pipeline.loaded import InputChecker, ModelOutputs
 from pipeline.models import make_inputs
 from pipeline.models.adapter import output_names
 from pipeline.models.shapes import dynamic_dims, shape_sets, trace_sizes
+from pipeline.runtime.loaded import InputChecker, ModelOutputs
 
 
 def bert_specs() -> list[InputSpec]:

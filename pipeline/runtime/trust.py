@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.bundle.format import MANIFEST_NAME, SIGNATURE_NAME
 from pipeline.errors import BundleError
+from pipeline.runtime.format import MANIFEST_NAME, SIGNATURE_NAME
 
 
 @dataclass(frozen=True)

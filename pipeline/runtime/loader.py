@@ -5,8 +5,8 @@ so the manifest and every file's sha256 are checked first, then host compatibili
 then are the verified bytes handed to the model's runtime.
 
 This module is what deployment code imports: it must stay light. It imports no compiler
-(``torch_tensorrt``, its Python package included), no Hydra or omegaconf and no pipeline stage
-unless a function that needs one is called (``bench_bundle``, a runtime preset by name).
+(``torch_tensorrt``, its Python package included), nothing of the build side (config loading,
+stages, model zoo), no Hydra or omegaconf.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.backends import ModelRuntime, SavedArtifact, get_runtime, tensorrt_unavailable_reason
-from pipeline.backends.engine_graph import EngineRecord
-from pipeline.bundle.archive import extract_bundle, is_archive
-from pipeline.bundle.compat import compatibility_problems
-from pipeline.bundle.format import (
+from pipeline.errors import BundleError
+from pipeline.runtime.archive import extract_bundle, is_archive, release_unpacked
+from pipeline.runtime.base import ModelRuntime, SavedArtifact
+from pipeline.runtime.compat import compatibility_problems
+from pipeline.runtime.engine_graph import EngineRecord
+from pipeline.runtime.format import (
     GOLDEN_NAME,
     OPT_SET,
     Manifest,
@@ -31,27 +32,46 @@ from pipeline.bundle.format import (
     output_names,
     read_manifest,
 )
-from pipeline.bundle.trust import TrustPolicy, check_signature
-from pipeline.config.schema import BackendKind, DType, InputSpec, Precision, RuntimeConfig, Tolerance
-from pipeline.errors import BundleError
-from pipeline.loaded import LoadedModel
+from pipeline.runtime.loaded import LoadedModel, resolve_device
+from pipeline.runtime.policy import RuntimeConfig
+from pipeline.runtime.tensorrt import tensorrt_unavailable_reason
+from pipeline.runtime.trust import TrustPolicy, check_signature
+from pipeline.runtime.types import BackendKind, DType, InputSpec, Precision, Tolerance
 from pipeline.timing import Stopwatch
 
 if TYPE_CHECKING:
-    from pipeline.config.schema import BenchConfig
-    from pipeline.stages.bench import BenchReport
-    from pipeline.verification import VerificationReport
+    from pipeline.runtime.verification import VerificationReport
 
 
 class LoadedBundle(LoadedModel):
-    """A loaded bundle: call it like the model; ``manifest`` says what it is."""
+    """A loaded bundle: call it like the model; ``manifest`` says what it is, ``load_report``
+    how it was loaded. ``close()`` (or ``with``) also removes the directory an archive was
+    unpacked into."""
 
     def __init__(self, root: Path, manifest: Manifest, **kwargs: Any) -> None:
         self.root = root
         self.manifest = manifest
         #: Seconds each step of :func:`load_bundle` took (unpack and verify, runtime, ...).
         self.load_seconds: dict[str, float] = {}
+        #: The host fingerprint the bundle was checked against (of the model's device).
+        self.host: dict[str, str] = {}
         super().__init__(**kwargs)
+
+    @property
+    def load_report(self) -> dict[str, Any]:
+        """What loading did: device, host fingerprint, policy and engines, seconds per step."""
+        return {
+            "bundle": self.manifest.bundle_id,
+            "device": str(self.device),
+            "host": dict(self.host),
+            "policy": self.policy_report.manifest_record(),
+            "seconds": dict(self.load_seconds),
+        }
+
+    def close(self) -> None:
+        """Free the engines and remove the unpacked copy of an archive (idempotent)."""
+        super().close()
+        release_unpacked(self.root)
 
 
 def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> tuple[Path, Manifest, VerifiedFiles]:
@@ -63,11 +83,15 @@ def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> tuple[Pat
     Returns the verified contents of the model's files: they are read (and hashed) once, here.
     """
     root = _as_directory(Path(path))
-    manifest = read_manifest(root)
-    files = check_files(root, manifest, saved_artifact(manifest).files)
-    # The manifest is byte-exact canonical JSON, so its serialization is the bytes that were read.
-    policy = trust if trust is not None else TrustPolicy.from_environment()
-    check_signature(root, policy, manifest.to_json().encode("utf-8"))
+    try:
+        manifest = read_manifest(root)
+        files = check_files(root, manifest, saved_artifact(manifest).files)
+        # The manifest is byte-exact canonical JSON, so its serialization is the bytes that were read.
+        policy = trust if trust is not None else TrustPolicy.from_environment()
+        check_signature(root, policy, manifest.to_json().encode("utf-8"))
+    except BaseException:
+        release_unpacked(root)
+        raise
     return root, manifest, files
 
 
@@ -83,18 +107,40 @@ def load_bundle(
 
     ``runtime`` overrides the recorded policy (a preset name such as ``"cudagraphs"`` or a
     :class:`RuntimeConfig`); it can be switched later with ``loaded.set_runtime(...)``.
+    ``device`` pins the model to one GPU (``"cuda:1"``); the default is the current CUDA device
+    for TensorRT bundles, and the device is recorded in ``loaded.load_report``.
     Raises :class:`BundleError` before deserializing anything if the bundle is not intact, not
     trusted, or built for another kind of host (``force=True`` loads it anyway: for experts).
     """
     watch = Stopwatch()
     with watch.lap("open and verify"):
         root, manifest, files = open_bundle(path, trust)
-    with watch.lap("runtime library"):
-        model_runtime = get_runtime(runtime_kind(manifest))
-        model_runtime.prepare()
-    with watch.lap("host check"):
-        check_host(manifest, model_runtime, force)
-    target = torch.device(device) if device is not None else default_device(manifest)
+    try:
+        policy = recorded_policy(manifest) if runtime is None else runtime
+        target = resolve_device(device) if device is not None else default_device(manifest)
+        with watch.lap("runtime library"):
+            model_runtime = runtime_for(runtime_kind(manifest))
+            model_runtime.prepare()
+        with watch.lap("host check"):
+            host = check_host(manifest, model_runtime, force, target)
+        loaded = _deserialize(root, manifest, files, model_runtime, target, policy, watch)
+    except BaseException:
+        release_unpacked(root)
+        raise
+    loaded.host = host
+    loaded.load_seconds = watch.seconds
+    return loaded
+
+
+def _deserialize(
+    root: Path,
+    manifest: Manifest,
+    files: VerifiedFiles,
+    model_runtime: ModelRuntime,
+    target: torch.device,
+    policy: RuntimeConfig | str,
+    watch: Stopwatch,
+) -> LoadedBundle:
     with watch.lap("deserialize"):
         module = model_runtime.load(saved_artifact(manifest), files, target)
     with watch.lap("apply policy"):
@@ -106,11 +152,10 @@ def load_bundle(
             specs=input_specs(manifest),
             precision=Precision(manifest.precision),
             device=target,
-            policy=recorded_policy(manifest) if runtime is None else runtime,
+            policy=policy,
             expected_engines=manifest.engine_count,
             output_names=output_names(manifest),
         )
-    loaded.load_seconds = watch.seconds
     return loaded
 
 
@@ -132,6 +177,17 @@ def recorded_policy(manifest: Manifest) -> RuntimeConfig:
         raise BundleError(f"manifest.json: malformed runtime policy ({exc})") from None
 
 
+def runtime_for(kind: BackendKind) -> ModelRuntime:
+    """What loads and runs artifacts of ``kind``: no compiler is imported."""
+    if kind is BackendKind.tensorrt:
+        from pipeline.runtime.tensorrt import TensorRTRuntime
+
+        return TensorRTRuntime()
+    from pipeline.runtime.exported import ExportRuntime
+
+    return ExportRuntime()
+
+
 def runtime_kind(manifest: Manifest) -> BackendKind:
     """The kind of runtime a bundle needs, if this host has one."""
     try:
@@ -143,16 +199,20 @@ def runtime_kind(manifest: Manifest) -> BackendKind:
     return kind
 
 
-def check_host(manifest: Manifest, model_runtime: ModelRuntime, force: bool) -> None:
-    """Refuse a bundle built for another kind of host (``force``: warn instead)."""
+def check_host(
+    manifest: Manifest, model_runtime: ModelRuntime, force: bool, device: torch.device | None = None
+) -> dict[str, str]:
+    """Refuse a bundle built for another kind of host (``force``: warn instead); the host is
+    fingerprinted on ``device``, the GPU the model will run on. Returns the fingerprint."""
     hardware_compatible = bool(manifest.compile_settings.get("hardware_compatible", False))
-    problems = compatibility_problems(
-        model_runtime.kind, manifest.environment, model_runtime.environment(), hardware_compatible
-    )
+    host = model_runtime.environment(device)
+    problems = compatibility_problems(model_runtime.kind, manifest.environment, host, hardware_compatible)
     if problems and not force:
-        raise BundleError("bundle cannot load on this host: " + " | ".join(problems))
+        where = f" ({device})" if device is not None and device.type == "cuda" else ""
+        raise BundleError(f"bundle cannot load on this host{where}: " + " | ".join(problems))
     for problem in problems:
         warnings.warn(f"force=True: {problem}", stacklevel=3)
+    return host
 
 
 def verify_bundle(path: str | Path) -> VerificationReport:
@@ -165,7 +225,7 @@ def verify_loaded(loaded: LoadedBundle) -> VerificationReport:
     then min, max and odd shapes where the model has dynamic dimensions), against its outputs."""
     from safetensors.torch import load_file
 
-    from pipeline.verification import VerificationReport, compare
+    from pipeline.runtime.verification import VerificationReport, compare
 
     sets = golden_sets(
         load_file(str(loaded.root / GOLDEN_NAME)),
@@ -181,19 +241,6 @@ def verify_loaded(loaded: LoadedBundle) -> VerificationReport:
     return report
 
 
-def bench_bundle(path: str | Path, runtime: str | None, settings: BenchConfig) -> BenchReport:
-    """Time a bundle on this host: load, first call, latency (and extra policies), memory."""
-    from pipeline.config.presets import as_policy
-    from pipeline.models import make_inputs
-    from pipeline.stages.bench import bench_model
-
-    root, manifest, _ = open_bundle(path)
-    policy = as_policy(runtime) if runtime else recorded_policy(manifest)
-    specs = input_specs(manifest)
-    inputs = make_inputs(specs, 0, Precision(manifest.precision), default_device(manifest))
-    return bench_model(lambda p: load_bundle(root, runtime=p), policy, inputs, settings)
-
-
 def input_specs(manifest: Manifest) -> list[InputSpec]:
     """The manifest's input specs as typed objects."""
     try:
@@ -203,9 +250,10 @@ def input_specs(manifest: Manifest) -> list[InputSpec]:
 
 
 def default_device(manifest: Manifest) -> torch.device:
-    """The device a bundle runs on here: CUDA for CUDA bundles (which need a GPU), else CPU."""
+    """The device a bundle runs on here: the current CUDA device for CUDA bundles (which need a
+    GPU), else the CPU."""
     if manifest.device.startswith("cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
+        return resolve_device("cuda")
     if manifest.device.startswith("cuda"):
         raise BundleError("bundle was built for CUDA but no CUDA GPU is visible on this host")
     return torch.device("cpu")
@@ -216,4 +264,6 @@ def _as_directory(path: Path) -> Path:
         return path
     if path.is_file() and is_archive(path):
         return extract_bundle(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such file or directory")
     raise BundleError(f"{path}: not a bundle directory or archive (.tar, .tar.gz)")

@@ -10,7 +10,7 @@ engine's size, slow) and deep-copies the module on the way. A bundle instead kee
 
 Loading reverses it: each engine is rebuilt from its bytes and each slot's call is rewritten into
 a direct ``execute_engine(inputs, engine)`` call on a root attribute, the layout
-:func:`pipeline.backends.engines.find_engines` expects. Nothing here imports ``torch_tensorrt``:
+:func:`pipeline.runtime.engines.find_engines` expects. Nothing here imports ``torch_tensorrt``:
 the engine's description and the engine operator are passed in, so the logic runs on CPU tests.
 """
 
@@ -215,6 +215,30 @@ def attach_engines(module: GraphModule, engines: Mapping[str, object], execute: 
         _delete_submodule(module, target)
     graph.lint()
     module.recompile()
+
+
+def escaping_engines(module: GraphModule, execute: Callable[..., Any]) -> set[str]:
+    """The engines (by attribute) whose outputs can leave a call of ``module``.
+
+    An engine's output escapes when a path of graph nodes leads from its call to the graph's
+    output without passing through another engine call (an engine writes into tensors it
+    allocates; any other node, a view or ``getitem`` above all, may alias its input).
+    """
+    escaping: set[str] = set()
+    for node in module.graph.nodes:
+        if node.op != "call_function" or node.target is not execute:
+            continue
+        pending, seen = list(node.users), set()
+        while pending:
+            user = pending.pop()
+            if user in seen or (user.op == "call_function" and user.target is execute):
+                continue
+            seen.add(user)
+            if user.op == "output":
+                escaping.add(str(node.args[1].target))
+                break
+            pending.extend(user.users)
+    return escaping
 
 
 def _replace_submodule(module: nn.Module, target: str, replacement: nn.Module) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.config.schema import BackendKind
+from pipeline.runtime.types import BackendKind
 
 # (fingerprint key, what it is); all must match exactly for TensorRT engines.
 TENSORRT_KEYS = (

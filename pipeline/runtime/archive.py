@@ -70,11 +70,33 @@ def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_SUFFIXES)
 
 
+#: Bundle directories unpacked by this process -> the temporary directory holding each.
+_unpacked: dict[Path, Path] = {}
+
+
+def _remove_all_unpacked() -> None:
+    for root in list(_unpacked):
+        release_unpacked(root)
+
+
+atexit.register(_remove_all_unpacked)
+
+
+def release_unpacked(root: Path) -> None:
+    """Remove the temporary directory ``root`` was unpacked into (nothing for a directory this
+    process did not unpack)."""
+    target = _unpacked.pop(root, None)
+    if target is not None:
+        shutil.rmtree(target, ignore_errors=True)
+
+
 def extract_bundle(archive: Path) -> Path:
-    """Unpack ``archive`` into a new private temporary directory (removed at exit); return the
-    bundle directory."""
+    """Unpack ``archive`` into a new private temporary directory; return the bundle directory.
+
+    The directory is removed by :func:`release_unpacked` (a loaded bundle's ``close()``), or at
+    interpreter exit at the latest.
+    """
     target = Path(tempfile.mkdtemp(prefix="bundle-"))
-    atexit.register(shutil.rmtree, target, True)
     try:
         with tarfile.open(archive, "r:*") as tar:  # by content: a .tar may hold gzip, and back
             top = vet_members(archive, tar)
@@ -89,4 +111,5 @@ def extract_bundle(archive: Path) -> Path:
     if not root.is_dir():
         shutil.rmtree(target, ignore_errors=True)
         raise BundleError(f"{archive.name}: expected one bundle directory inside the archive")
+    _unpacked[root] = target
     return root

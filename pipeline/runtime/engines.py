@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config.schema import RuntimeConfig
+from pipeline.runtime.policy import RuntimeConfig
 
 ENGINE_QUALIFIED_NAME = "__torch__.torch.classes.tensorrt.Engine"
 
@@ -62,27 +62,45 @@ def configure_engine(engine: Any, policy: RuntimeConfig) -> None:
     engine.use_dynamically_allocated_resources(policy.dynamic_allocation)
 
 
-def apply_to_engines(engines: list[EngineRef], policy: RuntimeConfig) -> dict[str, Any]:
-    """Configure every engine and read back what can be read: engine path -> settings."""
+def apply_to_engines(
+    engines: list[EngineRef], policy: RuntimeConfig, previous: RuntimeConfig | None = None
+) -> dict[str, Any]:
+    """Configure every engine for ``policy`` and read back what can be read: engine path ->
+    settings. All or nothing: if one engine refuses, the engines already configured are put back
+    to ``previous`` (the policy in force; None while loading, when a failure discards the model)
+    before the error propagates."""
     readback: dict[str, Any] = {}
-    for ref in engines:
-        configure_engine(ref.engine, policy)
-        readback[ref.path] = {"pre_allocated_outputs": bool(ref.engine.use_pre_allocated_outputs)}
-        if readback[ref.path]["pre_allocated_outputs"] != policy.pre_allocated_outputs:
-            raise RuntimeError(f"engine {ref.path} did not take use_pre_allocated_outputs")
+    configured: list[EngineRef] = []
+    try:
+        for ref in engines:
+            configured.append(ref)
+            configure_engine(ref.engine, policy)
+            readback[ref.path] = {"pre_allocated_outputs": bool(ref.engine.use_pre_allocated_outputs)}
+            if readback[ref.path]["pre_allocated_outputs"] != policy.pre_allocated_outputs:
+                raise RuntimeError(f"engine {ref.path} did not take use_pre_allocated_outputs")
+    except BaseException:
+        if previous is not None:
+            for ref in configured:
+                configure_engine(ref.engine, previous)
+        raise
     return readback
 
 
 @contextmanager
 def resources_held(engines: list[EngineRef], policy: RuntimeConfig) -> Iterator[None]:
     """Keep engine memory allocated between calls inside the block (the seed's
-    ``ResourceAllocationStrategy(..., dynamically_allocate_resources=False)``), then restore."""
-    for ref in engines:
-        ref.engine.use_dynamically_allocated_resources(False)
+    ``ResourceAllocationStrategy(..., dynamically_allocate_resources=False)``), then restore.
+
+    Only the engines that were switched are switched back, also when switching fails part way.
+    """
+    switched: list[EngineRef] = []
     try:
+        for ref in engines:
+            ref.engine.use_dynamically_allocated_resources(False)
+            switched.append(ref)
         yield
     finally:
-        for ref in engines:
+        for ref in switched:
             ref.engine.use_dynamically_allocated_resources(policy.dynamic_allocation)
 
 

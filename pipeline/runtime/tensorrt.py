@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.backends.base import FileSource, ModelRuntime, PolicyReport, SavedArtifact
-from pipeline.backends.engine_graph import EngineRecord, attach_engines, load_graph
-from pipeline.backends.engines import ModeGate, apply_to_engines, find_engines, resources_held
-from pipeline.config.schema import BackendKind, RuntimeConfig
 from pipeline.errors import BackendUnavailableError, BundleError
+from pipeline.runtime.base import FileSource, ModelRuntime, SavedArtifact
+from pipeline.runtime.engine_graph import EngineRecord, attach_engines, escaping_engines, load_graph
+from pipeline.runtime.engines import ModeGate, apply_to_engines, find_engines, resources_held
+from pipeline.runtime.policy import PolicyReport, RuntimeConfig
+from pipeline.runtime.types import BackendKind
 
 RUNTIME_LIBRARY = "libtorchtrt_runtime.so"
 # (distribution, TensorRT build it belongs to); the RTX build first: both provide `torch_tensorrt`.
@@ -45,6 +46,15 @@ TENSORRT_LIBRARY_PACKAGES = ("tensorrt_rtx_libs", "tensorrt_libs")
 CUDAGRAPHS_OFF, CUDAGRAPHS_ON = 0, 1
 
 _load_lock = threading.Lock()
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """Why TensorRT engines cannot run here, or None when they can (nothing is imported)."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        return "torch_tensorrt is not installed (pip install '.[tensorrt]' or '.[tensorrt-rtx]')"
+    return None
 
 
 def _ops_registered() -> bool:
@@ -115,9 +125,10 @@ def _distribution_version(*names: str) -> tuple[str, str] | None:
     return None
 
 
-def runtime_environment() -> dict[str, str]:
+def runtime_environment(device: torch.device | None = None) -> dict[str, str]:
     """What decides whether TensorRT engines load here: Torch-TensorRT and TensorRT builds and
-    versions, the runtime ABI, CUDA, the GPU and its SM, the platform."""
+    versions, the runtime ABI, CUDA, the GPU (``device``, default the current one) and its SM,
+    the platform."""
     build, torch_tensorrt_version = "unknown", "unknown"
     for distribution, tensorrt_build in TORCH_TENSORRT_DISTRIBUTIONS:
         found = _distribution_version(distribution)
@@ -126,7 +137,7 @@ def runtime_environment() -> dict[str, str]:
             break
     tensorrt = _distribution_version(*TENSORRT_DISTRIBUTIONS.get(build, ()))
     load_runtime()
-    major, minor = torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability(device)
     return {
         "torch": torch.__version__,
         "torch_tensorrt": torch_tensorrt_version,
@@ -134,7 +145,7 @@ def runtime_environment() -> dict[str, str]:
         "tensorrt": tensorrt[1] if tensorrt else "unknown",
         "tensorrt_build": build,
         "cuda": str(torch.version.cuda),
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name(device),
         "sm": f"{major}.{minor}",
         "platform": platform.machine(),
     }
@@ -189,22 +200,33 @@ class TensorRTRuntime(ModelRuntime):
     def prepare(self) -> None:
         load_runtime()
 
-    def environment(self) -> dict[str, str]:
-        return runtime_environment()
+    def environment(self, device: torch.device | None = None) -> dict[str, str]:
+        return runtime_environment(device)
 
     def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+        """Deserialize the graph and its engines onto ``device`` (an indexed CUDA device): the
+        runtime places an engine on the current device when that one is compatible."""
         load_runtime()
         with torch.cuda.device(device):
             module = load_graph(files.read(artifact.model_file), device)
             engines = {
                 record.attribute: make_engine(record, files.read(record.file)) for record in artifact.engines
             }
-            attach_engines(module, engines, torch.ops.tensorrt.execute_engine.default)
+            execute = torch.ops.tensorrt.execute_engine.default
+            attach_engines(module, engines, execute)
+        # An engine whose outputs leave the call must hand out new tensors every call; by default
+        # (as rebuilt from its serialized fields) an engine with pre-allocated outputs returns the
+        # same buffers each time, so callers' earlier outputs would change under them.
+        # Torch-TensorRT's compiler marks these engines; its serialized form does not keep it.
+        for attribute in escaping_engines(module, execute):
+            engines[attribute].set_output_tensors_as_unowned(True)
         return module
 
-    def apply_policy(self, module: nn.Module, policy: RuntimeConfig) -> PolicyReport:
+    def apply_policy(
+        self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
+    ) -> PolicyReport:
         engines = find_engines(module)
-        readback = apply_to_engines(engines, policy)
+        readback = apply_to_engines(engines, policy, previous)
         return PolicyReport(
             policy=policy,
             applied=True,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config.schema import Tolerance
+from pipeline.runtime.types import Tolerance
 
 
 @dataclass

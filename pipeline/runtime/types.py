@@ -1,0 +1,108 @@
+"""The types a bundle's manifest declares: precision, backend, inputs and their dtypes, tolerances.
+
+They live in the deployment runtime because loading a bundle needs them; the build side's
+config schema (:mod:`pipeline.config.schema`) re-exports them, so YAML and manifests share one
+definition. Nothing here imports more than torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+
+#: OmegaConf's marker for a value that must be given (its ``MISSING``), spelled out so that
+#: deployment hosts can use these types without importing omegaconf.
+MISSING: Any = "???"
+
+
+class Precision(str, Enum):
+    """Numeric precision the model is compiled and verified in.
+
+    Member names equal their values because OmegaConf matches enum values by name.
+    """
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class BackendKind(str, Enum):
+    """Which compiler turns the eager model into a deployable artifact."""
+
+    auto = "auto"
+    tensorrt = "tensorrt"
+    export = "export"
+
+
+class DType(str, Enum):
+    """Element type of a model input."""
+
+    float32 = "float32"
+    float16 = "float16"
+    int32 = "int32"
+    int64 = "int64"
+
+
+@dataclass
+class InputSpec:
+    """One model input: its name, shape, element type and the range random values are drawn from.
+
+    ``shape`` is the shape of the golden and verification inputs (TensorRT's "opt" shape).
+    Dynamic dimensions are declared by name in ``dims`` (one entry per dimension, ``null`` for a
+    static one), each name ranging as :attr:`ModelConfig.dims` says; inputs that use one name
+    share one dimension (BERT's ``batch`` and ``seq``). ``min_shape``/``max_shape`` are filled
+    from those ranges when the config is validated; given without ``dims`` they make each
+    differing dimension dynamic on its own.
+    Integer inputs are drawn from ``[low, high)``, floating ones uniformly from ``[low, high]``.
+    """
+
+    name: str = MISSING
+    shape: list[int] = MISSING
+    dtype: DType = DType.float32
+    dims: list[str | None] | None = None
+    min_shape: list[int] | None = None
+    max_shape: list[int] | None = None
+    low: float = 0.0
+    high: float = 1.0
+
+
+@dataclass
+class Tolerance:
+    """Pass criteria for one precision.
+
+    An output passes when ``max_abs_error <= atol + rtol * max|reference|`` and its cosine
+    similarity to the reference is at least ``min_cosine``.
+    """
+
+    atol: float = MISSING
+    rtol: float = MISSING
+    min_cosine: float = MISSING
+
+
+_TORCH_DTYPES: dict[DType, torch.dtype] = {
+    DType.float32: torch.float32,
+    DType.float16: torch.float16,
+    DType.int32: torch.int32,
+    DType.int64: torch.int64,
+}
+
+
+def torch_dtype(dtype: DType, precision: Precision = Precision.fp32) -> torch.dtype:
+    """The torch dtype of an input; floating inputs follow the run's precision."""
+    resolved = _TORCH_DTYPES[dtype]
+    if resolved.is_floating_point and precision is Precision.fp16:
+        return torch.float16
+    return resolved
+
+
+def dim_names(spec: InputSpec) -> list[str | None]:
+    """The name of each dimension of ``spec`` that varies, None for a static one."""
+    low = spec.min_shape or spec.shape
+    high = spec.max_shape or spec.shape
+    names: list[str | None] = []
+    for index, (lo, hi) in enumerate(zip(low, high, strict=True)):
+        named = spec.dims[index] if spec.dims else None
+        names.append(named if named else (f"{spec.name}_dim{index}" if lo != hi else None))
+    return names

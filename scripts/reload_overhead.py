@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
 
 from pipeline import load_bundle
-from pipeline.backends.engines import find_engines
 from pipeline.models import make_inputs
+from pipeline.runtime.engines import find_engines
 from pipeline.timing import compare_latency
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the GPU host, from the repository root: install the wheelhouse, run `make test-gpu` (its log and
+# report under $OUT), then the concurrency probe on the suite's own BERT bundles: as shipped, and
+# with each of the loader's two fixes undone (scripts/probe/concurrency_probe.py says what they are).
+set -uo pipefail
+OUT=${OUT:-artifacts/gpu}
+mkdir -p "$OUT"
+# shellcheck disable=SC1091
+source .gpu-wheelhouse/install.sh .gpu-wheelhouse >"$OUT/install.txt" 2>&1 || { cat "$OUT/install.txt"; exit 3; }
+export PYTHONUNBUFFERED=1 GPU_REPORT="$OUT/gpu-report.json"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+start=$(date +%s)
+timeout -k 5 "${GPU_SUITE_LIMIT:-450}" make test-gpu GPU_PY=python3 >"$OUT/test-gpu.log" 2>&1
+status=$?
+echo "make test-gpu: rc $status in $(( $(date +%s) - start )) s"
+grep -E "^(FAILED|ERROR)|passed|failed|^[0-9.]+s (call|setup)" "$OUT/test-gpu.log" | tail -30
+if [ "${PROBE:-1}" = 1 ]; then
+  for policy in cudagraphs preallocated; do
+    bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$policy"-* 2>/dev/null | head -n 1)
+    [ -n "$bundle" ] || { echo "no bert-fp16-$policy bundle left by the suite"; continue; }
+    for undo in "" "--undo unowned" "--undo stream"; do
+      # shellcheck disable=SC2086
+      PYTHONPATH=".:$PYTHONPATH" python3 scripts/probe/concurrency_probe.py "$bundle" $undo 2>/dev/null \
+        | tail -n 1 | tee -a "$OUT/concurrency-probe.jsonl"
+    done
+  done
+fi
+exit "$status"

@@ -104,7 +104,7 @@ def write_config_dir(root: Path) -> Path:
     (conf / "mobilenet.yaml").write_text(
         "name: mobilenet\n"
         "architecture: {_target_: torchvision.models.mobilenet_v3_small, num_classes: 10}\n"
-        "inputs:\n  - {name: images, shape: [1, 3, 64, 64], dtype: float32, low: 0.0, high: 1.0}\n"
+        "inputs:\n  - {name: x, shape: [1, 3, 64, 64], dtype: float32, low: 0.0, high: 1.0}\n"
     )
     (conf / "tiny_mlp.yaml").write_text(
         "name: tiny_mlp\n"

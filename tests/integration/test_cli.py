@@ -138,3 +138,20 @@ def test_cli_builds_bert_base_with_preallocated_policy_recorded_when_run_on_cpu(
     assert manifest["backend"] == "export" and manifest["verification"]["passed"]
     assert manifest["runtime"]["policy"]["name"] == "preallocated"
     assert manifest["runtime"]["applied"] is False
+
+
+def test_cli_exits_2_with_one_line_naming_the_file_when_config_dir_model_has_unknown_key(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "model").mkdir()
+    yaml_file = tmp_path / "model" / "mine.yaml"
+    yaml_file.write_text(
+        "name: mine\narchitecture: {_target_: pipeline.models.zoo.small_cnn}\n"
+        "input:\n  - {name: images, shape: [1, 3, 16, 16]}\n"
+    )
+    completed = cli("pipeline", "--config-dir", str(tmp_path), "model=mine", f"artifacts_dir={tmp_path}")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        f"error: {yaml_file}:3: model.input: unknown key; did you mean 'inputs'? "
+        "allowed: name, architecture, weights, inputs, dims, bind_inputs"
+    ]

@@ -15,8 +15,8 @@ from rich.markup import escape
 from pipeline.config import compose, resolve
 from pipeline.config.loading import CONFIG_NAME
 from pipeline.console import console
-from pipeline.errors import ConfigError, PipelineError, StageFailure, first_line
-from pipeline.failures import write_failure_log
+from pipeline.errors import ConfigError, PipelineError, StageFailure, StageInterrupted, first_line
+from pipeline.failures import write_failure_log, write_interrupt_log
 from pipeline.runner import RunResult, print_summary, run_pipeline
 from pipeline.sweep import JobOutcome
 
@@ -124,6 +124,13 @@ def run(cfg: DictConfig, job: JobContext) -> None:
             fail(error)
         _outcome(job, error=str(error)).write(job.output_dir)
         return
+    except StageInterrupted as interrupt:
+        log = write_interrupt_log(interrupt, job.output_dir)
+        if job.multirun:
+            _outcome(job, error=f"{interrupt} (traceback: {log})").write(job.output_dir)
+            raise  # Ctrl-C stops the whole sweep
+        console.print(escape(str(interrupt)), soft_wrap=True)
+        sys.exit(StageInterrupted.exit_code)
     except Exception as error:
         if not job.multirun:
             raise

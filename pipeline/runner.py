@@ -25,7 +25,7 @@ from pipeline.config import config_dict
 from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
-from pipeline.errors import PipelineError, StageFailure, VerificationError
+from pipeline.errors import PipelineError, StageFailure, StageInterrupted, VerificationError
 from pipeline.failures import failure_hint
 from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
 from pipeline.stages.build import BuiltModel, build_model
@@ -62,12 +62,17 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
 
     Any other exception inside a stage comes out as :class:`StageFailure` (stage, model, the
     cause's first line, a hint where one is known; the original chained). Nothing is published.
+    Ctrl-C comes out as :class:`StageInterrupted`, a ``KeyboardInterrupt`` naming the stage.
     """
     clock = StageClock()
     try:
         return _run_stages(config, overrides, clock)
     except PipelineError:
         raise
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, StageInterrupted):
+            raise
+        raise StageInterrupted(clock.failed or "setup") from interrupt
     except Exception as error:
         stage = clock.failed or "setup"
         raise StageFailure(stage, config.model.name, error, failure_hint(error)) from error

@@ -1,4 +1,4 @@
-"""``python -m pipeline.bundle {pack,inspect,verify,bench,keygen,sign,gc}``: tools for bundles."""
+"""``python -m pipeline.bundle {pack,inspect,verify,bench,coldstart,keygen,sign,gc}``: tools for bundles."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from pipeline.bundle.coldstart import measure_cold_start
 from pipeline.bundle.format import Manifest
@@ -19,6 +21,10 @@ from pipeline.config.schema import BenchConfig
 from pipeline.console import console, summary_table
 from pipeline.errors import PipelineError
 from pipeline.stages.bench import report_rows
+
+# What a command was asked for (the inspect table) goes to stdout, so it can be piped or saved;
+# progress and errors go to stderr through ``console``.
+stdout_console = Console(highlight=False, soft_wrap=True)
 
 
 def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
@@ -118,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 print(manifest.to_json(), end="")
             else:
-                console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
+                stdout_console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
         elif args.command == "coldstart":
             figures = measure_cold_start(args.path, args.repeats)
             rows = [(key, f"{value:.3f}") for key, value in figures["median"].items()]
@@ -132,8 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             root, _, _ = open_bundle(args.path, TrustPolicy())
             print(sign_bundle(root, Path(args.key).read_bytes()))
         elif args.command == "gc":
-            for removed in BundleStore(args.artifacts).collect_garbage():
+            store = BundleStore(args.artifacts)
+            removed_dirs = store.collect_garbage()
+            for removed in removed_dirs:
                 print(f"removed {removed}")
+            if not removed_dirs:
+                print(f"nothing to remove: no staging directory of a dead builder in {store.root}")
         elif args.command == "bench":
             settings = BenchConfig(
                 warmup=args.warmup,

@@ -105,7 +105,7 @@ def test_bundle_verify_passes_then_fails_naming_file_when_one_byte_flips(bundle_
 def test_bundle_inspect_prints_manifest_when_asked(cnn_bundle: PublishedBundle) -> None:
     table = cli("pipeline.bundle", "inspect", str(cnn_bundle.path))
     assert table.returncode == 0
-    assert cnn_bundle.manifest.bundle_id in table.stderr and "tiny_cnn" in table.stderr
+    assert cnn_bundle.manifest.bundle_id in table.stdout and "tiny_cnn" in table.stdout
     raw = cli("pipeline.bundle", "inspect", "--json", str(cnn_bundle.path))
     assert json.loads(raw.stdout)["bundle_id"] == cnn_bundle.manifest.bundle_id
 

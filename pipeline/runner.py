@@ -92,15 +92,13 @@ def _run_stages(config: PipelineConfig, overrides: list[str] | None, clock: Stag
     store = BundleStore(config.artifacts_dir)
     backend_environment = choice.backend.environment()
     environment = {**host_environment(), **backend_environment}
-    bid = bundle_id(config_identity(config_dict(config)), backend_environment, built.weights_sha256)
+    bid = bundle_id(bundle_identity(config), backend_environment, built.weights_sha256)
     with store.lock(bid):
         existing = store.find(bid)
         if existing is not None and Stage.package in config.stages and not config.force:
-            manifest = read_manifest(existing)
-            if Stage.bench not in config.stages or manifest.bench:
-                clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
-                result.bundle = PublishedBundle(existing, manifest, reused=True)
-                return result
+            clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
+            result.bundle = PublishedBundle(existing, read_manifest(existing), reused=True)
+            return result
         staging = store.staging_dir(bid)
         try:
             _build_bundle(
@@ -109,6 +107,21 @@ def _run_stages(config: PipelineConfig, overrides: list[str] | None, clock: Stag
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def bundle_identity(config: PipelineConfig) -> dict[str, object]:
+    """What decides a bundle's content, for its id.
+
+    A bundle built with the bench stage carries its timings in the signed manifest, so it is a
+    different bundle from one built without (and from one benched with other settings): it gets
+    its own id instead of replacing a published bundle, whose packed ``.tar`` would then no
+    longer match the directory of the same id.
+    """
+    resolved = config_dict(config)
+    identity = config_identity(resolved)
+    if Stage.bench in config.stages:
+        identity["bench"] = resolved["bench"]
+    return identity
 
 
 def _build_bundle(

@@ -47,13 +47,19 @@ def test_bench_stage_records_every_variant_in_manifest_when_requested(
     assert bench["load"]["load_seconds"] > 0 and bench["load"]["first_call_seconds"] > 0
 
 
-def test_pipeline_rebuilds_when_bench_is_requested_for_bundle_built_without_it(tmp_path: Path) -> None:
+def test_pipeline_publishes_benched_bundle_under_new_id_when_unbenched_one_exists(tmp_path: Path) -> None:
     plain = run(tmp_path, "model=tiny_cnn")
+    assert plain.bundle is not None
+    published = (plain.bundle.path / "manifest.json").read_bytes()
     benched = run(tmp_path, "model=tiny_cnn", *BENCH)
-    assert plain.bundle is not None and benched.bundle is not None
+    assert benched.bundle is not None
     assert not benched.bundle.reused and benched.bundle.manifest.bench
+    assert benched.bundle.manifest.bundle_id != plain.bundle.manifest.bundle_id
+    # The bundle published first (and any .tar packed from it) is left as it was.
+    assert (plain.bundle.path / "manifest.json").read_bytes() == published
     again = run(tmp_path, "model=tiny_cnn", *BENCH)
     assert again.bundle is not None and again.bundle.reused
+    assert again.bundle.path == benched.bundle.path
 
 
 def test_report_table_lists_each_variant_with_ratios_from_manifests_when_written(

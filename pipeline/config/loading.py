@@ -284,15 +284,17 @@ def _validate_compile_and_runtime(config: PipelineConfig) -> None:
         raise ConfigError("compile.l2_limit_for_tiling must be -1 (no limit) or a size in bytes")
     if settings.workspace_size < 0:
         raise ConfigError("compile.workspace_size must be >= 0 (0: TensorRT's default)")
-    if runtime.dynamic_allocation and not settings.dynamically_allocate_resources:
-        raise ConfigError(
-            f"runtime={runtime.name} allocates engine memory per call, which needs "
-            "compile.dynamically_allocate_resources=true"
-        )
+    # The impossible combination first: naming the compile flag it would also need would send
+    # the user to set a flag only to be refused by this check.
     if runtime.cuda_graphs and runtime.dynamic_allocation:
         raise ConfigError(
             "runtime.cuda_graphs and runtime.dynamic_allocation cannot be combined: a recorded "
             "CUDA graph replays fixed memory addresses, which per-call allocation frees"
+        )
+    if runtime.dynamic_allocation and not settings.dynamically_allocate_resources:
+        raise ConfigError(
+            f"runtime={runtime.name} allocates engine memory per call, which needs "
+            "compile.dynamically_allocate_resources=true"
         )
     if config.backend.kind is BackendKind.tensorrt and config.backend.device is DeviceKind.cpu:
         raise ConfigError("backend=tensorrt runs on CUDA only; set backend.device=cuda or auto")

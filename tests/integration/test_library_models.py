@@ -133,3 +133,4 @@ def test_cli_publishes_verified_bundle_when_model_yaml_comes_from_config_dir(
     bundle = Path(completed.stdout.strip().splitlines()[-1].removeprefix("bundle: "))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model_name"] == model and manifest["verification"]["passed"]
+    assert manifest["overrides"][0] == f"--config-dir={config_dir}"  # the report's rebuild needs it

@@ -183,3 +183,10 @@ def test_compose_names_file_line_and_column_when_user_yaml_has_syntax_error(tmp_
     message = user_model_error(tmp_path, USER_MODEL.replace("small_cnn}", "small_cnn"))
     assert message.startswith(f"{tmp_path / 'model' / 'mine.yaml'}:3:")
     assert "YAML syntax error: expected ',' or '}'" in message
+
+
+def test_validate_says_impossible_without_compile_flag_when_cudagraphs_get_dynamic_allocation() -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(compose(["runtime=cudagraphs", "runtime.dynamic_allocation=true"]))
+    assert "cannot be combined" in str(caught.value)
+    assert "dynamically_allocate_resources" not in str(caught.value)

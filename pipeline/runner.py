@@ -164,10 +164,13 @@ def _build_bundle(
         return
     with clock.stage(Stage.verify):
         verified = verify_model(built, loaded, config)
-    result.verified = verified
+        result.verified = verified
+        if not verified.report.passed:  # inside the stage: a failed check is a failed stage (✗)
+            raise VerificationError(
+                f"verification failed, nothing published: {verified.report.summary()}; "
+                f"hint: {verification_hint(config)}"
+            )
     console.print(f"verification: {verified.report.summary()}")
-    if not verified.report.passed:
-        raise VerificationError(f"verification failed, nothing published: {verified.report.summary()}")
     del loaded  # the bench stage loads its own copies; free this one's engines first
     if Stage.bench in config.stages:
         with clock.stage(Stage.bench, f"{config.bench.iterations} calls per variant"):
@@ -221,6 +224,18 @@ def _build_bundle(
             config.model.inputs,
             verified.golden_sets(built),
         )
+
+
+def verification_hint(config: PipelineConfig) -> str:
+    """What to try when the reloaded model disagrees with eager PyTorch."""
+    precision = config.precision.value
+    tolerance = config.verify.tolerance(config.precision)
+    return (
+        "a model that is not deterministic (dropout or batch statistics in train mode, random ops) "
+        "never matches itself: put it in eval mode or remove the randomness; if the difference is "
+        f"expected (reduced precision), widen the tolerance, e.g. verify.{precision}.atol="
+        f"{tolerance.atol * 10:g} (now {tolerance.atol:g}) or verify.{precision}.min_cosine"
+    )
 
 
 def print_summary(result: RunResult) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
@@ -61,8 +63,11 @@ def instantiate_model(model: ModelConfig) -> nn.Module:
     code to run.
     """
     # _partial_ lets Hydra resolve nested _target_ nodes while the weights config stays a dataclass.
-    factory = instantiate(model.architecture, _partial_=True)
     target = model.architecture["_target_"]
+    try:
+        factory = instantiate(model.architecture, _partial_=True)
+    except InstantiationException as exc:
+        raise (_import_error(exc) or exc) from exc
     loads_own_weights = takes_weights_config(factory)
     if loads_own_weights:
         instance = factory(weights=model.weights)
@@ -80,6 +85,27 @@ def instantiate_model(model: ModelConfig) -> nn.Module:
         source = model.weights.name_or_path
         load_weights(instance, read_state_dict(source), source, against=f"the model built by {target}")
     return instance.eval()
+
+
+def _import_error(exc: InstantiationException) -> ConfigError | None:
+    """One line for a ``_target_`` whose module cannot be imported: the cause and where to look.
+
+    Hydra says only "Error locating target"; the ``ModuleNotFoundError`` is in its chained cause.
+    """
+    cause: BaseException | None = exc.__cause__
+    while cause is not None and not isinstance(cause, ImportError):
+        cause = cause.__cause__
+    if cause is None:
+        return None
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    named = re.search(r"Error loading '([^']+)'", lines[0]) if lines else None
+    detail = next((line for line in lines if "Error" in line and not line.startswith("Error loading")), "")
+    return ConfigError(
+        f"model.architecture._target_: cannot import {named[1] if named else 'the target'!r} "
+        f"({detail or (lines[0] if lines else type(cause).__name__)}); check the spelling, and put the "
+        "directory holding your module on PYTHONPATH (e.g. PYTHONPATH=. python -m pipeline "
+        "--config-dir myconf model=...)"
+    )
 
 
 def takes_weights_config(factory: Callable[..., object]) -> bool:

@@ -59,7 +59,9 @@ def test_cli_publishes_bundle_and_prints_its_path_when_config_is_valid(tmp_path:
     assert "recorded, NOT applied" in completed.stderr
 
 
-def test_cli_exits_1_and_publishes_nothing_when_verification_fails(tmp_path: Path) -> None:
+def test_cli_exits_1_marks_verify_failed_with_hint_and_publishes_nothing_when_verification_fails(
+    tmp_path: Path,
+) -> None:
     completed = cli(
         "pipeline",
         "model=tiny_cnn",
@@ -68,6 +70,9 @@ def test_cli_exits_1_and_publishes_nothing_when_verification_fails(tmp_path: Pat
     )
     assert completed.returncode == 1
     assert "verification failed, nothing published" in completed.stderr
+    assert "✓ verify" not in completed.stderr and "✗ verify failed" in completed.stderr
+    assert "hint: a model that is not deterministic" in completed.stderr
+    assert "verify.fp32.atol=0.01 (now 0.001)" in completed.stderr
     assert "bundle:" not in completed.stdout
 
 

@@ -27,8 +27,15 @@ def main(cfg: DictConfig) -> None:
     """Compile, serialize, reload, verify and package the configured model."""
     hydra_config = HydraConfig.get()
     multirun = hydra_config.mode == RunMode.MULTIRUN
+    # A --config-dir (the user's own YAML) is part of what built the bundle: record it with the
+    # overrides, so that the report's rebuild command finds the model again.
+    config_dirs = [
+        f"--config-dir={source.path}"
+        for source in hydra_config.runtime.config_sources
+        if source.provider == "command-line" and source.schema == "file"
+    ]
     job = cli.JobContext(
-        overrides=list(hydra_config.overrides.task),
+        overrides=[*config_dirs, *hydra_config.overrides.task],
         output_dir=Path(hydra_config.runtime.output_dir),
         original_cwd=Path(hydra_config.runtime.cwd),
         job=str(hydra_config.job.num) if multirun else "0",  # job.num is unset outside sweeps

@@ -15,8 +15,8 @@ from rich.markup import escape
 from pipeline.config import compose, resolve
 from pipeline.config.loading import CONFIG_NAME
 from pipeline.console import console
-from pipeline.errors import ConfigError, PipelineError, StageFailure, first_line
-from pipeline.failures import write_failure_log
+from pipeline.errors import ConfigError, PipelineError, StageFailure, StageInterrupted, first_line
+from pipeline.failures import write_failure_log, write_interrupt_log
 from pipeline.runner import RunResult, print_summary, run_pipeline
 from pipeline.sweep import JobOutcome
 
@@ -61,17 +61,40 @@ def precheck(
     """Compose and convert the command line before Hydra runs, so bad configs exit 2 in one line.
 
     ``convert`` turns the composed ``conf/<config_name>.yaml`` into its schema; ``usage`` is
-    appended to configuration errors. Sweeps (``-m``) and Hydra's own flags are left to Hydra.
+    appended to configuration errors. ``--config-dir`` (a user's own YAML files) is honoured;
+    sweeps (``-m``) and Hydra's other flags are left to Hydra.
     """
-    if any(arg.startswith("-") for arg in argv):
+    config_dirs, arguments = split_config_dirs(argv)
+    if any(arg.startswith("-") for arg in arguments):
         return
-    overrides = [arg for arg in argv if not arg.lstrip("+~").startswith("hydra")]
+    overrides = [arg for arg in arguments if not arg.lstrip("+~").startswith("hydra")]
     try:
-        convert(compose(overrides, config_name))
+        convert(compose(overrides, config_name, config_dirs))
     except ConfigError as error:
         fail(ConfigError(f"{error} ({usage})") if usage else error)
     except PipelineError as error:
         fail(error)
+
+
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def split_config_dirs(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv``'s ``--config-dir``/``-cd`` directories, and the arguments without them."""
+    directories: list[str] = []
+    rest: list[str] = []
+    arguments = iter(argv)
+    for arg in arguments:
+        flag, equals, value = arg.partition("=")
+        if flag in CONFIG_DIR_FLAGS:
+            directory = value if equals else next(arguments, None)
+            if directory is None:
+                rest.append(arg)  # let Hydra complain about the missing value
+            else:
+                directories.append(directory)
+        else:
+            rest.append(arg)
+    return directories, rest
 
 
 def run(cfg: DictConfig, job: JobContext) -> None:
@@ -101,6 +124,13 @@ def run(cfg: DictConfig, job: JobContext) -> None:
             fail(error)
         _outcome(job, error=str(error)).write(job.output_dir)
         return
+    except StageInterrupted as interrupt:
+        log = write_interrupt_log(interrupt, job.output_dir)
+        if job.multirun:
+            _outcome(job, error=f"{interrupt} (traceback: {log})").write(job.output_dir)
+            raise  # Ctrl-C stops the whole sweep
+        console.print(escape(str(interrupt)), soft_wrap=True)
+        sys.exit(StageInterrupted.exit_code)
     except Exception as error:
         if not job.multirun:
             raise

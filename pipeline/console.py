@@ -31,10 +31,11 @@ class StageClock:
         try:
             with self.out.status(f"[bold]{label}[/] ..."):
                 yield
-        except BaseException:
+        except BaseException as error:
             self.failed = stage.value
             self.seconds[stage.value] = time.perf_counter() - start
-            self.out.print(f"[red]✗[/] {label} failed after {self.seconds[stage.value]:.1f}s")
+            if not isinstance(error, KeyboardInterrupt):  # Ctrl-C is reported in one line, later
+                self.out.print(f"[red]✗[/] {label} failed after {self.seconds[stage.value]:.1f}s")
             raise
         self.seconds[stage.value] = time.perf_counter() - start
         self.out.print(f"[green]✓[/] {label} {self.seconds[stage.value]:.1f}s")

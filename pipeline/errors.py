@@ -54,6 +54,20 @@ class StageFailure(PipelineError):
         super().__init__(f"{stage} failed for model {model}: {first_line(cause)}")
 
 
+class StageInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a pipeline stage: still a ``KeyboardInterrupt``, naming the stage it stopped.
+
+    Staging is removed before it propagates, so nothing from the interrupted run is published.
+    The command line exits with :attr:`exit_code`, the shell's code for SIGINT.
+    """
+
+    exit_code = 130
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        super().__init__(f"interrupted during {stage}; nothing published")
+
+
 def first_line(error: BaseException) -> str:
     """``Type: first non-empty line of the message``."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

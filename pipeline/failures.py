@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import StageFailure
+from pipeline.errors import StageFailure, StageInterrupted
 
 FAILURE_LOG = "error.log"
 
@@ -54,4 +54,14 @@ def write_failure_log(failure: StageFailure, directory: Path) -> Path:
     log = directory / FAILURE_LOG
     header = f"stage: {failure.stage}\nmodel: {failure.model}\nhint: {failure.hint or '-'}\n\n"
     log.write_text(header + "".join(traceback.format_exception(failure.cause)))
+    return log
+
+
+def write_interrupt_log(interrupt: StageInterrupted, directory: Path) -> Path:
+    """Write where Ctrl-C stopped the run (its traceback) to ``directory``; the log's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / FAILURE_LOG
+    cause = interrupt.__cause__ or interrupt
+    header = f"stage: {interrupt.stage}\ninterrupted: Ctrl-C\n\n"
+    log.write_text(header + "".join(traceback.format_exception(cause)))
     return log

@@ -74,10 +74,42 @@ def loaded_policy(variant: str, bench_policy: str) -> str:
     return variant.split(":", 1)[1] if ":" in variant else bench_policy
 
 
+def policy_applies(manifest: Manifest, policy: str) -> bool:
+    """Whether ``policy`` was in force when ``manifest``'s bundle was timed under it.
+
+    Bundles benched since the bench stage records it list the policies it could not apply;
+    for older ones, no policy but the default applies to an export bundle (it has no engines).
+    """
+    recorded = manifest.bench.get("policies_not_applied")
+    if isinstance(recorded, dict):
+        return policy not in recorded
+    return policy == "standard" or manifest.backend != "export"
+
+
+def timed_variants(manifest: Manifest) -> dict[str, dict[str, float]]:
+    """``manifest``'s latency per variant, without the timings of policies that did not apply.
+
+    ``loaded`` stays (it is the bundle as loaded, whatever its policy did); ``loaded:<policy>``
+    and ``fresh:<policy>`` of a policy that did not apply would show the standard timing under
+    another policy's name, so they are left out.
+    """
+    latency: dict[str, dict[str, float]] = manifest.bench.get("latency", {})
+    return {
+        name: stats
+        for name, stats in latency.items()
+        if ":" not in name or policy_applies(manifest, name.split(":", 1)[1])
+    }
+
+
+def policy_label(manifest: Manifest, policy: str) -> str:
+    """``policy``, marked ``(not applied)`` where it was not in force."""
+    return policy if policy_applies(manifest, policy) else f"{policy} (not applied)"
+
+
 def rows_for(manifest: Manifest) -> list[Row]:
     """Table rows of one bundle: its loaded variants first, then the baselines."""
     bench = manifest.bench
-    latency: dict[str, dict[str, float]] = bench["latency"]
+    latency = timed_variants(manifest)
     load = bench.get("load", {})
     idle = load.get("idle_engine_memory")
     size_mb = sum(f.size for f in manifest.files) / 1e6
@@ -99,7 +131,7 @@ def rows_for(manifest: Manifest) -> list[Row]:
             "model": manifest.model_name,
             "precision": manifest.precision,
             "backend": manifest.backend,
-            "policy": policy if is_loaded else "",
+            "policy": policy_label(manifest, policy) if is_loaded else "",
             "variant": "loaded bundle" if is_loaded else name,
             "median ms": _fmt(stats["median_ms"]),
             "p90 ms": _fmt(stats["p90_ms"]),
@@ -141,15 +173,21 @@ _NOT_BUILD = ("artifacts_dir", "stages", "bench.", "hydra.", "force", "model=", 
 
 
 def rebuild_command(manifest: Manifest, policy: str) -> str:
-    """The command that builds ``manifest``'s engines again, loaded under ``policy``."""
+    """The command that builds ``manifest``'s engines again, loaded under ``policy``.
+
+    A ``--config-dir`` the build was run with (a user's own model YAML) is kept: without it the
+    model would not be found.
+    """
     kept = [o.lstrip("+~") for o in manifest.overrides if not o.lstrip("+~").startswith(_NOT_BUILD)]
+    flags = [o for o in kept if o.startswith("-")]
     return " ".join(
         [
             "python -m pipeline",
+            *flags,
             f"model={manifest.model_name}",
             f"precision={manifest.precision}",
             f"runtime={policy}",
-            *kept,
+            *(o for o in kept if not o.startswith("-")),
         ]
     )
 
@@ -163,9 +201,10 @@ def fastest_bundles(manifests: list[Manifest]) -> list[Fastest]:
     """
     groups: dict[tuple[str, str, str], list[tuple[float, Manifest]]] = {}
     for manifest in manifests:
-        for name, stats in manifest.bench.get("latency", {}).items():
-            if name.startswith(LOADED):
-                policy = loaded_policy(name, manifest.bench["policy"])
+        for name, stats in timed_variants(manifest).items():
+            policy = loaded_policy(name, manifest.bench["policy"])
+            # A policy that was not in force cannot win under its name.
+            if name.startswith(LOADED) and policy_applies(manifest, policy):
                 key = (manifest.model_name, manifest.precision, policy)
                 groups.setdefault(key, []).append((stats["median_ms"], manifest))
     choices = []
@@ -258,8 +297,10 @@ def latency_bars(manifests: list[Manifest]) -> dict[str, list[Bar]]:
     models: dict[str, dict[str, Bar]] = {}
     for manifest in manifests:
         bars = models.setdefault(f"{manifest.model_name} {manifest.precision}", {})
-        for name, stats in manifest.bench["latency"].items():
+        for name, stats in timed_variants(manifest).items():
             label = _variant_label(name, manifest.bench["policy"])
+            if name == LOADED and not policy_applies(manifest, manifest.bench["policy"]):
+                label += " (not applied)"
             low = stats.get("p10_ms") if stats.get("p10_ms") is not None else stats["min_ms"]
             bars.setdefault(label, Bar(label, stats["median_ms"], low, stats["p90_ms"]))
 

@@ -16,7 +16,7 @@ from pipeline.config import config_dict
 from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
-from pipeline.errors import PipelineError, StageFailure, VerificationError
+from pipeline.errors import PipelineError, StageFailure, StageInterrupted, VerificationError
 from pipeline.failures import failure_hint
 from pipeline.runtime.format import (
     FORMAT_VERSION,
@@ -62,12 +62,17 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
 
     Any other exception inside a stage comes out as :class:`StageFailure` (stage, model, the
     cause's first line, a hint where one is known; the original chained). Nothing is published.
+    Ctrl-C comes out as :class:`StageInterrupted`, a ``KeyboardInterrupt`` naming the stage.
     """
     clock = StageClock()
     try:
         return _run_stages(config, overrides, clock)
     except PipelineError:
         raise
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, StageInterrupted):
+            raise
+        raise StageInterrupted(clock.failed or "setup") from interrupt
     except Exception as error:
         stage = clock.failed or "setup"
         raise StageFailure(stage, config.model.name, error, failure_hint(error)) from error
@@ -87,15 +92,13 @@ def _run_stages(config: PipelineConfig, overrides: list[str] | None, clock: Stag
     store = BundleStore(config.artifacts_dir)
     backend_environment = choice.backend.environment()
     environment = {**host_environment(), **backend_environment}
-    bid = bundle_id(config_identity(config_dict(config)), backend_environment, built.weights_sha256)
+    bid = bundle_id(bundle_identity(config), backend_environment, built.weights_sha256)
     with store.lock(bid):
         existing = store.find(bid)
         if existing is not None and Stage.package in config.stages and not config.force:
-            manifest = read_manifest(existing)
-            if Stage.bench not in config.stages or manifest.bench:
-                clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
-                result.bundle = PublishedBundle(existing, manifest, reused=True)
-                return result
+            clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
+            result.bundle = PublishedBundle(existing, read_manifest(existing), reused=True)
+            return result
         staging = store.staging_dir(bid)
         try:
             _build_bundle(
@@ -104,6 +107,21 @@ def _run_stages(config: PipelineConfig, overrides: list[str] | None, clock: Stag
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def bundle_identity(config: PipelineConfig) -> dict[str, object]:
+    """What decides a bundle's content, for its id.
+
+    A bundle built with the bench stage carries its timings in the signed manifest, so it is a
+    different bundle from one built without (and from one benched with other settings): it gets
+    its own id instead of replacing a published bundle, whose packed ``.tar`` would then no
+    longer match the directory of the same id.
+    """
+    resolved = config_dict(config)
+    identity = config_identity(resolved)
+    if Stage.bench in config.stages:
+        identity["bench"] = resolved["bench"]
+    return identity
 
 
 def _build_bundle(
@@ -146,10 +164,13 @@ def _build_bundle(
         return
     with clock.stage(Stage.verify):
         verified = verify_model(built, loaded, config)
-    result.verified = verified
+        result.verified = verified
+        if not verified.report.passed:  # inside the stage: a failed check is a failed stage (✗)
+            raise VerificationError(
+                f"verification failed, nothing published: {verified.report.summary()}; "
+                f"hint: {verification_hint(config)}"
+            )
     console.print(f"verification: {verified.report.summary()}")
-    if not verified.report.passed:
-        raise VerificationError(f"verification failed, nothing published: {verified.report.summary()}")
     del loaded  # the bench stage loads its own copies; free this one's engines first
     if Stage.bench in config.stages:
         with clock.stage(Stage.bench, f"{config.bench.iterations} calls per variant"):
@@ -203,6 +224,18 @@ def _build_bundle(
             config.model.inputs,
             verified.golden_sets(built),
         )
+
+
+def verification_hint(config: PipelineConfig) -> str:
+    """What to try when the reloaded model disagrees with eager PyTorch."""
+    precision = config.precision.value
+    tolerance = config.verify.tolerance(config.precision)
+    return (
+        "a model that is not deterministic (dropout or batch statistics in train mode, random ops) "
+        "never matches itself: put it in eval mode or remove the randomness; if the difference is "
+        f"expected (reduced precision), widen the tolerance, e.g. verify.{precision}.atol="
+        f"{tolerance.atol * 10:g} (now {tolerance.atol:g}) or verify.{precision}.min_cosine"
+    )
 
 
 def print_summary(result: RunResult) -> None:

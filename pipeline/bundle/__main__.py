@@ -1,4 +1,4 @@
-"""``python -m pipeline.bundle {pack,inspect,verify,bench,keygen,sign,gc}``: tools for bundles."""
+"""``python -m pipeline.bundle {pack,inspect,verify,bench,coldstart,keygen,sign,gc}``: tools for bundles."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from pipeline.bundle.coldstart import measure_cold_start
 from pipeline.bundle.pack import Compression, pack_bundle
 from pipeline.bundle.store import BundleStore
@@ -18,6 +20,10 @@ from pipeline.errors import PipelineError
 from pipeline.runtime.format import Manifest
 from pipeline.runtime.loader import open_bundle, verify_bundle
 from pipeline.runtime.trust import TrustPolicy, generate_key_pair, sign_bundle
+
+# What a command was asked for (the inspect table) goes to stdout, so it can be piped or saved;
+# progress and errors go to stderr through ``console``.
+stdout_console = Console(highlight=False, soft_wrap=True)
 
 
 def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 print(manifest.to_json(), end="")
             else:
-                console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
+                stdout_console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
         elif args.command == "coldstart":
             figures = measure_cold_start(args.path, args.repeats)
             rows = [(key, f"{value:.3f}") for key, value in figures["median"].items()]
@@ -131,8 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             root, _, _ = open_bundle(args.path, TrustPolicy())
             print(sign_bundle(root, Path(args.key).read_bytes()))
         elif args.command == "gc":
-            for removed in BundleStore(args.artifacts).collect_garbage():
+            store = BundleStore(args.artifacts)
+            removed_dirs = store.collect_garbage()
+            for removed in removed_dirs:
                 print(f"removed {removed}")
+            if not removed_dirs:
+                print(f"nothing to remove: no staging directory of a dead builder in {store.root}")
         elif args.command == "bench":
             settings = BenchConfig(
                 warmup=args.warmup,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -35,14 +35,14 @@ class BundleStore:
         return None
 
     def staging_dir(self, bundle_id: str) -> Path:
-        """A fresh private directory to assemble a bundle in."""
-        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{bundle_id}-", dir=self.root))
+        """A fresh directory to assemble a bundle in (it becomes the bundle: umask permissions)."""
+        return fresh_directory(self.root, f"{STAGING_PREFIX}{bundle_id}-")
 
     def publish(self, staging: Path, name: str, bundle_id: str) -> Path:
         """Rename a complete staging directory to ``name``, replacing an older bundle of that name."""
         final = self.root / name
         if final.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{bundle_id}-retired-", dir=self.root))
+            retired = fresh_directory(self.root, f"{STAGING_PREFIX}{bundle_id}-retired-")
             os.replace(final, retired / name)
             os.replace(staging, final)
             shutil.rmtree(retired, ignore_errors=True)
@@ -70,3 +70,19 @@ class BundleStore:
             finally:
                 lock.release()
         return removed
+
+
+def fresh_directory(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory under ``parent``, with the permissions of the user's umask.
+
+    Not ``tempfile.mkdtemp``: it makes directories 0700, and a staging directory becomes the
+    published bundle, which other users (a shared ``artifacts_dir``, an unpacked ``.tar``) must be
+    able to read like any other file the user creates.
+    """
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+import yaml
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -65,23 +69,36 @@ STAGE_NEEDS: dict[Stage, Stage] = {
 }
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> DictConfig:
+def compose(
+    overrides: Sequence[str] = (), config_name: str = CONFIG_NAME, config_dirs: Sequence[str | Path] = ()
+) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with command-line style ``overrides``.
 
-    Raises :class:`ConfigError` with a one-line message for an unknown group option, an
-    unknown key or a value of the wrong type.
+    ``config_dirs`` are searched before ``conf/``, as ``--config-dir`` makes Hydra do (a user's
+    own ``model/*.yaml``). Raises :class:`ConfigError` with a one-line message for an unknown
+    group option, an unknown key or a value of the wrong type (naming the YAML file when the
+    mistake is in one) and for a YAML syntax error (file, line and column).
     """
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        try:
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
-        except MissingConfigException as exc:
-            raise _missing_option_error(exc) from None
-        except (ConfigCompositionException, OmegaConfBaseException) as exc:
-            raise _composition_error(exc, _ROOTS[config_name]) from None
-        finally:
-            GlobalHydra.instance().clear()
+    search_path = create_config_search_path(str(CONFIG_DIR))
+    user_dirs = [Path(directory).resolve() for directory in config_dirs]
+    for directory in reversed(user_dirs):
+        search_path.prepend(provider="command-line", path=f"file://{directory}")
+    Hydra.create_main_hydra2(task_name="pipeline", config_search_path=search_path)
+    try:
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except MissingConfigException as exc:
+        raise _missing_option_error(exc, user_dirs) from None
+    except ConfigCompositionException as exc:
+        in_file = _config_file_error(str(exc), [*user_dirs, CONFIG_DIR])
+        raise (in_file or _composition_error(exc, _ROOTS[config_name])) from None
+    except OmegaConfBaseException as exc:
+        raise _composition_error(exc, _ROOTS[config_name]) from None
+    except yaml.YAMLError as exc:
+        raise _yaml_syntax_error(exc) from None
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def parse(data: Mapping[str, Any]) -> PipelineConfig:
@@ -278,13 +295,15 @@ def _validate_compile_and_runtime(config: PipelineConfig) -> None:
         raise ConfigError("compile.l2_limit_for_tiling must be -1 (no limit) or a size in bytes")
     if settings.workspace_size < 0:
         raise ConfigError("compile.workspace_size must be >= 0 (0: TensorRT's default)")
+    # The impossible combination first: naming the compile flag it would also need would send
+    # the user to set a flag only to be refused by this check.
+    if problems := runtime.problems():
+        raise ConfigError(problems[0])
     if runtime.dynamic_allocation and not settings.dynamically_allocate_resources:
         raise ConfigError(
             f"runtime={runtime.name} allocates engine memory per call, which needs "
             "compile.dynamically_allocate_resources=true"
         )
-    if problems := runtime.problems():
-        raise ConfigError(problems[0])
     if config.backend.kind is BackendKind.tensorrt and config.backend.device is DeviceKind.cpu:
         raise ConfigError("backend=tensorrt runs on CUDA only; set backend.device=cuda or auto")
 
@@ -302,12 +321,12 @@ def _validate_stages(stages: list[Stage]) -> None:
             raise ConfigError(f"stage '{stage.value}' needs stage '{needed.value}' in stages")
 
 
-def _missing_option_error(exc: MissingConfigException) -> ConfigError:
+def _missing_option_error(exc: MissingConfigException, user_dirs: Sequence[Path] = ()) -> ConfigError:
     missing = exc.missing_cfg_file or ""
     group, _, option = missing.rpartition("/")
     if not group:
         return ConfigError(_first_line(str(exc)))
-    options = exc.options or _group_options(group)
+    options = exc.options or _group_options(group, user_dirs)
     return ConfigError(
         f"{group}={option}: no such option in config group '{group}'; available: {', '.join(options)}"
     )
@@ -318,8 +337,114 @@ def runtime_names() -> list[str]:
     return _group_options("runtime")
 
 
-def _group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+def _group_options(group: str, user_dirs: Sequence[Path] = ()) -> list[str]:
+    return sorted({p.stem for root in (*user_dirs, CONFIG_DIR) for p in (root / group).glob("*.yaml")})
+
+
+# Hydra's message for a mistake inside one YAML file of the composition.
+_IN_CONFIG = re.compile(
+    r"In '(?P<config>[^']+)': \w+ raised while composing config:\s*\n(?P<detail>.*)", re.S
+)
+_DETAIL_FIELD = re.compile(r"^\s*(full_key: |object_type=)(?P<value>.*)$", re.M)
+_INVALID_CHOICE = re.compile(r"Invalid value '(?P<value>[^']*)', expected one of \[(?P<allowed>[^\]]*)\]")
+
+
+def _config_file_error(message: str, search_dirs: Sequence[Path]) -> ConfigError | None:
+    """One line for a bad key or value inside a YAML file: the file (and line), the key, the fix.
+
+    Hydra reports these as a multi-line ``In 'model/x': ... raised while composing config``
+    message without a chained exception, so the message is what there is to read. None when
+    ``message`` is not of that form.
+    """
+    match = _IN_CONFIG.match(message)
+    if match is None:
+        return None
+    config_path, detail = match["config"], match["detail"]
+    problem = _first_line(detail)
+    fields = {m[1].strip(" :="): m["value"].strip() for m in _DETAIL_FIELD.finditer(detail)}
+    key = fields.get("full_key", "")
+    owner = _schema_classes().get(fields.get("object_type", ""))
+    group = config_path.rpartition("/")[0].replace("/", ".")
+    if owner is not None and "." not in key and owner.__name__ != _ROOTS[CONFIG_NAME].__name__:
+        # Keys inside list elements (an input spec) come without their path: give it.
+        key = f"{_schema_paths().get(owner, group)}.{key}"
+    elif group and key and not key.startswith(group + "."):
+        key = f"{group}.{key}"
+    leaf = key.rpartition(".")[2]
+    candidates = (root / f"{config_path}.yaml" for root in search_dirs)
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    choice = _INVALID_CHOICE.search(problem)
+    where = str(path) if path is not None else config_path
+    line = _line_of(path, leaf, choice["value"] if choice else None) if path is not None else None
+    if line is not None:
+        where += f":{line}"
+    if "not in '" in problem or "not in struct" in problem:
+        if owner is not None:
+            allowed = [f.name for f in dataclasses.fields(owner)]
+            hint = difflib.get_close_matches(leaf, allowed, n=1)
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            return ConfigError(f"{where}: {key}: unknown key; {did_you_mean}allowed: {', '.join(allowed)}")
+        return ConfigError(f"{where}: {_unknown_key_message(key, problem, _ROOTS[CONFIG_NAME])}")
+    if choice is not None:
+        allowed = [value.strip() for value in choice["allowed"].split(",")]
+        hint = difflib.get_close_matches(choice["value"], allowed, n=1)
+        did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+        return ConfigError(
+            f"{where}: {key}: invalid value '{choice['value']}'; {did_you_mean}allowed: {', '.join(allowed)}"
+        )
+    return ConfigError(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+
+
+def _line_of(path: Path, key: str, value: str | None) -> int | None:
+    """The 1-based line of ``path`` where ``key`` is set (to ``value``, when given), if findable."""
+    value_pattern = rf"\s*['\"]?{re.escape(value)}\b" if value else ""
+    pattern = re.compile(rf"(^|[\s{{,]){re.escape(key)}\s*:{value_pattern}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((number for number, line in enumerate(lines, 1) if pattern.search(line)), None)
+
+
+def _yaml_syntax_error(exc: yaml.YAMLError) -> ConfigError:
+    """``FILE:LINE:COLUMN: YAML syntax error: what was expected`` in one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or _first_line(str(exc))
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else "a config file"
+    while_ = ""
+    if context and context_mark is not None:
+        while_ = f" ({context} that starts at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return ConfigError(f"{where}: YAML syntax error: {problem}{while_}")
+
+
+@functools.cache
+def _schema_paths() -> dict[type, str]:
+    """Each schema dataclass and the dotted key where it sits (``model.inputs[]`` for InputSpec)."""
+    paths: dict[type, str] = {}
+
+    def visit(node: type, path: str) -> None:
+        paths.setdefault(node, path)
+        for name, hint in get_type_hints(node).items():
+            origin, args = typing.get_origin(hint), typing.get_args(hint)
+            # A dataclass field, a list of them (inputs) or a mapping to them (dims).
+            element, suffix = hint, ""
+            if origin is list and args:
+                element, suffix = args[0], "[]"
+            elif origin is dict and len(args) == 2:
+                element, suffix = args[1], ".<name>"
+            if isinstance(element, type) and dataclasses.is_dataclass(element):
+                visit(element, f"{path}.{name}{suffix}".lstrip("."))
+
+    for root in _ROOTS.values():
+        visit(root, "")
+    return paths
+
+
+@functools.cache
+def _schema_classes() -> dict[str, type]:
+    return {node.__name__: node for node in _schema_paths()}
 
 
 def _composition_error(exc: Exception, root: type = PipelineConfig) -> ConfigError:

@@ -41,6 +41,19 @@ class WeightsSource(str, Enum):
     pretrained = "pretrained"
 
 
+class InputBinding(str, Enum):
+    """How the declared inputs reach the model's ``forward``.
+
+    ``keyword`` calls ``forward(**{name: tensor})``: every declared name must be a parameter of
+    ``forward``, so a misspelled name is refused instead of silently feeding another parameter.
+    ``positional`` calls ``forward(*tensors)`` in declared order, for forwards that take
+    ``*args`` only; the names then label the inputs and nothing more.
+    """
+
+    keyword = "keyword"
+    positional = "positional"
+
+
 class Stage(str, Enum):
     """Pipeline stages, in the order they run."""
 
@@ -87,6 +100,8 @@ class ModelConfig:
     inputs: list[InputSpec] = MISSING
     # Named dynamic dimensions (e.g. batch, seq) that inputs refer to in their ``dims``.
     dims: dict[str, DimRange] = field(default_factory=dict)
+    # Inputs go to forward by name unless the user asks for positional binding explicitly.
+    bind_inputs: InputBinding = InputBinding.keyword
 
 
 @dataclass

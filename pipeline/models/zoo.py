@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.config.schema import WeightsConfig, WeightsSource
 from pipeline.errors import ConfigError
+from pipeline.models.weights import load_weights, read_state_dict
 
 
 def bert(weights: WeightsConfig, attn_implementation: str = "eager", **config: Any) -> nn.Module:
@@ -57,7 +58,8 @@ def torchvision_classifier(arch: str, weights: WeightsConfig, **kwargs: Any) -> 
     source = str(weights.name_or_path)
     if Path(source).is_file():
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
-        model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+        # The same strict load, naming every mismatch (exit 2), as for any user model.
+        load_weights(model, read_state_dict(source), source, against=f"torchvision {arch}")
         return model.eval()
     return torchvision.models.get_model(arch, weights=source, **kwargs).eval()
 
@@ -86,5 +88,6 @@ def small_cnn(weights: WeightsConfig, channels: int = 8, num_classes: int = 10) 
     torch.manual_seed(weights.seed)
     model = SmallConvNet(channels, num_classes)
     if weights.source is WeightsSource.pretrained:
-        model.load_state_dict(torch.load(str(weights.name_or_path), map_location="cpu", weights_only=True))
+        source = str(weights.name_or_path)
+        load_weights(model, read_state_dict(source), source, against="SmallConvNet")
     return model.eval()

@@ -58,6 +58,10 @@ class BenchReport:
     #: The loaded model at the other golden shapes (min, max, odd), and ``switching``: calls
     #: that alternate between the opt shape and another one, what a change of shape costs.
     shapes: dict[str, Latency] = field(default_factory=dict)
+    #: Policies that could not be applied to this artifact (no engines to put them on: the export
+    #: backend), with the reason. Extra policies among them are not timed: their timing would be
+    #: the standard one under another name.
+    not_applied: dict[str, str] = field(default_factory=dict)
 
     def ratio(self, variant: str, baseline: str) -> float | None:
         """``variant``'s median host latency over ``baseline``'s (None if either is missing)."""
@@ -73,6 +77,7 @@ class BenchReport:
             "load": {**asdict(self.load), "idle_engine_memory": self.load.idle_engine_memory},
             "extra_seconds": self.extra_seconds,
             "shapes": {name: asdict(value) for name, value in self.shapes.items()},
+            "policies_not_applied": self.not_applied,
         }
 
 
@@ -126,10 +131,16 @@ def bench_model(
     """
     loaded, load_measurement = measure_load(lambda: load(policy), inputs)
     calls: dict[str, Callable[[], object]] = {LOADED: lambda: loaded(*inputs)}
+    not_applied: dict[str, str] = {}
     policies = [policy]
+    if not loaded.policy_report.applied and not policy.is_default():
+        not_applied[policy.name] = loaded.policy_report.reason
     for name in settings.policies:
         if name != policy.name:
             variant = load(runtime_preset(name))
+            if not variant.policy_report.applied and not variant.policy.is_default():
+                not_applied[name] = variant.policy_report.reason
+                continue
             policies.append(variant.policy)
             calls[f"{LOADED}:{name}"] = lambda variant=variant: variant(*inputs)  # type: ignore[misc]
     extra_seconds: dict[str, float] = {}
@@ -145,7 +156,9 @@ def bench_model(
     prepare: dict[str, Callable[[], object]] = {}
     if fresh is not None and Baseline.fresh in settings.baselines:
         variants = {Baseline.fresh.value: RuntimeConfig()}
-        variants.update({f"fresh:{p.name}": p for p in policies if not p.is_default()})
+        variants.update(
+            {f"fresh:{p.name}": p for p in policies if not p.is_default() and p.name not in not_applied}
+        )
         for name, fresh_policy in variants.items():
             calls[name], prepare[name] = fresh.variant(fresh_policy, inputs)
     peak_from = None
@@ -156,7 +169,12 @@ def bench_model(
     finish_load_measurement(load_measurement, peak_from)
     shapes = time_shapes(loaded, inputs, shape_inputs or {}, settings)
     return BenchReport(
-        policy=policy.name, latency=latency, load=load_measurement, extra_seconds=extra_seconds, shapes=shapes
+        policy=policy.name,
+        latency=latency,
+        load=load_measurement,
+        extra_seconds=extra_seconds,
+        shapes=shapes,
+        not_applied=not_applied,
     )
 
 
@@ -220,6 +238,9 @@ def report_rows(report: BenchReport) -> list[tuple[str, str]]:
                 f"min {value.min_ms:.3f}{device}{versus}",
             )
         )
+    for name, reason in report.not_applied.items():
+        timed = "timed as the loaded bundle" if name == report.policy else "not timed"
+        rows.append((f"policy {name}", f"not applied ({reason}): {timed}"))
     load = report.load
     rows.append(("load / first call", f"{load.load_seconds:.2f} s / {load.first_call_seconds * 1e3:.1f} ms"))
     if load.idle_engine_memory is not None:

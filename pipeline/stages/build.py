@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
 from pipeline.config.schema import (
+    InputBinding,
     ModelConfig,
     PipelineConfig,
     Precision,
@@ -59,8 +63,11 @@ def instantiate_model(model: ModelConfig) -> nn.Module:
     code to run.
     """
     # _partial_ lets Hydra resolve nested _target_ nodes while the weights config stays a dataclass.
-    factory = instantiate(model.architecture, _partial_=True)
     target = model.architecture["_target_"]
+    try:
+        factory = instantiate(model.architecture, _partial_=True)
+    except InstantiationException as exc:
+        raise (_import_error(exc) or exc) from exc
     loads_own_weights = takes_weights_config(factory)
     if loads_own_weights:
         instance = factory(weights=model.weights)
@@ -78,6 +85,27 @@ def instantiate_model(model: ModelConfig) -> nn.Module:
         source = model.weights.name_or_path
         load_weights(instance, read_state_dict(source), source, against=f"the model built by {target}")
     return instance.eval()
+
+
+def _import_error(exc: InstantiationException) -> ConfigError | None:
+    """One line for a ``_target_`` whose module cannot be imported: the cause and where to look.
+
+    Hydra says only "Error locating target"; the ``ModuleNotFoundError`` is in its chained cause.
+    """
+    cause: BaseException | None = exc.__cause__
+    while cause is not None and not isinstance(cause, ImportError):
+        cause = cause.__cause__
+    if cause is None:
+        return None
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    named = re.search(r"Error loading '([^']+)'", lines[0]) if lines else None
+    detail = next((line for line in lines if "Error" in line and not line.startswith("Error loading")), "")
+    return ConfigError(
+        f"model.architecture._target_: cannot import {named[1] if named else 'the target'!r} "
+        f"({detail or (lines[0] if lines else type(cause).__name__)}); check the spelling, and put the "
+        "directory holding your module on PYTHONPATH (e.g. PYTHONPATH=. python -m pipeline "
+        "--config-dir myconf model=...)"
+    )
 
 
 def takes_weights_config(factory: Callable[..., object]) -> bool:
@@ -101,10 +129,10 @@ def prepare_model(
 
     ``weights_sha256`` saves hashing the weights again when the caller already did.
     """
-    weights_sha256 = weights_sha256 or state_dict_digest(model)
     names = [spec.name for spec in config.model.inputs]
-    parameters = inspect.signature(model.forward).parameters
-    keyword = all(name in parameters for name in names)
+    check_input_binding(model, names, config.model.bind_inputs)
+    weights_sha256 = weights_sha256 or state_dict_digest(model)
+    keyword = config.model.bind_inputs is InputBinding.keyword
     eager = PositionalAdapter(model, names, keyword=keyword).eval()
     if config.precision is Precision.fp16:
         eager = eager.half()
@@ -130,3 +158,84 @@ def prepare_model(
 def build_model(config: PipelineConfig, device: torch.device) -> BuiltModel:
     """Build the eager model described by ``config.model``."""
     return prepare_model(instantiate_model(config.model), config, device)
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_BY_NAME = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_input_binding(model: nn.Module, names: Sequence[str], binding: InputBinding) -> None:
+    """Refuse declared inputs that ``model.forward`` cannot take as ``binding`` passes them.
+
+    Keyword binding needs every declared name to be a named parameter of ``forward`` (a
+    ``**kwargs`` catch-all does not count: it would swallow a misspelled name silently) and every
+    required parameter declared. Positional binding needs ``forward`` to take that many
+    positional arguments. Raises :class:`ConfigError` with one line that names the input, the
+    parameters of ``forward`` and, for a near miss, the name meant.
+    """
+    owner = f"{type(model).__name__}.forward"
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no inspectable signature: nothing to check against
+        return
+    shown = ", ".join(_describe(p) for p in parameters) or "nothing"
+    required = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if binding is InputBinding.positional:
+        positional = [p for p in parameters if p.kind in _POSITIONAL]
+        takes_varargs = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+        if not takes_varargs and len(names) > len(positional):
+            raise ConfigError(
+                f"model.bind_inputs=positional: {owner}({shown}) takes {len(positional)} positional "
+                f"inputs, but model.inputs declares {len(names)} ({', '.join(names)})"
+            )
+        unfilled = [name for name in required if name not in {p.name for p in positional[: len(names)]}]
+        if unfilled:
+            raise ConfigError(
+                f"model.bind_inputs=positional: {owner}({shown}) also requires {', '.join(unfilled)}, "
+                f"which {len(names)} positional inputs ({', '.join(names)}) do not fill"
+            )
+        return
+    by_name = [p.name for p in parameters if p.kind in _BY_NAME]
+    if not by_name and any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        raise ConfigError(
+            f"model.inputs: {owner}({shown}) takes its inputs by position only; "
+            "set model.bind_inputs=positional to pass them in the declared order"
+        )
+    if not by_name and any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return  # forward(**inputs) takes any name, and asks for nothing by name
+    for name in names:
+        if name in by_name:
+            continue
+        hint = difflib.get_close_matches(name, by_name, n=1)
+        did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+        extra = (
+            f" ({len(names)} inputs declared for {len(by_name)} parameters: each input is one tensor "
+            "parameter; wrap a model that takes a tuple)"
+            if len(names) > len(by_name)
+            else ""
+        )
+        raise ConfigError(
+            f"model.inputs[{name}]: not a parameter of {owner}({shown}); {did_you_mean}"
+            f"declare inputs under forward's parameter names, or set model.bind_inputs=positional "
+            f"to pass them by position{extra}"
+        )
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise ConfigError(
+            f"model.inputs: {owner}({shown}) requires {', '.join(missing)}, which model.inputs "
+            f"does not declare (declared: {', '.join(names)})"
+        )
+
+
+def _describe(parameter: inspect.Parameter) -> str:
+    """A parameter as a signature shows it, without annotations or defaults' values."""
+    if parameter.kind is parameter.VAR_POSITIONAL:
+        return f"*{parameter.name}"
+    if parameter.kind is parameter.VAR_KEYWORD:
+        return f"**{parameter.name}"
+    optional = "" if parameter.default is inspect.Parameter.empty else "=..."
+    return f"{parameter.name}{optional}"

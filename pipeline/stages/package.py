@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from pipeline.bundle.store import BundleStore
 from pipeline.config.schema import InputSpec
@@ -43,7 +43,9 @@ def package_bundle(
 
     ``golden_sets``: (inputs in ``specs`` order, reference outputs) by set name, ``opt`` first.
     """
-    save_file(golden_tensors([spec.name for spec in specs], golden_sets), str(staging / GOLDEN_NAME))
+    # safetensors' save_file creates its file 0600; written here, it gets the umask like the rest.
+    golden = save(golden_tensors([spec.name for spec in specs], golden_sets))
+    (staging / GOLDEN_NAME).write_bytes(golden)
     (staging / CONFIG_NAME).write_text(config_yaml, encoding="utf-8")
     manifest.files = describe_files(staging)
     write_manifest(staging, manifest)

@@ -59,7 +59,9 @@ def test_cli_publishes_bundle_and_prints_its_path_when_config_is_valid(tmp_path:
     assert "recorded, NOT applied" in completed.stderr
 
 
-def test_cli_exits_1_and_publishes_nothing_when_verification_fails(tmp_path: Path) -> None:
+def test_cli_exits_1_marks_verify_failed_with_hint_and_publishes_nothing_when_verification_fails(
+    tmp_path: Path,
+) -> None:
     completed = cli(
         "pipeline",
         "model=tiny_cnn",
@@ -68,6 +70,9 @@ def test_cli_exits_1_and_publishes_nothing_when_verification_fails(tmp_path: Pat
     )
     assert completed.returncode == 1
     assert "verification failed, nothing published" in completed.stderr
+    assert "✓ verify" not in completed.stderr and "✗ verify failed" in completed.stderr
+    assert "hint: a model that is not deterministic" in completed.stderr
+    assert "verify.fp32.atol=0.01 (now 0.001)" in completed.stderr
     assert "bundle:" not in completed.stdout
 
 
@@ -105,7 +110,7 @@ def test_bundle_verify_passes_then_fails_naming_file_when_one_byte_flips(bundle_
 def test_bundle_inspect_prints_manifest_when_asked(cnn_bundle: PublishedBundle) -> None:
     table = cli("pipeline.bundle", "inspect", str(cnn_bundle.path))
     assert table.returncode == 0
-    assert cnn_bundle.manifest.bundle_id in table.stderr and "tiny_cnn" in table.stderr
+    assert cnn_bundle.manifest.bundle_id in table.stdout and "tiny_cnn" in table.stdout
     raw = cli("pipeline.bundle", "inspect", "--json", str(cnn_bundle.path))
     assert json.loads(raw.stdout)["bundle_id"] == cnn_bundle.manifest.bundle_id
 
@@ -138,3 +143,20 @@ def test_cli_builds_bert_base_with_preallocated_policy_recorded_when_run_on_cpu(
     assert manifest["backend"] == "export" and manifest["verification"]["passed"]
     assert manifest["runtime"]["policy"]["name"] == "preallocated"
     assert manifest["runtime"]["applied"] is False
+
+
+def test_cli_exits_2_with_one_line_naming_the_file_when_config_dir_model_has_unknown_key(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "model").mkdir()
+    yaml_file = tmp_path / "model" / "mine.yaml"
+    yaml_file.write_text(
+        "name: mine\narchitecture: {_target_: pipeline.models.zoo.small_cnn}\n"
+        "input:\n  - {name: images, shape: [1, 3, 16, 16]}\n"
+    )
+    completed = cli("pipeline", "--config-dir", str(tmp_path), "model=mine", f"artifacts_dir={tmp_path}")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        f"error: {yaml_file}:3: model.input: unknown key; did you mean 'inputs'? "
+        "allowed: name, architecture, weights, inputs, dims, bind_inputs"
+    ]

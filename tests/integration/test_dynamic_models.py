@@ -98,4 +98,4 @@ def test_loaded_bundle_returns_outputs_by_name_when_model_returns_a_dict(tmp_pat
         torch.testing.assert_close(tensor, expected[name])
     torch.testing.assert_close(outputs[0], expected["logits"])
     inspect = cli("pipeline.bundle", "inspect", str(result.bundle.path))
-    assert "logits [2, 5] float32" in inspect.stderr and "features [2, 4]" in inspect.stderr
+    assert "logits [2, 5] float32" in inspect.stdout and "features [2, 4]" in inspect.stdout

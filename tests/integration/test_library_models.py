@@ -17,6 +17,7 @@ from pipeline.models import state_dict_digest
 from pipeline.stages.build import instantiate_model
 from tests.helpers import cli
 
+SMALL_CNN = {"_target_": "pipeline.models.zoo.small_cnn", "channels": 8}
 MOBILENET = {"_target_": "torchvision.models.mobilenet_v3_small", "num_classes": 10}
 AUTO_BERT = {
     "_target_": "transformers.AutoModel.from_config",
@@ -104,7 +105,7 @@ def write_config_dir(root: Path) -> Path:
     (conf / "mobilenet.yaml").write_text(
         "name: mobilenet\n"
         "architecture: {_target_: torchvision.models.mobilenet_v3_small, num_classes: 10}\n"
-        "inputs:\n  - {name: images, shape: [1, 3, 64, 64], dtype: float32, low: 0.0, high: 1.0}\n"
+        "inputs:\n  - {name: x, shape: [1, 3, 64, 64], dtype: float32, low: 0.0, high: 1.0}\n"
     )
     (conf / "tiny_mlp.yaml").write_text(
         "name: tiny_mlp\n"
@@ -133,3 +134,22 @@ def test_cli_publishes_verified_bundle_when_model_yaml_comes_from_config_dir(
     bundle = Path(completed.stdout.strip().splitlines()[-1].removeprefix("bundle: "))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model_name"] == model and manifest["verification"]["passed"]
+    assert manifest["overrides"][0] == f"--config-dir={config_dir}"  # the report's rebuild needs it
+
+
+def test_instantiate_model_names_module_not_found_and_pythonpath_when_target_module_is_missing() -> None:
+    with pytest.raises(ConfigError) as caught:
+        instantiate_model(model_config({"_target_": "mymodels_not_on_path.TinyMLP"}))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "cannot import 'mymodels_not_on_path.TinyMLP'" in message
+    assert "ModuleNotFoundError" in message and "PYTHONPATH" in message
+
+
+def test_instantiate_model_lists_mismatched_names_when_zoo_model_weights_do_not_fit(tmp_path: Path) -> None:
+    # A zoo factory loads pretrained weights the same strict way as a user model: exit 2, names.
+    path = tmp_path / "other.pt"
+    torch.save(instantiate_model(model_config(SMALL_CNN | {"channels": 4})).state_dict(), path)
+    config = model_config(SMALL_CNN, source=WeightsSource.pretrained, name_or_path=str(path))
+    with pytest.raises(WeightsMismatchError, match=r"9 mis-shaped \[features.0.bias \[4\] vs model \[8\]"):
+        instantiate_model(config)

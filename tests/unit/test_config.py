@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import (
@@ -130,3 +132,61 @@ def test_config_error_exits_with_code_2() -> None:
 
 def test_runtime_config_defaults_are_the_standard_policy() -> None:
     assert RuntimeConfig() == runtime_preset("standard")
+
+
+USER_MODEL = (
+    "name: mine\n"
+    "architecture: {_target_: pipeline.models.zoo.small_cnn}\n"
+    "inputs:\n"
+    "  - {name: images, shape: [1, 3, 16, 16], dtype: float32}\n"
+)
+
+
+def user_model_error(tmp_path: Path, text: str) -> str:
+    """The one-line error for ``model=mine`` written as ``text`` in a --config-dir directory."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        compose(["model=mine"], config_dirs=[tmp_path])
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_compose_finds_model_yaml_when_it_is_in_a_config_dir(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text(USER_MODEL)
+    assert resolve(compose(["model=mine"], config_dirs=[tmp_path])).model.name == "mine"
+
+
+def test_compose_names_file_line_and_key_with_hint_when_user_yaml_has_unknown_key(tmp_path: Path) -> None:
+    message = user_model_error(tmp_path, USER_MODEL.replace("inputs:", "input:"))
+    assert message.startswith(f"{tmp_path / 'model' / 'mine.yaml'}:3: model.input: unknown key; ")
+    assert "did you mean 'inputs'?" in message
+
+
+def test_compose_names_input_key_and_hint_when_user_yaml_misspells_an_input_field(tmp_path: Path) -> None:
+    message = user_model_error(tmp_path, USER_MODEL.replace("dtype:", "dtyp:"))
+    assert message.startswith(f"{tmp_path / 'model' / 'mine.yaml'}:4: model.inputs[].dtyp: unknown key; ")
+    assert "did you mean 'dtype'?" in message
+
+
+def test_compose_names_allowed_values_and_hint_when_user_yaml_has_bad_dtype(tmp_path: Path) -> None:
+    message = user_model_error(tmp_path, USER_MODEL.replace("dtype: float32", "dtype: float"))
+    assert message == (
+        f"{tmp_path / 'model' / 'mine.yaml'}:4: model.inputs[].dtype: invalid value 'float'; "
+        "did you mean 'float32'? allowed: float32, float16, int32, int64"
+    )
+
+
+def test_compose_names_file_line_and_column_when_user_yaml_has_syntax_error(tmp_path: Path) -> None:
+    message = user_model_error(tmp_path, USER_MODEL.replace("small_cnn}", "small_cnn"))
+    assert message.startswith(f"{tmp_path / 'model' / 'mine.yaml'}:3:")
+    assert "YAML syntax error: expected ',' or '}'" in message
+
+
+def test_validate_says_impossible_without_compile_flag_when_cudagraphs_get_dynamic_allocation() -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(compose(["runtime=cudagraphs", "runtime.dynamic_allocation=true"]))
+    assert "cannot be combined" in str(caught.value)
+    assert "dynamically_allocate_resources" not in str(caught.value)

@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import StageFailure
+from pipeline import cli, runner
+from pipeline.cli import JobContext
+from pipeline.config import compose
+from pipeline.errors import StageFailure, StageInterrupted
 from pipeline.failures import failure_hint, write_failure_log
 from tests.helpers import run
 
@@ -58,3 +61,34 @@ def test_run_pipeline_raises_stage_failure_chaining_cause_when_export_fails(tmp_
     assert not [p for p in (tmp_path / "bundles").glob("*") if not p.name.startswith(".")]
     log = write_failure_log(failure, tmp_path / "run")
     assert "stage: compile" in log.read_text() and "Traceback (most recent call last)" in log.read_text()
+
+
+def test_cli_run_prints_one_line_exits_130_and_logs_traceback_when_interrupted_during_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted_compile(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "compile_model", interrupted_compile)
+    job = JobContext(overrides=[], output_dir=tmp_path / "run", original_cwd=tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli.run(compose(["model=tiny_cnn", f"artifacts_dir={tmp_path}"]), job)
+    assert exited.value.code == 130
+    stderr = capsys.readouterr().err
+    assert stderr.strip().splitlines()[-1] == "interrupted during compile; nothing published"
+    assert "Traceback" not in stderr and "failed after" not in stderr
+    log = (tmp_path / "run" / "error.log").read_text()
+    assert "stage: compile" in log and "KeyboardInterrupt" in log and "Traceback" in log
+    assert list((tmp_path / "bundles").iterdir()) == [tmp_path / "bundles" / ".locks"]
+
+
+def test_run_pipeline_raises_keyboard_interrupt_naming_stage_when_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted_compile(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "compile_model", interrupted_compile)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(tmp_path, "model=tiny_cnn")
+    assert isinstance(caught.value, StageInterrupted) and caught.value.stage == "compile"

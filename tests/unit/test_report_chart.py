@@ -16,6 +16,8 @@ from pipeline.report import (
     fastest_bundles,
     fastest_markdown,
     latency_bars,
+    rebuild_command,
+    rows_for,
 )
 from pipeline.runtime.format import Manifest
 from tests.helpers import sample_manifest
@@ -130,3 +132,40 @@ def test_fastest_bundles_pick_lowest_median_per_policy_with_rebuild_command_when
     assert choices["cudagraphs"].settings["optimization_level"] == 3
     table = fastest_markdown(fastest_bundles([level3, level5]))
     assert "| bert | fp32 | cudagraphs | 0.300 | aaaaaaaaaaaaaaaa | 2 |" in table
+
+
+def exported(latency: dict[str, dict[str, Any]], not_applied: dict[str, str] | None = None) -> Manifest:
+    """An export-backend bundle benched with cudagraphs, a policy it has no engines for."""
+    manifest = benched("tiny_cnn", "preallocated", latency)
+    manifest.backend = "export"
+    if not_applied is not None:
+        manifest.bench["policies_not_applied"] = not_applied
+    return manifest
+
+
+EXPORT_TIMINGS = {"loaded": stats(0.5), "loaded:cudagraphs": stats(0.4), "fresh:cudagraphs": stats(0.45)}
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        exported(EXPORT_TIMINGS),  # benched before the bench stage recorded what applied
+        exported(EXPORT_TIMINGS, {"preallocated": "no engines", "cudagraphs": "no engines"}),
+    ],
+)
+def test_report_leaves_out_policy_timings_when_export_bundle_did_not_apply_them(manifest: Manifest) -> None:
+    assert fastest_bundles([manifest]) == []
+    assert [bar.label for bar in latency_bars([manifest])["tiny_cnn fp32"]] == [
+        "bundle preallocated (not applied)"
+    ]
+    (row,) = rows_for(manifest)
+    assert row.cells["policy"] == "preallocated (not applied)" and row.cells["median ms"] == "0.500"
+
+
+def test_rebuild_command_keeps_config_dir_when_build_used_one() -> None:
+    manifest = swept("c" * 16, 3, {"loaded": stats(0.5)})
+    manifest.overrides = ["--config-dir=/home/me/myconf", *manifest.overrides]
+    assert rebuild_command(manifest, "preallocated") == (
+        "python -m pipeline --config-dir=/home/me/myconf model=bert precision=fp32 runtime=preallocated "
+        "compile.optimization_level=3"
+    )

@@ -10,7 +10,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle test test-gpu reliability bench bench-sweep bench-refit report lint typecheck check clean
+.PHONY: help setup run bundle test test-gpu test-gpu-full test-install reliability bench bench-sweep bench-refit report lint typecheck check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,12 +34,18 @@ bundle: $(STAMP) ## build a bundle and pack it as .tar: make bundle MODEL=bert R
 test: $(STAMP) ## test suite (CI runs it with make reliability); GPU tests skip themselves without a GPU
 	$(PY) -m pytest -q -m "not reliability"
 
+test-install: $(STAMP) ## a wheel installed as users do (deployment-only, then with the build extra), used from another directory
+	scripts/check-install.sh $(PY)
+
 reliability: $(STAMP) ## tampering, unpacking, signatures, kill -9, concurrency, compatibility, fuzzing: a table of counts
 	$(PY) -m pytest -q -p no:logging tests/reliability
 
 # The GPU host has no network: it runs with its own python3 plus the wheelhouse (README).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
-test-gpu: ## GPU suite: needs a CUDA GPU and torch_tensorrt (README, "GPU host")
+test-gpu: ## GPU suite (<= 5 min on an H200): needs a CUDA GPU and torch_tensorrt (README, "GPU host")
+	$(GPU_PY) -m pytest -m "gpu and not gpu_extended" tests/gpu -v -p no:cacheprovider --durations=12
+
+test-gpu-full: ## the GPU suite plus the tests that document settled facts (SDPA on Hopper, format 1 vs 2)
 	$(GPU_PY) -m pytest -m gpu tests/gpu -v -p no:cacheprovider --durations=12
 
 BENCH_STAGES := stages=[build,compile,serialize,reload,verify,bench,package]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU host, from the repository root: install the wheelhouse, run `make test-gpu` (its log and
-# report under $OUT), then the concurrency probe on the suite's own BERT bundles: as shipped, and
-# with each of the loader's two fixes undone (scripts/probe/concurrency_probe.py says what they are).
+# report under $OUT), then on the suite's own BERT bundles the per-call overhead
+# (scripts/reload_overhead.py; OVERHEAD=0 skips it) and the concurrency probe as shipped and with
+# each of the loader's two fixes undone (scripts/probe/concurrency_probe.py; PROBE=0 skips it).
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 mkdir -p "$OUT"
@@ -14,6 +15,14 @@ timeout -k 5 "${GPU_SUITE_LIMIT:-450}" make test-gpu GPU_PY=python3 >"$OUT/test-
 status=$?
 echo "make test-gpu: rc $status in $(( $(date +%s) - start )) s"
 grep -E "^(FAILED|ERROR)|passed|failed|^[0-9.]+s (call|setup)" "$OUT/test-gpu.log" | tail -30
+if [ "${OVERHEAD:-1}" = 1 ]; then
+  for policy in preallocated cudagraphs; do
+    bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$policy"-* 2>/dev/null | head -n 1)
+    [ -n "$bundle" ] || continue
+    echo "per-call overhead, bert fp16 $policy:"
+    python3 scripts/reload_overhead.py "$bundle" --json "$OUT/overhead-$policy.json" 2>/dev/null | grep median
+  done
+fi
 if [ "${PROBE:-1}" = 1 ]; then
   for policy in cudagraphs preallocated; do
     bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$policy"-* 2>/dev/null | head -n 1)

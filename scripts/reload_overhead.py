@@ -2,8 +2,9 @@
 
     python scripts/reload_overhead.py BUNDLE [--json OUT]
 
-Times the same engines, under the bundle's policy, three ways: through ``load_bundle``'s model
-(its lock, input check and grad-mode rule around the graph), the loaded graph alone, and the
+Times the same engines, under the bundle's policy, side by side: through ``load_bundle``'s model
+(its lock, input checks, own stream and grad-mode rule around the graph) with and without the
+integer value-range check (one device-to-host read per call), the loaded graph alone, and the
 engine op alone (``torch.ops.tensorrt.execute_engine``), the floor for Python-side overhead.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -43,15 +44,21 @@ def main() -> None:
         with context, torch.no_grad():
             return module(*inputs)
 
+    checked, unchecked = replace(policy, check_value_ranges=True), replace(policy, check_value_ranges=False)
     calls = {
-        "load_bundle model (lock + input check)": lambda: loaded(*inputs),
+        "loaded model, value ranges checked": lambda: loaded(*inputs),
+        "loaded model, value ranges not checked": lambda: loaded(*inputs),
         "loaded graph alone": lambda: under_policy(loaded.module),
+    }
+    prepare = {
+        "loaded model, value ranges checked": lambda: loaded.set_runtime(checked),
+        "loaded model, value ranges not checked": lambda: loaded.set_runtime(unchecked),
     }
     engines = find_engines(loaded.module)
     if len(engines) == 1:
         engine = engines[0].engine
         calls["execute_engine op alone"] = lambda: under_policy_op(engine, inputs, context)
-    latency = compare_latency(calls, warmup=50, iterations=args.iterations, rounds=5)
+    latency = compare_latency(calls, warmup=50, iterations=args.iterations, rounds=5, prepare=prepare)
     rows = {name: asdict(value) for name, value in latency.items()}
     for name, value in latency.items():
         device = value.device_median_ms

@@ -212,6 +212,24 @@ def _validate_model(config: PipelineConfig) -> None:
             raise ConfigError(f"{key}: value range needs low < high")
         if spec.dtype in (DType.int32, DType.int64) and spec.low != int(spec.low):
             raise ConfigError(f"{key}: integer inputs need a whole-number low bound")
+        _validate_value_range(spec, key)
+
+
+def _validate_value_range(spec: InputSpec, key: str) -> None:
+    """``min_value``/``max_value``: integer inputs only, in order, and holding ``[low, high)``."""
+    if spec.min_value is None and spec.max_value is None:
+        return
+    if spec.dtype not in (DType.int32, DType.int64):
+        raise ConfigError(f"{key}: min_value/max_value apply to integer inputs; {spec.dtype.value} has none")
+    if spec.min_value is not None and spec.max_value is not None and spec.min_value > spec.max_value:
+        raise ConfigError(f"{key}: min_value {spec.min_value} is above max_value {spec.max_value}")
+    if spec.min_value is not None and spec.low < spec.min_value:
+        raise ConfigError(f"{key}: low {spec.low:g} is below min_value {spec.min_value}")
+    if spec.max_value is not None and spec.high - 1 > spec.max_value:
+        raise ConfigError(
+            f"{key}: values are drawn from [low, high) = [{spec.low:g}, {spec.high:g}), above "
+            f"max_value {spec.max_value}: set high <= {spec.max_value + 1}"
+        )
 
 
 def _resolve_named_dims(model: ModelConfig) -> None:

@@ -58,6 +58,8 @@ class _ExpectedInput:
     low: tuple[int, ...]
     high: tuple[int, ...]
     dims: tuple[str | None, ...]
+    min_value: int | None
+    max_value: int | None
 
 
 class InputChecker:
@@ -75,8 +77,15 @@ class InputChecker:
                 low=tuple(spec.min_shape or spec.shape),
                 high=tuple(spec.max_shape or spec.shape),
                 dims=tuple(dim_names(spec)),
+                min_value=spec.min_value,
+                max_value=spec.max_value,
             )
             for spec in specs
+        ]
+        self._ranged = [
+            index
+            for index, e in enumerate(self.expected)
+            if not e.dtype.is_floating_point and (e.min_value is not None or e.max_value is not None)
         ]
         # Only a name used more than once can disagree; most models have none, so skip the check.
         uses = Counter(name for expected in self.expected for name in expected.dims if name)
@@ -101,7 +110,8 @@ class InputChecker:
             raise InputValidationError(f"input '{given_twice[0]}' given both by position and by name")
         return tuple(bound)
 
-    def __call__(self, args: Sequence[object]) -> None:
+    def __call__(self, args: Sequence[object]) -> tuple[torch.Tensor, ...]:
+        """The inputs, checked: count, type, dtype, device, shape range, shared dimensions."""
         if len(args) != len(self.expected):
             names = ", ".join(e.name for e in self.expected)
             raise InputValidationError(f"expected {len(self.expected)} inputs ({names}), got {len(args)}")
@@ -133,6 +143,35 @@ class InputChecker:
                 )
         if self._has_shared_dims:
             self._check_shared_dims(shapes)
+        return tuple(args)  # type: ignore[arg-type]  # every one a tensor, checked above
+
+    def check_values(self, args: Sequence[torch.Tensor]) -> None:
+        """Integer inputs within their declared ``min_value``..``max_value`` (already checked by
+        :meth:`__call__` otherwise). One device-to-host read for all inputs, more only to name
+        the offending value."""
+        if not self._ranged:
+            return
+        outside = [self._outside(args[i], self.expected[i]) for i in self._ranged]
+        if not bool(torch.stack([mask.any() for mask in outside]).any()):
+            return
+        for index, mask in zip(self._ranged, outside, strict=True):
+            if bool(mask.any()):
+                expected = self.expected[index]
+                value = int(args[index][mask].flatten()[0])
+                low = "" if expected.min_value is None else expected.min_value
+                high = "" if expected.max_value is None else expected.max_value
+                raise InputValidationError(
+                    f"input '{expected.name}': value {value} outside the declared range {low}..{high}"
+                )
+
+    @staticmethod
+    def _outside(tensor: torch.Tensor, expected: _ExpectedInput) -> torch.Tensor:
+        mask = torch.zeros_like(tensor, dtype=torch.bool)
+        if expected.min_value is not None:
+            mask |= tensor < expected.min_value
+        if expected.max_value is not None:
+            mask |= tensor > expected.max_value
+        return mask
 
     def _check_shared_dims(self, shapes: Sequence[torch.Size]) -> None:
         """Dimensions with one name (e.g. ``batch``) must have one size across the inputs."""
@@ -261,8 +300,9 @@ class LoadedModel:
     def __call__(self, *inputs: torch.Tensor, **named: torch.Tensor) -> ModelOutputs:
         """Run the model on ``inputs`` (checked first; inputs may also be given by their declared
         names); returns its outputs as a tuple of tensors that answers to output names too."""
-        bound = self._check_inputs.bind(inputs, named)
-        self._check_inputs(bound)
+        bound = self._check_inputs(self._check_inputs.bind(inputs, named))
+        if self.policy.check_value_ranges:
+            self._check_inputs.check_values(bound)
         with self._lock:
             module = self._open_module()
             with self._call_context, torch.inference_mode(False), torch.no_grad():

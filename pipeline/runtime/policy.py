@@ -23,12 +23,16 @@ class RuntimeConfig:
     - ``dynamic_allocation``: engines allocate their execution memory per call and free it
       after (second seed); needs ``compile.dynamically_allocate_resources=true``.
     - ``cuda_graphs``: record and replay each engine's launch as a CUDA graph.
+    - ``check_value_ranges``: refuse integer inputs outside their declared ``min_value`` ..
+      ``max_value`` before any engine runs; on a GPU this reads one flag back to the host per
+      call (README: what it costs).
     """
 
     name: str = "standard"
     pre_allocated_outputs: bool = False
     dynamic_allocation: bool = False
     cuda_graphs: bool = False
+    check_value_ranges: bool = True
 
     def is_default(self) -> bool:
         """True when this policy changes nothing from Torch-TensorRT's defaults."""

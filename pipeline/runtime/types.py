@@ -56,6 +56,11 @@ class InputSpec:
     from those ranges when the config is validated; given without ``dims`` they make each
     differing dimension dynamic on its own.
     Integer inputs are drawn from ``[low, high)``, floating ones uniformly from ``[low, high]``.
+
+    ``min_value``/``max_value`` (integer inputs, inclusive) are the values the model accepts at
+    all, e.g. token ids ``0..vocab_size-1``: a loaded model refuses a call outside them (see
+    ``RuntimeConfig.check_value_ranges``), where an out-of-range gather would read garbage on a
+    GPU or poison the process's CUDA context.
     """
 
     name: str = MISSING
@@ -66,6 +71,8 @@ class InputSpec:
     max_shape: list[int] | None = None
     low: float = 0.0
     high: float = 1.0
+    min_value: int | None = None
+    max_value: int | None = None
 
 
 @dataclass

@@ -15,13 +15,14 @@ from torch import nn
 
 from pipeline.config.schema import (
     InputBinding,
+    InputSpec,
     ModelConfig,
     PipelineConfig,
     Precision,
     WeightsConfig,
     WeightsSource,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.models import PositionalAdapter, make_inputs, state_dict_digest
 from pipeline.models.shapes import shape_at, shape_sets, trace_sizes
 from pipeline.models.weights import load_weights, read_state_dict
@@ -145,6 +146,7 @@ def prepare_model(
     trace = trace_sizes(specs)
     retraced = any(shape_at(spec, trace) != list(spec.shape) for spec in specs)
     trace_inputs = make_inputs(specs, seed, precision, device, trace) if retraced else golden
+    check_integer_ranges_fit(eager, golden, specs)
     return BuiltModel(
         eager=eager,
         golden_inputs=golden,
@@ -153,6 +155,37 @@ def prepare_model(
         shape_inputs=shape_inputs,
         trace_inputs=trace_inputs,
     )
+
+
+def check_integer_ranges_fit(
+    eager: nn.Module, golden: tuple[torch.Tensor, ...], specs: Sequence[InputSpec]
+) -> None:
+    """Run the eager model once on the golden inputs, before anything compiles; if it indexes
+    out of range, name the integer inputs whose declared values cause it (each one's values set
+    to its ``low`` in turn: the inputs whose change makes the call pass)."""
+    try:
+        with torch.no_grad():
+            eager(*golden)
+    except IndexError as error:
+        culprits = []
+        for index, spec in enumerate(specs):
+            if golden[index].dtype.is_floating_point:
+                continue
+            trial = list(golden)
+            trial[index] = torch.full_like(golden[index], int(spec.low))
+            try:
+                with torch.no_grad():
+                    eager(*trial)
+            except IndexError:
+                continue
+            culprits.append(spec)
+        if not culprits:
+            raise
+        named = ", ".join(f"model.inputs[{s.name}] draws from [{s.low:g}, {s.high:g})" for s in culprits)
+        raise ConfigError(
+            f"{named}: the model cannot index these values ({first_line(error)}); lower high to what "
+            "the model accepts and declare max_value (e.g. vocab_size - 1)"
+        ) from None
 
 
 def build_model(config: PipelineConfig, device: torch.device) -> BuiltModel:

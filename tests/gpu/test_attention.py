@@ -22,6 +22,7 @@ from tests.helpers import run
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
+@pytest.mark.gpu_extended  # documents a TensorRT-RTX limitation; make test-gpu-full runs it
 @pytest.mark.skipif(not HOPPER, reason="documents TensorRT-RTX on Hopper (SM 9.x)")
 def test_bert_sdpa_attention_fails_to_create_execution_context_when_built_with_tensorrt_rtx_on_hopper(
     tmp_path: Path,

@@ -85,12 +85,14 @@ def hammer(
     calls: int = CALLS,
     given: dict[int, list[Inputs]] | None = None,
     tolerance: Tolerance | None = None,
+    expected: dict[int, list[list[torch.Tensor]]] | None = None,
 ) -> Counter[str]:
     """``threads`` threads (model ``i % len(models)``), each calling ``calls`` times with its own
     inputs (``given[id(model)][i]``, else drawn at the opt shape), half of them from a stream of
-    their own; a tally of every output, checked twice."""
+    their own; a tally of every output, checked twice against ``expected`` (single-threaded
+    answers, computed first when not given)."""
     inputs = given or {id(m): distinct_inputs(m, threads) for m in models}
-    expected = {id(m): answers(m, inputs[id(m)]) for m in models}
+    expected = expected or {id(m): answers(m, inputs[id(m)]) for m in models}
     counts: Counter[str] = Counter()
     kept: list[tuple[LoadedBundle, int, list[torch.Tensor]]] = []
     lock = threading.Lock()

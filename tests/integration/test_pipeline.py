@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from pipeline import load_bundle
 from pipeline.bundle.pack import Compression, pack_bundle
 from pipeline.config import Stage
-from pipeline.errors import BundleError, InputValidationError, VerificationError
+from pipeline.errors import BundleError, ConfigError, InputValidationError, VerificationError
 from pipeline.models import make_inputs, state_dict_digest
 from pipeline.runtime.format import MANIFEST_NAME, read_manifest
 from pipeline.runtime.loader import verify_bundle
@@ -250,3 +250,11 @@ def test_golden_inputs_are_reused_when_copied_bundle_is_verified(
     report = verify_bundle(copy)
     assert report.passed and report.comparisons[0].input_set == "golden"
     assert make_inputs(load_bundle(copy).specs, 0)[0].shape == (2, 3, 32, 32)
+
+
+def test_pipeline_names_the_input_whose_values_the_model_cannot_index_when_built(tmp_path: Path) -> None:
+    # tiny_bert's embedding has 1000 rows; input_ids drawn up to 4999 index past it.
+    with pytest.raises(ConfigError, match=r"model.inputs\[input_ids\] draws from \[0, 5000\)") as caught:
+        run(tmp_path, "model=tiny_bert", "model.inputs.0.high=5000", "model.inputs.0.max_value=null")
+    assert "token_type_ids" not in str(caught.value)
+    assert not (tmp_path / "bundles").exists() or not any((tmp_path / "bundles").iterdir())

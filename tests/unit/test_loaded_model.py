@@ -181,3 +181,43 @@ def test_load_bundle_says_file_does_not_exist_when_path_is_missing(tmp_path: Pat
 def test_load_bundle_refuses_cuda_device_at_load_when_host_has_no_gpu(cnn_bundle: PublishedBundle) -> None:
     with pytest.raises(BundleError, match="no CUDA GPU is visible"):
         load_bundle(cnn_bundle.path, device="cuda")
+
+
+RANGED = [
+    InputSpec(name="input_ids", shape=[1, 4], dtype=DType.int64, low=0, high=10, min_value=0, max_value=99),
+    InputSpec(
+        name="token_type_ids", shape=[1, 4], dtype=DType.int64, low=0, high=2, min_value=0, max_value=1
+    ),
+]
+
+
+def ranged(policy: RuntimeConfig | str = "standard") -> LoadedModel:
+    return LoadedModel(
+        module=AddModule(),
+        backend=FakeRuntime(),
+        specs=RANGED,
+        precision=Precision.fp32,
+        device="cpu",
+        policy=policy,
+        expected_engines=1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("ids", "types", "message"),
+    [
+        ([1, 2, 100, 4], [0, 1, 0, 1], r"input 'input_ids': value 100 outside the declared range 0\.\.99"),
+        ([1, 2, 3, 4], [0, -1, 0, 1], r"input 'token_type_ids': value -1 outside the declared range 0\.\.1"),
+    ],
+)
+def test_loaded_model_refuses_integer_values_when_outside_declared_range(
+    ids: list[int], types: list[int], message: str
+) -> None:
+    with pytest.raises(InputValidationError, match=message):
+        ranged()(torch.tensor([ids]), torch.tensor([types]))
+
+
+def test_loaded_model_passes_values_unchecked_when_policy_turns_range_check_off() -> None:
+    unchecked = RuntimeConfig(name="unchecked", check_value_ranges=False)
+    outputs = ranged(unchecked)(torch.tensor([[1, 2, 100, 4]]), torch.tensor([[0, 1, 0, 1]]))
+    assert outputs[0].tolist() == [[1, 3, 100, 5]]

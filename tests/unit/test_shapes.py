@@ -125,3 +125,18 @@ def test_model_outputs_answer_to_names_and_indices_when_outputs_are_named() -> N
     with pytest.raises(KeyError, match="outputs: \\['logits', 'features'\\]"):
         outputs["scores"]
     assert ModelOutputs((a,)).keys() == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.inputs.0.max_value=500",
+            r"values are drawn from \[low, high\) = \[0, 1000\), above max_value 500",
+        ),
+        ("model.inputs.0.min_value=5", "low 0 is below min_value 5"),
+    ],
+)
+def test_validate_refuses_value_range_when_random_draws_fall_outside_it(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve(compose(["model=tiny_bert", override]))

@@ -20,7 +20,8 @@ if [ "${OVERHEAD:-1}" = 1 ]; then
     bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$policy"-* 2>/dev/null | head -n 1)
     [ -n "$bundle" ] || continue
     echo "per-call overhead, bert fp16 $policy:"
-    python3 scripts/reload_overhead.py "$bundle" --json "$OUT/overhead-$policy.json" 2>/dev/null | grep median
+    python3 scripts/reload_overhead.py "$bundle" --json "$OUT/overhead-$policy.json" 2>"$OUT/overhead-$policy.err" \
+      | grep median || tail -n 5 "$OUT/overhead-$policy.err"
   done
 fi
 if [ "${PROBE:-1}" = 1 ]; then

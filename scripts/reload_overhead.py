@@ -41,7 +41,8 @@ def main() -> None:
     context = loaded.backend.call_context(policy)
 
     def under_policy(module: torch.nn.Module) -> object:
-        with context, torch.no_grad():
+        # The loaded model's grad-mode rule (compare_latency times inside inference mode).
+        with context, torch.inference_mode(False), torch.no_grad():
             return module(*inputs)
 
     checked, unchecked = replace(policy, check_value_ranges=True), replace(policy, check_value_ranges=False)
@@ -68,7 +69,7 @@ def main() -> None:
 
 
 def under_policy_op(engine: object, inputs: tuple[torch.Tensor, ...], context: object) -> object:
-    with context, torch.no_grad():  # type: ignore[attr-defined]
+    with context, torch.inference_mode(False), torch.no_grad():  # type: ignore[attr-defined]
         return torch.ops.tensorrt.execute_engine(list(inputs), engine)
 
 

@@ -28,7 +28,7 @@ if [ "${PROBE:-1}" = 1 ]; then
   for policy in cudagraphs preallocated; do
     bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$policy"-* 2>/dev/null | head -n 1)
     [ -n "$bundle" ] || { echo "no bert-fp16-$policy bundle left by the suite"; continue; }
-    for undo in "" "--undo unowned" "--undo stream"; do
+    for undo in "" "--undo unowned" "--undo order"; do
       # shellcheck disable=SC2086
       PYTHONPATH=".:$PYTHONPATH" python3 scripts/probe/concurrency_probe.py "$bundle" $undo 2>/dev/null \
         | tail -n 1 | tee -a "$OUT/concurrency-probe.jsonl"

@@ -9,9 +9,10 @@ The contract of a loaded model (the README's "Calling a loaded model"):
 * **Threads.** Any number of threads may call one model; calls run one at a time (its engines
   keep per-call state), each caller gets the answer to its own inputs, and the tensors it was
   given never change afterwards.
-* **Streams and devices.** A call runs on the model's device, on a stream of the model's own that
-  is ordered after the caller's current stream and before whatever the caller enqueues next; the
-  caller's current device and stream are left as they were. Outputs live on the model's device.
+* **Streams and devices.** A call runs on the model's device, on the caller's current stream,
+  and starts on the GPU only after the model's previous call (from any thread or stream) has
+  finished there; the caller's current device and stream are left as they were. Outputs live on
+  the model's device.
 * **Autograd.** Calls run with autograd off and outside inference mode, whatever the caller's
   mode, so engine state recorded by one call is never touched by a later call under another mode.
 * **Lifetime.** :meth:`LoadedModel.close` (or ``with``) frees the engines; a closed model refuses
@@ -248,7 +249,9 @@ class LoadedModel:
         self.expected_engines = expected_engines
         self._check_inputs = InputChecker(self.specs, precision, self.device)
         self._lock = threading.RLock()
-        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        # Recorded on the caller's stream at the end of every call: the next call, from whichever
+        # stream, starts on the GPU only after it (see _run_in_call_order).
+        self._last_call_done = torch.cuda.Event() if self.device.type == "cuda" else None
         self._call_context: AbstractContextManager[Any] = nullcontext()
         self.policy_report: PolicyReport = self._apply(as_policy(policy), previous=None)
 
@@ -304,26 +307,25 @@ class LoadedModel:
         with self._lock:
             module = self._open_module()
             with self._call_context, torch.inference_mode(False), torch.no_grad():
-                if self._stream is None:
+                if self._last_call_done is None:
                     return ModelOutputs(module(*bound), self.output_names)
-                return ModelOutputs(self._run_on_stream(module, bound, self._stream), self.output_names)
+                return ModelOutputs(
+                    self._run_in_call_order(module, bound, self._last_call_done), self.output_names
+                )
 
-    def _run_on_stream(
-        self, module: nn.Module, inputs: Sequence[Any], stream: torch.cuda.Stream
+    def _run_in_call_order(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor], last_call_done: torch.cuda.Event
     ) -> Sequence[torch.Tensor]:
-        # Every call runs on the model's stream, so engine state reused between calls
-        # (pre-allocated intermediate buffers, CUDA-graph static buffers) is only ever touched in
-        # call order, whichever streams the callers are on.
+        # Engines keep state between calls that the GPU reads and writes after the host has moved
+        # on (a CUDA graph's static input and output buffers, intermediate engines' pre-allocated
+        # outputs). Calls are serialized on the host; this orders them on the GPU too, whichever
+        # streams the callers are on: the call runs on the caller's current stream, after the
+        # previous call's work has finished there.
         with torch.cuda.device(self.device):
-            caller = torch.cuda.current_stream(self.device)
-            stream.wait_stream(caller)
-            for tensor in inputs:
-                tensor.record_stream(stream)  # the caller may drop an input before it is read
-            with torch.cuda.stream(stream):
-                outputs = module(*inputs)
-            caller.wait_stream(stream)
-            for output in outputs:
-                output.record_stream(caller)  # allocated on the model's stream, read on the caller's
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(last_call_done)  # a no-op before the first call records it
+            outputs = module(*inputs)
+            last_call_done.record(stream)
         return outputs
 
     def close(self) -> None:
@@ -334,8 +336,8 @@ class LoadedModel:
                 return
             self.module = None
             self._call_context = nullcontext()
-            if self._stream is not None:
-                self._stream.synchronize()
+            if self._last_call_done is not None:
+                self._last_call_done.synchronize()
         gc.collect()  # graph modules hold reference cycles; engines free their memory when collected
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -8,9 +8,9 @@ the loader's two fixes back to show what it prevents:
 * ``unowned``: engines whose outputs leave the call no longer hand out new tensors each call (as
   Torch-TensorRT's runtime rebuilds them from their serialized fields): under pre-allocated outputs
   every call returns the same buffers, which the next call overwrites.
-* ``stream``: calls run on the caller's stream instead of the model's own, so engine state reused
-  between calls (CUDA-graph static buffers, intermediate outputs) is raced by callers on other
-  streams.
+* ``order``: calls are no longer ordered one after another on the GPU, only on the host, so engine
+  state reused between calls (CUDA-graph static buffers, intermediate outputs) is raced by callers
+  on other streams.
 """
 
 from __future__ import annotations
@@ -30,18 +30,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("bundle")
     parser.add_argument("--runtime", default=None)
-    parser.add_argument("--undo", choices=["unowned", "stream"], action="append", default=[])
+    parser.add_argument("--undo", choices=["unowned", "order"], action="append", default=[])
     args = parser.parse_args()
     model = load_bundle(args.bundle, runtime=args.runtime)
     if "unowned" in args.undo:
         for ref in find_engines(model.module):
             ref.engine.set_output_tensors_as_unowned(False)
-    if "stream" in args.undo:
+    if "order" in args.undo:
 
-        def on_caller_stream(module: Any, inputs: Any, stream: Any) -> Any:
+        def unordered(module: Any, inputs: Any, last_call_done: Any) -> Any:
             return module(*inputs)
 
-        model._run_on_stream = on_caller_stream  # type: ignore[method-assign]
+        model._run_in_call_order = unordered  # type: ignore[method-assign]
     counts = hammer([model])
     print(json.dumps({"bundle": args.bundle, "policy": model.policy.name, "undone": args.undo, **counts}))
     torch.cuda.synchronize()

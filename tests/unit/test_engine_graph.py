@@ -6,9 +6,6 @@ tests/gpu/ runs the same functions on Torch-TensorRT engines.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
@@ -24,8 +21,6 @@ from pipeline.runtime.engine_graph import (
     load_graph,
     split_engines,
 )
-from pipeline.stages.package import PublishedBundle
-from tests.helpers import REPO, subprocess_env
 
 
 class FakeEngineModule(nn.Module):
@@ -164,29 +159,6 @@ def test_engine_slot_refuses_to_run_when_engine_never_attached() -> None:
 def test_engine_record_rejects_malformed_manifest_entry_when_parsed(entry: dict[str, object]) -> None:
     with pytest.raises(BundleError, match="malformed engine entry"):
         EngineRecord.from_dict(entry)
-
-
-def test_load_bundle_imports_no_compiler_config_or_stage_when_loading_and_calling(
-    cnn_bundle: PublishedBundle,
-) -> None:
-    probe = (
-        "import sys, torch, pipeline\n"
-        f"model = pipeline.load_bundle({str(cnn_bundle.path)!r})\n"
-        "model(torch.rand(2, 3, 32, 32))\n"
-        "heavy = ('hydra', 'omegaconf', 'torch_tensorrt', 'pipeline.stages',\n"
-        "         'pipeline.config.loading', 'rich')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=subprocess_env(),
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    assert completed.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_split_engines_refuses_when_module_is_not_a_graph_module() -> None:

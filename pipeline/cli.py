@@ -16,7 +16,7 @@ from pipeline.config import compose, resolve
 from pipeline.config.loading import CONFIG_NAME
 from pipeline.console import console
 from pipeline.errors import ConfigError, PipelineError, StageFailure, StageInterrupted, first_line
-from pipeline.failures import write_failure_log, write_interrupt_log
+from pipeline.failures import held_torch_logs, write_failure_log, write_interrupt_log, write_torch_log
 from pipeline.runner import RunResult, print_summary, run_pipeline
 from pipeline.sweep import JobOutcome
 
@@ -101,8 +101,10 @@ def run(cfg: DictConfig, job: JobContext) -> None:
     """Resolve ``cfg`` and run the pipeline.
 
     A single run exits with the error's code on failure. A sweep job records its outcome in its
-    output directory instead and returns, so that one failed job never stops the others.
+    output directory instead and returns, so that one failed job never stops the others. Torch's
+    own log lines go to the run directory (``torch.log``, and ``error.log`` on a failure).
     """
+    torch_lines: list[str] = []
     try:
         config = resolve(cfg)
         # Jobs of a sweep may run with another working directory (Ray workers): anchor the store.
@@ -110,11 +112,12 @@ def run(cfg: DictConfig, job: JobContext) -> None:
         config = replace(
             config, artifacts_dir=str(artifacts if artifacts.is_absolute() else job.original_cwd / artifacts)
         )
-        result = run_pipeline(config, job.overrides)
+        with held_torch_logs(torch_lines):
+            result = run_pipeline(config, job.overrides)
     except StageFailure as failure:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # experts asked for the whole traceback
-        log = write_failure_log(failure, job.output_dir)
+        log = write_failure_log(failure, job.output_dir, torch_lines)
         if not job.multirun:
             explain(failure, log)
         _outcome(job, error=f"{failure} (traceback: {log})").write(job.output_dir)
@@ -137,6 +140,8 @@ def run(cfg: DictConfig, job: JobContext) -> None:
         _outcome(job, error=f"{type(error).__name__}: {error}").write(job.output_dir)
         return
     print_summary(result)
+    if (torch_log := write_torch_log(torch_lines, job.output_dir)) is not None:
+        console.print(f"torch logged {len(torch_lines)} line(s): {escape(str(torch_log))}", soft_wrap=True)
     if job.multirun:
         _outcome(job, result=result).write(job.output_dir)
 

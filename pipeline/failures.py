@@ -6,7 +6,11 @@ what to suggest once it has.
 
 from __future__ import annotations
 
+import logging
+import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,6 +18,53 @@ import torch
 from pipeline.errors import StageFailure, StageInterrupted
 
 FAILURE_LOG = "error.log"
+TORCH_LOG = "torch.log"
+
+
+class _HeldLines(logging.Handler):
+    """Formats records as the handler it stands in for would have, into a list."""
+
+    def __init__(self, lines: list[str], replaced: logging.Handler) -> None:
+        super().__init__(replaced.level)
+        self.lines = lines
+        self.setFormatter(replaced.formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextmanager
+def held_torch_logs(lines: list[str]) -> Iterator[list[str]]:
+    """Hold torch's own log lines (``W1202 ...`` / ``E1202 ...`` on stderr) in ``lines`` for the
+    duration: they would bury the stage lines and the failure block, and belong in the run's
+    log files (:func:`write_failure_log`, :func:`write_torch_log`)."""
+    swapped: list[tuple[logging.Logger, logging.Handler, logging.Handler]] = []
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger) or not (name == "torch" or name.startswith("torch.")):
+            continue
+        for handler in list(logger.handlers):
+            # torch's handler is its own class with a ``stream`` property: match what it writes to.
+            if getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__):
+                held = _HeldLines(lines, handler)
+                logger.removeHandler(handler)
+                logger.addHandler(held)
+                swapped.append((logger, handler, held))
+    try:
+        yield lines
+    finally:
+        for logger, original, stand_in in swapped:
+            logger.removeHandler(stand_in)
+            logger.addHandler(original)
+
+
+def write_torch_log(lines: list[str], directory: Path) -> Path | None:
+    """Write torch's held log lines to ``directory``; the log's path (None when there were none)."""
+    if not lines:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / TORCH_LOG
+    log.write_text("\n".join(lines) + "\n")
+    return log
 
 
 def failure_hint(error: BaseException) -> str | None:
@@ -48,12 +99,14 @@ def failure_hint(error: BaseException) -> str | None:
     return None
 
 
-def write_failure_log(failure: StageFailure, directory: Path) -> Path:
-    """Write ``failure``'s full traceback (the original exception's) to ``directory``; its path."""
+def write_failure_log(failure: StageFailure, directory: Path, torch_lines: list[str] | None = None) -> Path:
+    """Write ``failure``'s full traceback (the original exception's), after what torch logged
+    during the run, to ``directory``; its path."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / FAILURE_LOG
     header = f"stage: {failure.stage}\nmodel: {failure.model}\nhint: {failure.hint or '-'}\n\n"
-    log.write_text(header + "".join(traceback.format_exception(failure.cause)))
+    logged = "torch logged:\n" + "\n".join(torch_lines) + "\n\n" if torch_lines else ""
+    log.write_text(header + logged + "".join(traceback.format_exception(failure.cause)))
     return log
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -41,6 +42,19 @@ class DataDependentModel(nn.Module):
         if images.sum() > 0:
             return images * 2
         return images
+
+
+class TorchLoggingModel(DataDependentModel):
+    """Logs through torch's own logger, as torch.export does around a failure, then fails export."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logging.getLogger("torch._export").warning("torch says: a warning for error.log")
+        return super().forward(images)
+
+
+def torch_logging_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
+    """Factory for ``model.architecture._target_=tests.helpers.torch_logging_model``."""
+    return TorchLoggingModel().eval()
 
 
 def data_dependent_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:

@@ -160,3 +160,19 @@ def test_cli_exits_2_with_one_line_naming_the_file_when_config_dir_model_has_unk
         f"error: {yaml_file}:3: model.input: unknown key; did you mean 'inputs'? "
         "allowed: name, architecture, weights, inputs, dims, bind_inputs"
     ]
+
+
+def test_cli_keeps_torch_log_lines_out_of_the_terminal_and_in_error_log_when_a_stage_fails(
+    tmp_path: Path,
+) -> None:
+    completed = cli(
+        "pipeline",
+        "model=tiny_cnn",
+        "model.architecture._target_=tests.helpers.torch_logging_model",
+        f"artifacts_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert "a warning for error.log" not in completed.stderr
+    assert "compile failed for model tiny_cnn" in completed.stderr
+    assert "a warning for error.log" in (tmp_path / "run" / "error.log").read_text()

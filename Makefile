@@ -35,6 +35,15 @@ bundle: $(STAMP) ## build a bundle and pack it as .tar: make bundle MODEL=bert R
 test: $(STAMP) ## test suite (CI runs it with make reliability); GPU tests skip themselves without a GPU
 	PIPELINE_SERVE_TESTS=require $(PY) -m pytest -q -m "not reliability and not ray"
 
+# Ray Serve is heavy (~1.4 GB running, ~20-40 s to start 2 replicas): its own extra and target.
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,ray]'
+	touch $(RAY_STAMP)
+
+test-serve-ray: $(RAY_STAMP) ## Ray Serve: golden round trip, bad inputs, SIGTERM on a local Ray instance (CI runs it)
+	$(PY) -m pytest -q -m ray tests/serve
+
 BUNDLE ?=
 PORT ?= 8000
 serve: $(STAMP) ## serve a bundle with tritonserver over KServe v2 HTTP: make serve BUNDLE=path [PORT=8000]

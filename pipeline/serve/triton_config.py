@@ -253,3 +253,19 @@ def read_golden_shapes(root: Path) -> dict[str, list[int]]:
     """Shape of every tensor in a bundle's golden file, read from its header only."""
     with safe_open(str(root / GOLDEN_NAME), framework="pt") as golden:
         return {key: list(golden.get_slice(key).get_shape()) for key in golden.keys()}  # noqa: SIM118
+
+
+def v2_metadata(config: TritonModelConfig, platform: str) -> dict[str, object]:
+    """KServe v2 model metadata as Triton answers it (``-1`` for the batch dimension)."""
+
+    def tensors(items: Sequence[TensorConfig]) -> list[dict[str, object]]:
+        batch = [DYNAMIC] if config.max_batch_size > 0 else []
+        return [{"name": t.name, "datatype": t.datatype, "shape": [*batch, *t.dims]} for t in items]
+
+    return {
+        "name": config.name,
+        "versions": ["1"],
+        "platform": platform,
+        "inputs": tensors(config.inputs),
+        "outputs": tensors(config.outputs),
+    }

@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -192,8 +193,13 @@ class TritonServer:
         raise ServeError(f"not ready after {timeout_s:.0f} s: {self.reason()}")
 
     def reason(self) -> str:
-        """The server's own words for why a model is not ready (its log's error lines)."""
-        lines = [line for line in self.log_tail if "bundle refused" in line or "failed to load" in line]
+        """The server's own words for why a model is not ready, on one line: the backend's
+        refusal of the bundle if it logged one, else Triton's error lines."""
+        for line in self.log_tail:
+            if "bundle refused" in line:
+                # Triton logs the message quoted, with escaped newlines and the stub's "At:" trace.
+                return re.split(r'\\n|"| \|', line[line.index("bundle refused") :])[0].strip()
+        lines = [line for line in self.log_tail if "failed to load" in line or line.startswith("error:")]
         if not lines:
             lines = [line for line in self.log_tail if line[:1] == "E"] or list(self.log_tail)[-3:]
         return " | ".join(line.strip() for line in lines[-3:]) or "no log output"

@@ -242,7 +242,9 @@ def test_serve_cli_never_reports_ready_and_logs_why_when_repository_bundle_is_ta
     assert "url:" not in stdout and "ready:" not in stdout
     assert "bundle refused" in stderr
     assert "model/model.pt2: sha256 does not match the manifest (modified or corrupt)" in stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: tritonserver exited with code 1") and "model/model.pt2: sha256" in last
+    assert stderr.strip().splitlines()[-1] == (
+        "error: tritonserver exited with code 1: bundle refused (tiny_cnn_0_0 on cpu): "
+        "model/model.pt2: sha256 does not match the manifest (modified or corrupt)"
+    )
     assert processes_mentioning(str(tmp_path)) == []
     assert os.path.exists(tmp_path / "models")  # the operator's repository is left as it was

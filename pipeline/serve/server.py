@@ -92,6 +92,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def _gpu_visible() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _local(host: str) -> str:
     # A server listening on every address is reached locally through the loopback.
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -138,7 +144,8 @@ class TritonServer:
             "--allow-grpc=false",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
-            "--allow-gpu-metrics=false",
+            # GPU metrics need NVML: only where a GPU is visible (the launcher imports torch anyway).
+            f"--allow-gpu-metrics={'true' if _gpu_visible() else 'false'}",
             "--strict-readiness=true",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             # Unique shared-memory names: several servers on one host must not share regions.

@@ -25,7 +25,7 @@ from pipeline.serve import ServeClient, check_server, export_triton
 from pipeline.serve.client import RequestError
 from pipeline.serve.server import TritonServer
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import flip_byte
+from tests.helpers import cli, flip_byte
 from tests.serve.helpers import (
     alive,
     bert_request,
@@ -248,3 +248,23 @@ def test_serve_cli_never_reports_ready_and_logs_why_when_repository_bundle_is_ta
     )
     assert processes_mentioning(str(tmp_path)) == []
     assert os.path.exists(tmp_path / "models")  # the operator's repository is left as it was
+
+
+def test_check_cli_passes_every_golden_set_when_server_serves_the_bundle(
+    server: TritonServer, cnn_bundle: PublishedBundle
+) -> None:
+    completed = cli("pipeline.serve", "check", server.url, str(cnn_bundle.path))
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().splitlines()[-1] == "PASS: 4/4 golden sets of tiny_cnn"
+
+
+def test_check_cli_exits_1_naming_each_failed_set_when_server_serves_another_model(
+    server: TritonServer, cnn_bundle: PublishedBundle
+) -> None:
+    completed = cli(
+        "pipeline.serve", "check", server.url, str(cnn_bundle.path), "--model", "tiny_bert_dynamic"
+    )
+    assert completed.returncode == 1
+    lines = completed.stdout.strip().splitlines()
+    assert lines[0].startswith("FAIL opt: HTTP 400: ") and "missing required input(s)" in lines[0]
+    assert lines[-1] == "FAIL: 0/4 golden sets of tiny_bert_dynamic"

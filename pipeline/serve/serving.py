@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +21,8 @@ from pipeline.serve.triton_config import output_name
 
 #: One request's inputs (or outputs) by name.
 Tensors = Mapping[str, np.ndarray]
+#: A request that passed the input checks: its position and its inputs in declared order.
+Checked = tuple[int, tuple[torch.Tensor, ...]]
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class ServedBundle:
         """Answer each request; requests that pass the input checks and share their non-batch
         shapes run as one call when the model batches."""
         outcomes: list[Outcome | None] = [None] * len(requests)
-        valid: list[tuple[int, tuple[torch.Tensor, ...]]] = []
+        valid: list[Checked] = []
         for index, request in enumerate(requests):
             try:
                 valid.append((index, self._checked(request)))
@@ -87,16 +88,16 @@ class ServedBundle:
     def _checked(self, request: Tensors) -> tuple[torch.Tensor, ...]:
         tensors = {name: torch.from_numpy(np.array(value)) for name, value in request.items()}
         bound = self._check.bind((), tensors)
-        self._check(bound)
+        self._check(bound)  # every input is now a tensor of the declared dtype and shape range
         return tuple(tensor.to(self.loaded.device) for tensor in bound if isinstance(tensor, torch.Tensor))
 
-    def _groups(
-        self, valid: list[tuple[int, tuple[torch.Tensor, ...]]]
-    ) -> list[list[tuple[int, tuple[torch.Tensor, ...]]]]:
+    def _groups(self, valid: list[Checked]) -> list[list[Checked]]:
+        """Calls to make: one per request, or (batching) requests of equal non-batch shapes
+        stacked up to the maximum batch."""
         if not self.batching:
             return [[item] for item in valid]
         limit = self._batch_limit()
-        groups: dict[tuple[tuple[int, ...], ...], list[list[tuple[int, tuple[torch.Tensor, ...]]]]] = {}
+        groups: dict[tuple[tuple[int, ...], ...], list[list[Checked]]] = {}
         for item in valid:
             key = tuple(tuple(t.shape[1:]) for t in item[1])
             batches = groups.setdefault(key, [[]])
@@ -109,7 +110,7 @@ class ServedBundle:
         spec = self.loaded.specs[0]
         return (spec.max_shape or spec.shape)[0]
 
-    def _call(self, group: list[tuple[int, tuple[torch.Tensor, ...]]]) -> list[Outcome]:
+    def _call(self, group: list[Checked]) -> list[Outcome]:
         if len(group) == 1:
             outputs = self.loaded(*group[0][1])
             return [Outcome(outputs=self._to_numpy(outputs))]
@@ -133,15 +134,3 @@ def one_line(exc: BaseException) -> str:
     """An exception's message on one line (the first), as clients see it."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def describe(manifest: Any) -> dict[str, Any]:
-    """What a server says about its model beyond v2 metadata: bundle id, device, precision."""
-    return {
-        "bundle_id": manifest.bundle_id,
-        "model_name": manifest.model_name,
-        "backend": manifest.backend,
-        "device": manifest.device,
-        "precision": manifest.precision,
-        "engine_count": manifest.engine_count,
-    }

@@ -10,7 +10,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle test test-gpu test-gpu-full test-install reliability bench bench-sweep bench-refit report lint typecheck check clean
+.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-sweep bench-refit report lint typecheck check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,10 +19,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
-	$(PY) -m pip install -q -e '.[build,dev,sweep]'
+	$(PY) -m pip install -q -e '.[build,dev,sweep,serve]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the package with its build, dev and sweep tools
+setup: $(STAMP) ## create .venv and install the package with its build, dev, sweep and serve tools
 
 run: $(STAMP) ## run the pipeline: make run MODEL=bert RUNTIME=preallocated ARGS="precision=fp16"
 	$(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS)
@@ -31,8 +31,23 @@ bundle: $(STAMP) ## build a bundle and pack it as .tar: make bundle MODEL=bert R
 	@set -o pipefail; path=$$($(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS) | sed -n 's/^bundle: //p' | tail -n 1); \
 	test -n "$$path" && $(PY) -m pipeline.bundle pack "$$path"
 
+# PIPELINE_SERVE_TESTS=require: the Triton tests fail, not skip, if tritonserver is missing.
 test: $(STAMP) ## test suite (CI runs it with make reliability); GPU tests skip themselves without a GPU
-	$(PY) -m pytest -q -m "not reliability"
+	PIPELINE_SERVE_TESTS=require $(PY) -m pytest -q -m "not reliability and not ray"
+
+# Ray Serve is heavy (~1.4 GB running, ~20-40 s to start 2 replicas): its own extra and target.
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,ray]'
+	touch $(RAY_STAMP)
+
+test-serve-ray: $(RAY_STAMP) ## Ray Serve: golden round trip, bad inputs, SIGTERM on a local Ray instance (CI runs it)
+	$(PY) -m pytest -q -m ray tests/serve
+
+BUNDLE ?=
+PORT ?= 8000
+serve: $(STAMP) ## serve a bundle with tritonserver over KServe v2 HTTP: make serve BUNDLE=path [PORT=8000]
+	$(PY) -m pipeline.serve $(BUNDLE) --port $(PORT) $(ARGS)
 
 test-install: $(STAMP) ## a wheel installed as users do (deployment-only, then with the build extra), used from another directory
 	scripts/check-install.sh $(PY)

@@ -1,0 +1,157 @@
+"""``python -m pipeline.serve``: serve a bundle, export a Triton repository, smoke-test a server.
+
+    python -m pipeline.serve BUNDLE [--host 127.0.0.1] [--port 8000] [--metrics-port N]
+    python -m pipeline.serve REPO_DIR ...                  # an exported repository, as it is
+    python -m pipeline.serve BUNDLE --ray [--replicas N]
+    python -m pipeline.serve export-triton BUNDLE REPO_DIR [--name NAME] [--instances N] [--gpus 0,1]
+    python -m pipeline.serve check URL BUNDLE [--model NAME]
+
+Errors are one line on stderr; exit codes: 0 done, 1 failed (a refused bundle, a server that
+never became ready, a failed check), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from pipeline.errors import PipelineError
+from pipeline.serve.client import check_server
+from pipeline.serve.repository import export_triton, models_in
+
+
+def _gpus(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus: expected indices like 0,1, got {text!r}") from None
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``export-triton BUNDLE REPO_DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serve export-triton")
+    parser.add_argument("bundle", type=Path, help="bundle directory, .tar or .tar.gz")
+    parser.add_argument("repository", type=Path, help="Triton model repository to write into")
+    parser.add_argument("--name", help="model name in the repository (default: the bundle's model name)")
+    parser.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
+    parser.add_argument("--gpus", type=_gpus, default=(), help="GPU indices for a GPU bundle (default: all)")
+    args = parser.parse_args(argv)
+    exported = export_triton(
+        args.bundle,
+        args.repository,
+        model_name=args.name,
+        instances_per_device=args.instances,
+        gpus=args.gpus,
+    )
+    print(f"model repository: {exported.repository}")
+    print(f"model: {exported.model_dir}")
+    print(exported.config.to_pbtxt(), end="")
+    return 0
+
+
+def check_main(argv: Sequence[str]) -> int:
+    """``check URL BUNDLE``: the bundle's golden sets through a running server."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serve check")
+    parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("bundle", type=Path, help="the bundle the server serves")
+    parser.add_argument("--model", help="model name on the server (default: the bundle's)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    result = check_server(args.url, args.bundle, model=args.model, timeout_s=args.timeout)
+    print(result.summary())
+    return 0 if result.passed else 1
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``BUNDLE``: serve it until SIGTERM or Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.serve",
+        description="Serve a bundle over KServe v2 HTTP (Triton, or Ray Serve with --ray). "
+        "Other commands: export-triton, check.",
+    )
+    parser.add_argument("bundle", type=Path, help="bundle (directory, .tar, .tar.gz) or exported repository")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0: any free port)")
+    parser.add_argument("--metrics-port", type=int, help="Triton metrics port (default: HTTP port + 2)")
+    parser.add_argument("--instances", type=int, default=1, help="model instances per device (Triton)")
+    parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for ready")
+    parser.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of Triton")
+    parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
+    args = parser.parse_args(argv)
+    if args.ray:
+        from pipeline.serve.ray_app import serve_on_ray
+
+        return serve_on_ray(args.bundle, host=args.host, port=args.port, replicas=args.replicas)
+    return _serve_triton(args)
+
+
+def _serve_triton(args: argparse.Namespace) -> int:
+    from pipeline.serve.server import TritonServer, metadata_summary
+
+    stopping = False
+
+    with tempfile.TemporaryDirectory(prefix="pipeline-serve-") as scratch:
+        workdir = Path(scratch)
+        repository = args.bundle if args.bundle.is_dir() and models_in(args.bundle) else None
+        if repository is None:
+            repository = workdir / "models"
+            export_triton(args.bundle, repository, instances_per_device=args.instances)
+        models = models_in(repository)
+        server = TritonServer(
+            repository,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            workdir=workdir,
+            log=sys.stderr,
+        )
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+            if server.process is not None and server.process.poll() is None:
+                server.process.send_signal(signal.SIGTERM)  # Triton lets in-flight requests finish
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            server.start(timeout_s=args.ready_timeout, should_stop=lambda: stopping)
+            print(f"url: {server.url}", flush=True)
+            print(f"metrics: {server.metrics_url}", flush=True)
+            for model in models:
+                print(f"model {model}: {metadata_summary(server.metadata(model))}", flush=True)
+            print(f"ready: {server.url}/v2/health/ready (Ctrl-C or SIGTERM stops)", flush=True)
+            assert server.process is not None
+            server.process.wait()
+        finally:
+            code = server.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if stopping:
+            print(f"stopped (tritonserver exit code {code})", file=sys.stderr)
+            return 0
+        print(f"error: tritonserver exited with code {code}: {server.reason()}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"export-triton": export_main, "check": check_main}
+    try:
+        if args and args[0] in commands:
+            return commands[args[0]](args[1:])
+        return serve_main(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

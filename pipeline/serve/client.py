@@ -1,0 +1,233 @@
+"""A small KServe v2 JSON client (standard library only) and the post-deploy smoke test.
+
+``check_server(url, bundle)`` sends every golden set of the bundle (opt, and min/max/odd for
+dynamic models) to a running server (Triton or Ray Serve: the same routes) and compares the
+answers with the golden outputs within the bundle's own tolerance; ``python -m pipeline.serve
+check URL BUNDLE`` is the same from a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+# KServe v2 datatypes and numpy's names for them.
+_NUMPY_TYPES: dict[str, str] = {
+    "FP32": "float32",
+    "FP16": "float16",
+    "FP64": "float64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
+_V2_TYPES = {numpy: v2 for v2, numpy in _NUMPY_TYPES.items()}
+
+
+class RequestError(PipelineError):
+    """A request the server refused (``status`` 400: bad input) or could not answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def encode_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
+    """One v2 JSON tensor: name, shape, datatype and row-major data."""
+    datatype = _V2_TYPES.get(value.dtype.name)
+    if datatype is None:
+        raise ValueError(f"input '{name}': dtype {value.dtype} has no KServe v2 datatype")
+    return {
+        "name": name,
+        "shape": list(value.shape),
+        "datatype": datatype,
+        "data": value.reshape(-1).tolist(),
+    }
+
+
+def decode_tensor(entry: Mapping[str, Any]) -> tuple[str, np.ndarray]:
+    """A v2 JSON tensor as (name, array); :class:`ValueError` with one line if malformed."""
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ValueError("a tensor without a name")
+    datatype, shape, data = entry.get("datatype"), entry.get("shape"), entry.get("data")
+    if datatype not in _NUMPY_TYPES:
+        raise ValueError(f"input '{name}': datatype {datatype!r} not supported ({', '.join(_NUMPY_TYPES)})")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"input '{name}': shape must be a list of non-negative integers")
+    try:
+        array = np.asarray(data, dtype=_NUMPY_TYPES[datatype])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"input '{name}': data is not {datatype} ({exc})") from None
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"input '{name}': {array.size} values for shape {shape}")
+    return name, array.reshape(shape)
+
+
+@dataclass
+class ServeClient:
+    """KServe v2 over HTTP/JSON to one server (``url``: ``http://host:port``)."""
+
+    url: str
+    timeout_s: float = 60.0
+
+    def ready(self) -> bool:
+        """True when the server reports every model ready (``/v2/health/ready``)."""
+        try:
+            status, _ = self._request("GET", "/v2/health/ready")
+        except (OSError, RequestError):
+            return False
+        return status == 200
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        """The model's v2 metadata: name, versions, platform, inputs and outputs."""
+        return self._json("GET", f"/v2/models/{model}")
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs``; the outputs by name. :class:`RequestError` if refused."""
+        body = {"inputs": [encode_tensor(name, value) for name, value in inputs.items()]}
+        answer = self._json("POST", f"/v2/models/{model}/infer", body)
+        return dict(decode_tensor(entry) for entry in answer.get("outputs", []))
+
+    def _json(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        _, payload = self._request(method, path, body)
+        result: dict[str, Any] = json.loads(payload)
+        return result
+
+    def _request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url.rstrip("/") + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                message = str(json.loads(raw).get("error", raw.decode(errors="replace")))
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace")
+            raise RequestError(error.code, message) from None
+
+
+@dataclass(frozen=True)
+class SetCheck:
+    """One golden set sent to the server and compared."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    """The smoke test's verdict: every golden set answered within the bundle's tolerance."""
+
+    model: str
+    sets: tuple[SetCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        """True when every golden set passed."""
+        return bool(self.sets) and all(s.passed for s in self.sets)
+
+    def summary(self) -> str:
+        """One line per set, then the verdict."""
+        lines = [f"{'PASS' if s.passed else 'FAIL'} {s.name}: {s.detail}" for s in self.sets]
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(
+            f"{verdict}: {sum(s.passed for s in self.sets)}/{len(self.sets)} golden sets of {self.model}"
+        )
+        return "\n".join(lines)
+
+
+def golden_requests(
+    bundle: str | Path,
+) -> tuple[str, dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], Any]:
+    """The bundle's model name, its golden sets as (inputs by name, outputs by name) in numpy,
+    and its tolerance; the bundle is checked (sha256, signature) first."""
+    from safetensors.numpy import load_file
+
+    from pipeline.runtime import open_bundle
+    from pipeline.runtime.archive import release_unpacked
+    from pipeline.runtime.format import GOLDEN_NAME, golden_sets
+    from pipeline.runtime.types import Tolerance
+    from pipeline.serve.triton_config import output_name
+
+    root, manifest, _ = open_bundle(bundle)
+    try:
+        tensors = load_file(str(root / GOLDEN_NAME))
+    finally:
+        release_unpacked(root)
+    input_names = [spec["name"] for spec in manifest.inputs]
+    names = [output_name(entry, i) for i, entry in enumerate(manifest.outputs)]
+    sets = golden_sets(tensors, input_names, len(names))
+    requests = {
+        set_name: (
+            dict(zip(input_names, inputs, strict=True)),
+            dict(zip(names, outputs, strict=True)),
+        )
+        for set_name, (inputs, outputs) in sets.items()
+    }
+    return manifest.model_name, requests, Tolerance(**manifest.verification["tolerance"])
+
+
+def check_server(
+    url: str, bundle: str | Path, model: str | None = None, timeout_s: float = 60.0
+) -> ServerCheck:
+    """Send each golden set of ``bundle`` to the server at ``url`` and compare the answers with
+    the golden outputs within the bundle's tolerance (the operator's post-deploy smoke test)."""
+    import torch
+
+    from pipeline.runtime.verification import compare
+
+    model_name, requests, tolerance = golden_requests(bundle)
+    model = model or model_name
+    client = ServeClient(url, timeout_s=timeout_s)
+    checks = []
+    for set_name, (inputs, expected) in requests.items():
+        try:
+            answer = client.infer(model, inputs)
+        except (RequestError, OSError) as exc:
+            checks.append(SetCheck(set_name, False, str(exc)))
+            continue
+        missing = [name for name in expected if name not in answer]
+        if missing:
+            checks.append(SetCheck(set_name, False, f"outputs missing from the answer: {missing}"))
+            continue
+        try:
+            comparisons = compare(
+                set_name,
+                [torch.from_numpy(np.array(answer[name])) for name in expected],
+                [torch.from_numpy(np.array(value)) for value in expected.values()],
+                tolerance,
+            )
+        except ValueError as exc:  # another number of values than the golden output
+            checks.append(SetCheck(set_name, False, str(exc)))
+            continue
+        worst = max(comparisons, key=lambda c: c.max_abs_error / max(c.allowed_abs_error, 1e-30))
+        shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in inputs.items())
+        checks.append(
+            SetCheck(
+                set_name,
+                all(c.passed for c in comparisons),
+                f"{shapes}; worst max_abs={worst.max_abs_error:.3g} (allowed {worst.allowed_abs_error:.3g})",
+            )
+        )
+    return ServerCheck(model, tuple(checks))

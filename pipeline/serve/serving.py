@@ -1,0 +1,136 @@
+"""What every server of a bundle does, whichever server it is (Triton's Python backend, Ray Serve).
+
+A :class:`ServedBundle` loads a bundle once, runs its golden check before it answers anything,
+checks each request on its own (a bad request fails alone, with the loaded model's one-line
+message) and runs the good ones of a batch together where the model batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import BundleError, InputValidationError
+from pipeline.runtime import LoadedBundle, load_bundle, verify_loaded
+from pipeline.runtime.loaded import InputChecker
+from pipeline.serve.triton_config import output_name
+
+#: One request's inputs (or outputs) by name.
+Tensors = Mapping[str, np.ndarray]
+#: A request that passed the input checks: its position and its inputs in declared order.
+Checked = tuple[int, tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to one request: its outputs, or why it failed (``invalid``: the caller's
+    inputs were wrong, HTTP 400; otherwise the server failed, HTTP 500)."""
+
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+    invalid: bool = False
+
+
+class ServedBundle:
+    """A loaded, golden-checked bundle that answers batches of requests."""
+
+    def __init__(self, loaded: LoadedBundle, batching: bool = False) -> None:
+        self.loaded = loaded
+        self.manifest = loaded.manifest
+        #: Whether requests may be stacked along dimension 0 (every input's and output's batch).
+        self.batching = batching
+        self.output_names = [output_name(entry, i) for i, entry in enumerate(self.manifest.outputs)]
+        self.input_names = [spec.name for spec in loaded.specs]
+        self._check = InputChecker(loaded.specs, loaded.precision, loaded.device)
+
+    @classmethod
+    def load(cls, bundle: str | Path, device: str | None = None, batching: bool = False) -> ServedBundle:
+        """Load ``bundle`` on ``device`` with its recorded runtime policy and run its golden
+        check; raises :class:`BundleError` (the model must not report ready) if it fails."""
+        loaded = load_bundle(bundle, device=device)
+        try:
+            report = verify_loaded(loaded)
+        except BaseException:
+            loaded.close()
+            raise
+        if not report.passed:
+            loaded.close()
+            raise BundleError(f"golden check failed on {loaded.device}: {report.summary()}")
+        return cls(loaded, batching)
+
+    def run(self, requests: Sequence[Tensors]) -> list[Outcome]:
+        """Answer each request; requests that pass the input checks and share their non-batch
+        shapes run as one call when the model batches."""
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        valid: list[Checked] = []
+        for index, request in enumerate(requests):
+            try:
+                valid.append((index, self._checked(request)))
+            except InputValidationError as exc:
+                outcomes[index] = Outcome(error=one_line(exc), invalid=True)
+        for group in self._groups(valid):
+            try:
+                answers = self._call(group)
+            except Exception as exc:  # one line for the client; never a traceback
+                answers = [Outcome(error=f"{type(exc).__name__}: {one_line(exc)}")] * len(group)
+            for (index, _), answer in zip(group, answers, strict=True):
+                outcomes[index] = answer
+        return [outcome if outcome is not None else Outcome(error="not answered") for outcome in outcomes]
+
+    def close(self) -> None:
+        """Free the model."""
+        self.loaded.close()
+
+    def _checked(self, request: Tensors) -> tuple[torch.Tensor, ...]:
+        tensors = {name: torch.from_numpy(np.array(value)) for name, value in request.items()}
+        bound = self._check.bind((), tensors)
+        self._check(bound)  # every input is now a tensor of the declared dtype and shape range
+        return tuple(tensor.to(self.loaded.device) for tensor in bound if isinstance(tensor, torch.Tensor))
+
+    def _groups(self, valid: list[Checked]) -> list[list[Checked]]:
+        """Calls to make: one per request, or (batching) requests of equal non-batch shapes
+        stacked up to the maximum batch."""
+        if not self.batching:
+            return [[item] for item in valid]
+        limit = self._batch_limit()
+        groups: dict[tuple[tuple[int, ...], ...], list[list[Checked]]] = {}
+        for item in valid:
+            key = tuple(tuple(t.shape[1:]) for t in item[1])
+            batches = groups.setdefault(key, [[]])
+            if sum(t[1][0].shape[0] for t in batches[-1]) + item[1][0].shape[0] > limit:
+                batches.append([])
+            batches[-1].append(item)
+        return [batch for batches in groups.values() for batch in batches]
+
+    def _batch_limit(self) -> int:
+        spec = self.loaded.specs[0]
+        return (spec.max_shape or spec.shape)[0]
+
+    def _call(self, group: list[Checked]) -> list[Outcome]:
+        if len(group) == 1:
+            outputs = self.loaded(*group[0][1])
+            return [Outcome(outputs=self._to_numpy(outputs))]
+        stacked = [torch.cat(column) for column in zip(*(inputs for _, inputs in group), strict=True)]
+        outputs = self.loaded(*stacked)
+        sizes = [inputs[0].shape[0] for _, inputs in group]
+        pieces = [torch.split(output, sizes) for output in outputs]
+        return [
+            Outcome(outputs=self._to_numpy([piece[position] for piece in pieces]))
+            for position in range(len(group))
+        ]
+
+    def _to_numpy(self, outputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+        return {
+            name: tensor.detach().cpu().contiguous().numpy()
+            for name, tensor in zip(self.output_names, outputs, strict=True)
+        }
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (the first), as clients see it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

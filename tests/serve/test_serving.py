@@ -1,0 +1,66 @@
+"""ServedBundle in-process: what every server of a bundle does with a batch of requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import BundleError
+from pipeline.runtime import load_bundle
+from pipeline.serve.serving import ServedBundle
+from pipeline.stages.package import PublishedBundle
+from tests.helpers import flip_byte
+
+
+def ids(batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "input_ids": rng.integers(0, 1000, (batch, seq), dtype=np.int32),
+        "token_type_ids": rng.integers(0, 2, (batch, seq), dtype=np.int32),
+    }
+
+
+def test_served_bundle_answers_each_request_alone_when_one_in_a_batch_is_bad(
+    dynamic_bert_bundle: PublishedBundle,
+) -> None:
+    served = ServedBundle.load(dynamic_bert_bundle.path, batching=True)
+    good = [ids(2, 12, seed=1), ids(3, 12, seed=2), ids(1, 20, seed=3)]
+    bad = {"input_ids": good[0]["input_ids"], "token_type_ids": good[0]["token_type_ids"][:, :8]}
+    outcomes = served.run([good[0], bad, good[1], good[2]])
+    assert outcomes[1].invalid
+    assert (
+        outcomes[1].error == "inputs 'input_ids' and 'token_type_ids' must agree on dimension 'seq': 12 vs 8"
+    )
+    with load_bundle(dynamic_bert_bundle.path) as reference:
+        for request, outcome in zip(good, [outcomes[0], *outcomes[2:]], strict=True):
+            expected = reference(**{name: torch.from_numpy(value) for name, value in request.items()})
+            assert outcome.error is None
+            assert list(outcome.outputs) == ["last_hidden_state", "pooler_output"]
+            for name, value in outcome.outputs.items():
+                np.testing.assert_allclose(value, expected[name].numpy(), atol=1e-4, rtol=1e-4)
+    served.close()
+
+
+def test_served_bundle_refuses_to_load_when_golden_check_fails(
+    bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.serve.serving as serving
+    from pipeline.runtime.types import Tolerance
+    from pipeline.runtime.verification import OutputComparison, VerificationReport
+
+    failing = VerificationReport(
+        tolerance=Tolerance(atol=0.0, rtol=0.0, min_cosine=1.0),
+        comparisons=[OutputComparison("golden", 0, 1.0, 1.0, 0.5, 0.0, passed=False)],
+    )
+    monkeypatch.setattr(serving, "verify_loaded", lambda loaded: failing)
+    with pytest.raises(BundleError, match="golden check failed on cpu: FAIL"):
+        ServedBundle.load(bundle_copy)
+
+
+def test_served_bundle_refuses_to_load_when_bundle_is_tampered(bundle_copy: Path) -> None:
+    flip_byte(bundle_copy / "model" / "model.pt2")
+    with pytest.raises(BundleError, match=r"model/model\.pt2: sha256 does not match"):
+        ServedBundle.load(bundle_copy)

@@ -45,7 +45,8 @@ class ServedBundle:
         self.batching = batching
         self.output_names = [output_name(entry, i) for i, entry in enumerate(self.manifest.outputs)]
         self.input_names = [spec.name for spec in loaded.specs]
-        self._check = InputChecker(loaded.specs, loaded.precision, loaded.device)
+        # Requests arrive as host arrays: checked on the host, then moved to the model's device.
+        self._check = InputChecker(loaded.specs, loaded.precision, torch.device("cpu"))
 
     @classmethod
     def load(cls, bundle: str | Path, device: str | None = None, batching: bool = False) -> ServedBundle:
@@ -87,9 +88,10 @@ class ServedBundle:
 
     def _checked(self, request: Tensors) -> tuple[torch.Tensor, ...]:
         tensors = {name: torch.from_numpy(np.array(value)) for name, value in request.items()}
-        bound = self._check.bind((), tensors)
-        self._check(bound)  # every input is now a tensor of the declared dtype and shape range
-        return tuple(tensor.to(self.loaded.device) for tensor in bound if isinstance(tensor, torch.Tensor))
+        checked = self._check(self._check.bind((), tensors))  # declared dtype and shape range
+        if self.loaded.policy.check_value_ranges:
+            self._check.check_values(checked)  # here, on the host: a bad request fails alone
+        return tuple(tensor.to(self.loaded.device) for tensor in checked)
 
     def _groups(self, valid: list[Checked]) -> list[list[Checked]]:
         """Calls to make: one per request, or (batching) requests of equal non-batch shapes

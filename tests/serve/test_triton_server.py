@@ -114,6 +114,10 @@ BAD_INPUTS = {
         "inputs 'input_ids' and 'token_type_ids' must agree on dimension 'seq': 9 vs 8",
     ),
     "batch over maximum": (bert_request(9, 8), "batch-size must be <= 8"),
+    "token id out of range": (
+        {"input_ids": np.full((1, 9), 1000, np.int32), "token_type_ids": np.zeros((1, 9), np.int32)},
+        "input 'input_ids': value 1000 outside the declared range 0..999",
+    ),
 }
 
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.schema import (
+    STAGE_NEEDS,
     BackendKind,
     DeviceKind,
     DType,
@@ -57,16 +58,6 @@ CONFIG_NAME = "config"
 REFIT_CONFIG_NAME = "refit"
 # The schema dataclass at the root of each primary config, for error messages.
 _ROOTS: dict[str, type] = {CONFIG_NAME: PipelineConfig, REFIT_CONFIG_NAME: RefitConfig}
-
-# Each stage consumes what the stage before it in this map produced.
-STAGE_NEEDS: dict[Stage, Stage] = {
-    Stage.compile: Stage.build,
-    Stage.serialize: Stage.compile,
-    Stage.reload: Stage.serialize,
-    Stage.verify: Stage.reload,
-    Stage.bench: Stage.reload,
-    Stage.package: Stage.verify,
-}
 
 
 def compose(

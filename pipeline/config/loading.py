@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -156,8 +157,9 @@ def validate(config: PipelineConfig) -> None:
         raise ConfigError("verify.random_input_sets must be >= 0")
     for name in ("fp32", "fp16"):
         tol = getattr(config.verify, name)
-        if tol.atol < 0 or tol.rtol < 0 or not -1.0 <= tol.min_cosine <= 1.0:
-            raise ConfigError(f"verify.{name}: atol and rtol must be >= 0 and min_cosine in [-1, 1]")
+        # Written as what must hold, so that NaN (for which every comparison is false) fails it.
+        if not (0 <= tol.atol < math.inf and 0 <= tol.rtol < math.inf and -1.0 <= tol.min_cosine <= 1.0):
+            raise ConfigError(f"verify.{name}: atol and rtol must be finite and >= 0, min_cosine in [-1, 1]")
     if config.bench.warmup < 0 or config.bench.iterations < 1 or config.bench.rounds < 1:
         raise ConfigError("bench.warmup must be >= 0, bench.iterations and bench.rounds >= 1")
     if not all(isinstance(name, str) for name in config.bench.policies):

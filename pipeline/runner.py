@@ -126,7 +126,8 @@ def _run_stages(config: PipelineConfig, overrides: list[str], clock: StageClock)
         return result
     backend_environment = choice.backend.environment()
     identity_environment = build_environment(work.resolved, backend_environment)
-    work.environment = {**host_environment(), **identity_environment, **backend_environment}
+    # The manifest records the host as it is (full python version); the id reads only the minor.
+    work.environment = {**identity_environment, **host_environment(), **backend_environment}
     work.bundle_id = pipeline_bundle_id(
         config, work.resolved, identity_environment, need(work.built, "built").weights_sha256
     )

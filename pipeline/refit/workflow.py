@@ -216,7 +216,7 @@ def _work(
         specs=input_specs(parent),
         precision=Precision(parent.precision),
         expected_engines=parent.engine_count,
-        environment={**host_environment(), **identity_environment, **backend_environment},
+        environment={**identity_environment, **host_environment(), **backend_environment},
         bundle_id=bundle_id(identity, identity_environment, weights_sha256),
         clock=clock,
     )

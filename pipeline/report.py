@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from pipeline.config.schema import Identity, Stage, identity_of
 from pipeline.console import console
 from pipeline.errors import BundleError
 from pipeline.runtime.format import MANIFEST_NAME, Manifest, read_manifest
@@ -168,28 +172,78 @@ class Fastest:
     command: str
 
 
-# Overrides that say where or how a run was measured, not what it built.
-_NOT_BUILD = ("artifacts_dir", "stages", "bench.", "hydra.", "force", "model=", "precision=", "runtime=")
+def _override_key(override: str) -> str:
+    """The dotted key (or config group) an override sets: ``compile.x=1`` -> ``compile.x``."""
+    return override.lstrip("+~").partition("=")[0]
+
+
+def _decides_bundle(override: str, benched: bool) -> bool:
+    """Whether a recorded override changed what the bundle is (the schema's identity marks)."""
+    key = _override_key(override)
+    top = re.split(r"[./]", key, maxsplit=1)[0]
+    if top == "hydra":
+        return False
+    kind = identity_of(top)
+    if kind is Identity.run:
+        # A benched bundle's id covers its bench settings, which only count with the bench stage.
+        return benched and top == "stages"
+    return benched or kind is not Identity.bench
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def _preset_compile_keys(policy: str) -> list[str] | None:
+    """The compile settings runtime preset ``policy`` sets (``conf/runtime/<policy>.yaml``);
+    None when the preset's file is not one this checkout ships."""
+    from pipeline.config.loading import CONFIG_DIR
+
+    path = CONFIG_DIR / "runtime" / f"{policy}.yaml"
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    compile_section = data.get("compile") if isinstance(data, dict) else None
+    return sorted(compile_section) if isinstance(compile_section, dict) else []
+
+
+def _preset_keys_or_all(policy: str, compile_settings: dict[str, Any]) -> list[str]:
+    keys = _preset_compile_keys(policy)
+    return list(compile_settings) if keys is None else keys
 
 
 def rebuild_command(manifest: Manifest, policy: str) -> str:
     """The command that builds ``manifest``'s engines again, loaded under ``policy``.
 
-    A ``--config-dir`` the build was run with (a user's own model YAML) is kept: without it the
-    model would not be found.
+    Every recorded override that decides the bundle is kept (the schema's identity marks: model,
+    precision, backend, compile, runtime, verify; stages and bench settings when the bundle was
+    benched, as they are part of its id), and a ``--config-dir`` the build was run with (without
+    it a user's own model would not be found). Where and whether things ran (``artifacts_dir``,
+    ``force``, ``hydra.*``) is dropped. Under the bundle's own policy, on the same host, libraries
+    and model code, the command makes the bundle of the same id. Under another policy, the runtime
+    preset is swapped and the compile settings either preset sets (``dynamic`` sets some) are
+    given as the bundle recorded them, so that the same engines are built.
     """
-    kept = [o.lstrip("+~") for o in manifest.overrides if not o.lstrip("+~").startswith(_NOT_BUILD)]
+    benched = bool(manifest.bench) or Stage.bench.value in manifest.config.get("stages", [])
+    kept = [o for o in manifest.overrides if o.startswith("-") or _decides_bundle(o, benched)]
     flags = [o for o in kept if o.startswith("-")]
-    return " ".join(
-        [
-            "python -m pipeline",
-            *flags,
-            f"model={manifest.model_name}",
-            f"precision={manifest.precision}",
-            f"runtime={policy}",
-            *(o for o in kept if not o.startswith("-")),
-        ]
-    )
+    settings = [o for o in kept if not o.startswith("-")]
+    own = str(manifest.runtime.get("policy", {}).get("name", ""))
+    pinned: list[str] = []
+    if policy != own:
+        settings = [o for o in settings if _override_key(o) != "runtime" and not o.startswith("runtime.")]
+        compile_settings = manifest.config.get("compile", manifest.compile_settings)
+        keys = {key for name in (own, policy) for key in _preset_keys_or_all(name, compile_settings)}
+        pinned = [f"compile.{key}={_override_value(compile_settings.get(key))}" for key in sorted(keys)]
+        settings = [o for o in settings if _override_key(o) not in {p.partition("=")[0] for p in pinned}]
+        settings.append(f"runtime={policy}")
+    groups = [o for o in settings if _override_key(o) in ("model", "precision", "runtime")]
+    rest = [o for o in settings if o not in groups]
+    order = {"model": 0, "precision": 1, "runtime": 2}
+    groups.sort(key=lambda o: order[_override_key(o)])
+    return " ".join(["python -m pipeline", *flags, *groups, *rest, *pinned])
 
 
 def fastest_bundles(manifests: list[Manifest]) -> list[Fastest]:

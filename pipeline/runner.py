@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-import datetime
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
-
-import pipeline
 from pipeline.backends import BackendChoice, CompiledModel, PolicyReport, select_backend
 from pipeline.bundle.store import BundleStore
 from pipeline.config import config_dict
-from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
+from pipeline.config.schema import PipelineConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
-from pipeline.errors import PipelineError, StageFailure, StageInterrupted, VerificationError
+from pipeline.errors import PipelineError, StageFailure, StageInterrupted
 from pipeline.failures import failure_hint
-from pipeline.runtime.format import (
-    FORMAT_VERSION,
-    Manifest,
-    bundle_dir_name,
-    bundle_id,
-    config_identity,
-    describe_outputs,
-    read_manifest,
-)
-from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
+from pipeline.identity import build_environment, pipeline_bundle_id
+from pipeline.runtime.format import FORMAT_VERSION
+from pipeline.stages.bench import BenchReport
 from pipeline.stages.build import BuiltModel, build_model
-from pipeline.stages.compile import COMPILE_CACHE, CompileCache, compile_model
-from pipeline.stages.package import PublishedBundle, package_bundle
-from pipeline.stages.reload import reload_model
-from pipeline.stages.serialize import serialize_model
-from pipeline.stages.verify import VerifiedModel, verify_model
+from pipeline.stages.compile import COMPILE_CACHE
+from pipeline.stages.package import PublishedBundle
+from pipeline.stages.protocol import Step, StepRecord, Work, build_or_reuse, need, run_steps
+from pipeline.stages.steps import (
+    BenchStep,
+    CompileStep,
+    PackageStep,
+    ReloadStep,
+    SerializeStep,
+    VerifyStep,
+    step_timings,
+)
+from pipeline.stages.verify import VerifiedModel
 
 
 @dataclass
@@ -50,6 +47,8 @@ class RunResult:
     # The freshly compiled model, kept for in-process comparisons (tests, benchmarks).
     compiled: CompiledModel | None = None
     bench: BenchReport | None = None
+    #: Each step's status and time, in the order they ran.
+    steps: list[StepRecord] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -63,10 +62,12 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
     Any other exception inside a stage comes out as :class:`StageFailure` (stage, model, the
     cause's first line, a hint where one is known; the original chained). Nothing is published.
     Ctrl-C comes out as :class:`StageInterrupted`, a ``KeyboardInterrupt`` naming the stage.
+    The process's compile cache is emptied on return unless a caller keeps it
+    (``COMPILE_CACHE.kept()``: a sweep, the GPU suite), so no engines stay on the device.
     """
     clock = StageClock()
     try:
-        return _run_stages(config, overrides, clock)
+        return _run_stages(config, overrides or [], clock)
     except PipelineError:
         raise
     except KeyboardInterrupt as interrupt:
@@ -76,154 +77,118 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
     except Exception as error:
         stage = clock.failed or "setup"
         raise StageFailure(stage, config.model.name, error, failure_hint(error)) from error
+    finally:
+        COMPILE_CACHE.release_unless_kept()
 
 
-def _run_stages(config: PipelineConfig, overrides: list[str] | None, clock: StageClock) -> RunResult:
+@dataclass
+class BuildStep:
+    """Instantiate the eager model, load its weights, make the golden inputs."""
+
+    name = Stage.build
+    requires: tuple[str, ...] = ()
+    produces = "built"
+
+    def detail(self, work: Work) -> str:
+        return work.config.model.name
+
+    def reuse(self, work: Work) -> None:
+        return None
+
+    def run(self, work: Work) -> BuiltModel:
+        return build_model(work.config, work.device)
+
+
+def build_steps(stages: list[Stage]) -> list[Step]:
+    """The steps of ``stages``, in :class:`Stage` order (the one place that order is set)."""
+    steps: dict[Stage, Step] = {
+        Stage.build: BuildStep(),
+        Stage.compile: CompileStep(COMPILE_CACHE),
+        Stage.serialize: SerializeStep(),
+        Stage.reload: ReloadStep(),
+        Stage.verify: VerifyStep(verification_failure),
+        Stage.bench: BenchStep(),
+        Stage.package: PackageStep(build_manifest_fields),
+    }
+    return [steps[stage] for stage in Stage if stage in stages]
+
+
+def _run_stages(config: PipelineConfig, overrides: list[str], clock: StageClock) -> RunResult:
     choice = select_backend(config.backend.kind, config.backend.device)
     choice.backend.check_config(config)
     console.print(f"backend: [bold]{choice.backend.kind.value}[/] on {choice.device} ({choice.reason})")
     result = RunResult(config=config, backend=choice.backend.kind.value, device=str(choice.device))
-    with clock.stage(Stage.build, config.model.name):
-        built = build_model(config, choice.device)
-    result.seconds = clock.seconds
-    if Stage.compile not in config.stages:
+    work = _work(config, overrides, choice, clock)
+    first, *rest = build_steps(config.stages)
+    run_steps([first], work)
+    result.seconds, result.steps = clock.seconds, work.records
+    if not rest:
         return result
-
-    store = BundleStore(config.artifacts_dir)
     backend_environment = choice.backend.environment()
-    environment = {**host_environment(), **backend_environment}
-    bid = bundle_id(bundle_identity(config), backend_environment, built.weights_sha256)
-    with store.lock(bid):
-        existing = store.find(bid)
-        if existing is not None and Stage.package in config.stages and not config.force:
-            clock.skipped(Stage.compile, f"bundle {bid} already built (force=true rebuilds)")
-            result.bundle = PublishedBundle(existing, read_manifest(existing), reused=True)
-            return result
-        staging = store.staging_dir(bid)
-        try:
-            _build_bundle(
-                config, overrides or [], choice, built, store, staging, bid, environment, clock, result
-            )
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    identity_environment = build_environment(work.resolved, backend_environment)
+    # The manifest records the host as it is (full python version); the id reads only the minor.
+    work.environment = {**identity_environment, **host_environment(), **backend_environment}
+    work.bundle_id = pipeline_bundle_id(
+        config, work.resolved, identity_environment, need(work.built, "built").weights_sha256
+    )
+    # Without the package stage nothing is published, so there is nothing to reuse either.
+    rebuild = config.force or Stage.package not in config.stages
+    outcome = build_or_reuse(work.store, work.bundle_id, rebuild, lambda staging: _build(work, rest, staging))
+    if outcome is not None:
+        clock.skipped(
+            Stage.compile, f"bundle {work.bundle_id} already built, files intact (force=true rebuilds)"
+        )
+        result.bundle = outcome
+        return result
+    result.bundle, result.verified, result.policy = work.bundle, work.verified, work.policy_report
+    result.compiled, result.bench = work.compiled, work.bench
     return result
 
 
-def bundle_identity(config: PipelineConfig) -> dict[str, object]:
-    """What decides a bundle's content, for its id.
+def _work(config: PipelineConfig, overrides: list[str], choice: BackendChoice, clock: StageClock) -> Work:
+    return Work(
+        config=config,
+        resolved=config_dict(config),
+        backend=choice.backend,
+        device=choice.device,
+        store=BundleStore(config.artifacts_dir),
+        policy=config.runtime,
+        specs=config.model.inputs,
+        precision=config.precision,
+        overrides=overrides,
+        clock=clock,
+    )
 
-    A bundle built with the bench stage carries its timings in the signed manifest, so it is a
-    different bundle from one built without (and from one benched with other settings): it gets
-    its own id instead of replacing a published bundle, whose packed ``.tar`` would then no
-    longer match the directory of the same id.
-    """
-    resolved = config_dict(config)
-    identity = config_identity(resolved)
-    if Stage.bench in config.stages:
-        identity["bench"] = resolved["bench"]
-    return identity
+
+def _build(work: Work, steps: list[Step], staging: Path) -> None:
+    """Run the steps after build into ``staging`` (published by the package step, if any)."""
+    work.staging = staging
+    run_steps(steps, work)
 
 
-def _build_bundle(
-    config: PipelineConfig,
-    overrides: list[str],
-    choice: BackendChoice,
-    built: BuiltModel,
-    store: BundleStore,
-    staging: Path,
-    bid: str,
-    environment: dict[str, str],
-    clock: StageClock,
-    result: RunResult,
-) -> None:
-    backend = choice.backend
-    cache_key = CompileCache.key(config_dict(config), built.weights_sha256)
-    cached = COMPILE_CACHE.get(cache_key)
-    if cached is not None and not config.force:
-        clock.skipped(Stage.compile, "the same engines were compiled earlier in this process")
-        compiled, compile_seconds = cached.compiled, cached.seconds
-        # An earlier run may have timed other policies on these engines: start from the default.
-        backend.apply_policy(compiled.module, RuntimeConfig())
-    else:
-        COMPILE_CACHE.clear()  # free the previous engines before building new ones
-        with clock.stage(Stage.compile, backend.kind.value):
-            compiled = compile_model(backend, built, config)
-        compile_seconds = clock.seconds[Stage.compile.value]
-        COMPILE_CACHE.put(cache_key, compiled, compile_seconds)
-    result.compiled = compiled
-    if Stage.serialize not in config.stages:
-        return
-    with clock.stage(Stage.serialize):
-        serialized = serialize_model(backend, compiled, staging, config.model.inputs)
-    if Stage.reload not in config.stages:
-        return
-    with clock.stage(Stage.reload, f"runtime={config.runtime.name}"):
-        loaded = reload_model(backend, serialized, compiled, config, choice.device)
-    result.policy = policy_report = loaded.policy_report
-    if Stage.verify not in config.stages:
-        return
-    with clock.stage(Stage.verify):
-        verified = verify_model(built, loaded, config)
-        result.verified = verified
-        if not verified.report.passed:  # inside the stage: a failed check is a failed stage (✗)
-            raise VerificationError(
-                f"verification failed, nothing published: {verified.report.summary()}; "
-                f"hint: {verification_hint(config)}"
-            )
-    console.print(f"verification: {verified.report.summary()}")
-    del loaded  # the bench stage loads its own copies; free this one's engines first
-    if Stage.bench in config.stages:
-        with clock.stage(Stage.bench, f"{config.bench.iterations} calls per variant"):
-            result.bench = bench_model(
-                lambda policy: reload_model(backend, serialized, compiled, config, choice.device, policy),
-                config.runtime,
-                built.golden_inputs,
-                config.bench,
-                eager=built.eager,
-                fresh=FreshModel(compiled.module, backend),
-                shape_inputs=built.shape_inputs,
-            )
-        console.print(summary_table(report_rows(result.bench), title="bench"))
-    if Stage.package not in config.stages:
-        return
-    with clock.stage(Stage.package):
-        resolved = config_dict(config)
-        manifest = Manifest(
-            format_version=FORMAT_VERSION,
-            pipeline_version=pipeline.__version__,
-            bundle_id=bid,
-            created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            backend=backend.kind.value,
-            device=str(choice.device),
-            precision=config.precision.value,
-            model_name=config.model.name,
-            model_file=serialized.artifact.model_file,
-            environment=environment,
-            config=resolved,
-            overrides=overrides,
-            compile_settings=resolved["compile"],
-            runtime=policy_report.manifest_record(),
-            inputs=resolved["model"]["inputs"],
-            outputs=describe_outputs(verified.golden_outputs, verified.output_names),
-            verification=verified.report.to_dict(),
-            weights={**resolved["model"]["weights"], "sha256": built.weights_sha256},
-            engine_count=compiled.engine_count,
-            engines=[record.to_dict() for record in serialized.artifact.engines],
-            # A compile reused from earlier in this process cost what it cost then.
-            timings={**clock.seconds, Stage.compile.value: compile_seconds},
-            bench=result.bench.to_dict() if result.bench is not None else {},
-        )
-        result.bundle = package_bundle(
-            store,
-            staging,
-            bundle_dir_name(
-                config.model.name, config.precision.value, config.runtime.name, backend.kind.value, bid
-            ),
-            manifest,
-            OmegaConf.to_yaml(resolved),
-            config.model.inputs,
-            verified.golden_sets(built),
-        )
+def build_manifest_fields(work: Work) -> dict[str, Any]:
+    """The manifest fields of a build: its config, overrides, weights, engines and timings."""
+    resolved, built = work.resolved, need(work.built, "built")
+    return {
+        "format_version": FORMAT_VERSION,
+        "backend": work.backend.kind.value,
+        "device": str(work.device),
+        "precision": work.precision.value,
+        "model_name": work.config.model.name,
+        "config": resolved,
+        "overrides": work.overrides,
+        "compile_settings": resolved["compile"],
+        "inputs": resolved["model"]["inputs"],
+        "weights": {**resolved["model"]["weights"], "sha256": built.weights_sha256},
+        "engine_count": need(work.compiled, "compiled").engine_count,
+        "timings": step_timings(work),
+        "bench": work.bench.to_dict() if work.bench is not None else {},
+    }
+
+
+def verification_failure(config: PipelineConfig, verdict: str) -> str:
+    """The error of a failed verification: the verdict and what to try."""
+    return f"verification failed, nothing published: {verdict}; hint: {verification_hint(config)}"
 
 
 def verification_hint(config: PipelineConfig) -> str:

@@ -79,9 +79,21 @@ def summary_markdown(outcomes: list[JobOutcome]) -> str:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, summarize every job; exit 1 if any failed."""
+    """Hydra callback: at the end of a multirun, summarize every job; exit 1 if any failed.
+
+    While the multirun lasts it holds the compile cache, so that jobs run one after another in
+    this process (Hydra's basic launcher) compile engines they share once.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from pipeline.stages.compile import COMPILE_CACHE
+
+        COMPILE_CACHE.hold()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from pipeline.stages.compile import COMPILE_CACHE
+
+        COMPILE_CACHE.release()
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return

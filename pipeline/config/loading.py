@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import functools
+import math
 import re
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,10 +25,12 @@ from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import MISSING as OMEGACONF_MISSING
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config.schema import (
+    STAGE_NEEDS,
     BackendKind,
     DeviceKind,
     DType,
@@ -57,16 +62,6 @@ CONFIG_NAME = "config"
 REFIT_CONFIG_NAME = "refit"
 # The schema dataclass at the root of each primary config, for error messages.
 _ROOTS: dict[str, type] = {CONFIG_NAME: PipelineConfig, REFIT_CONFIG_NAME: RefitConfig}
-
-# Each stage consumes what the stage before it in this map produced.
-STAGE_NEEDS: dict[Stage, Stage] = {
-    Stage.compile: Stage.build,
-    Stage.serialize: Stage.compile,
-    Stage.reload: Stage.serialize,
-    Stage.verify: Stage.reload,
-    Stage.bench: Stage.reload,
-    Stage.package: Stage.verify,
-}
 
 
 def compose(
@@ -108,6 +103,7 @@ def parse(data: Mapping[str, Any]) -> PipelineConfig:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    _check_plain_types(data, PipelineConfig, "")
     try:
         merged = OmegaConf.merge(_schema(), dict(data))
     except (OmegaConfBaseException, ValueError, TypeError, RecursionError) as exc:
@@ -119,6 +115,60 @@ def parse(data: Mapping[str, Any]) -> PipelineConfig:
     except (TypeError, ValueError, AttributeError) as exc:
         # OmegaConf lets some ill-typed nested values through; they fail in validation instead.
         raise ConfigError(f"malformed config: {exc}") from None
+
+
+@functools.cache
+def _field_types(node: type) -> dict[str, Any]:
+    return get_type_hints(node)
+
+
+def _check_plain_types(value: Any, hint: Any, path: str) -> None:
+    """Refuse plain data whose scalars are not of the schema's type.
+
+    OmegaConf converts what it can (``False`` into the string ``'False'``, ``"5"`` into 5,
+    ``1`` into True): right for command-line text, wrong for data that is already typed (a
+    bundle's config), where it would accept a config that does not say what it was given. An
+    int where a float is expected is the one widening allowed; keys the schema does not know are
+    left to the merge, which names them.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        hint = next((arg for arg in args if arg is not type(None)), Any)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or value is None:
+        return
+    if isinstance(value, str) and value == OMEGACONF_MISSING:
+        # OmegaConf's "missing" marker: merged onto a field with a default, the default would win.
+        raise ConfigError(f"{path}: a value is required")
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, Mapping):
+            hints = _field_types(hint)
+            for key, item in value.items():
+                if key in hints:
+                    _check_plain_types(item, hints[key], f"{path}.{key}".lstrip("."))
+        return
+    if origin is list and isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain_types(item, args[0] if args else Any, f"{path}[{index}]")
+        return
+    if origin is dict and isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_plain_types(item, args[1] if len(args) == 2 else Any, f"{path}.{key}")
+        return
+    expected = {str: (str,), bool: (bool,), int: (int,), float: (int, float)}.get(hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        expected = (str, hint)
+    if expected is not None and (
+        not isinstance(value, expected) or (hint is not bool and isinstance(value, bool))
+    ):
+        wanted = (
+            hint.__name__
+            if not isinstance(hint, type) or not issubclass(hint, enum.Enum)
+            else "one of its names"
+        )
+        raise ConfigError(f"{path}: expected {wanted}, got {type(value).__name__} {value!r}")
 
 
 @functools.cache
@@ -165,8 +215,9 @@ def validate(config: PipelineConfig) -> None:
         raise ConfigError("verify.random_input_sets must be >= 0")
     for name in ("fp32", "fp16"):
         tol = getattr(config.verify, name)
-        if tol.atol < 0 or tol.rtol < 0 or not -1.0 <= tol.min_cosine <= 1.0:
-            raise ConfigError(f"verify.{name}: atol and rtol must be >= 0 and min_cosine in [-1, 1]")
+        # Written as what must hold, so that NaN (for which every comparison is false) fails it.
+        if not (0 <= tol.atol < math.inf and 0 <= tol.rtol < math.inf and -1.0 <= tol.min_cosine <= 1.0):
+            raise ConfigError(f"verify.{name}: atol and rtol must be finite and >= 0, min_cosine in [-1, 1]")
     if config.bench.warmup < 0 or config.bench.iterations < 1 or config.bench.rounds < 1:
         raise ConfigError("bench.warmup must be >= 0, bench.iterations and bench.rounds >= 1")
     if not all(isinstance(name, str) for name in config.bench.policies):

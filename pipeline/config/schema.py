@@ -8,13 +8,38 @@ composition. The resolved config is converted once, with ``OmegaConf.to_object``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
 from pipeline.runtime.policy import RuntimeConfig
 from pipeline.runtime.types import MISSING, BackendKind, InputSpec, Precision, Tolerance
 from pipeline.runtime.types import DType as DType  # re-exported: the config schema names it
+
+
+class Identity(str, Enum):
+    """What a top-level config field decides; the one declaration of what an engine and a bundle are.
+
+    Read (as field metadata, :func:`identity_of`) by the bundle id, the compile cache, the report
+    and its rebuild command, so that they cannot drift apart.
+    """
+
+    #: Changes the compiled engines (and so every bundle made from them).
+    engine = "engine"
+    #: Changes what a bundle holds, not its engines (runtime policy, golden data, verification).
+    bundle = "bundle"
+    #: Part of a bundle only when the bench stage runs: its timings go into the signed manifest.
+    bench = "bench"
+    #: Where or whether things run; never part of any identity.
+    run = "run"
+
+
+IDENTITY_KEY = "identity"
+
+
+def marked(kind: Identity) -> dict[str, Identity]:
+    """Field metadata declaring what a field decides (``field(metadata=marked(Identity.engine))``)."""
+    return {IDENTITY_KEY: kind}
 
 
 class DeviceKind(str, Enum):
@@ -64,6 +89,17 @@ class Stage(str, Enum):
     verify = "verify"
     bench = "bench"
     package = "package"
+
+
+#: What each stage consumes: the output of the named stage (the order is :class:`Stage`'s).
+STAGE_NEEDS: dict[Stage, Stage] = {
+    Stage.compile: Stage.build,
+    Stage.serialize: Stage.compile,
+    Stage.reload: Stage.serialize,
+    Stage.verify: Stage.reload,
+    Stage.bench: Stage.reload,
+    Stage.package: Stage.verify,
+}
 
 
 @dataclass
@@ -180,18 +216,37 @@ class BenchConfig:
 
 @dataclass
 class PipelineConfig:
-    """The whole, resolved pipeline configuration."""
+    """The whole, resolved pipeline configuration.
 
-    model: ModelConfig = MISSING
-    precision: Precision = Precision.fp32
-    backend: BackendConfig = field(default_factory=BackendConfig)
-    compile: CompileConfig = field(default_factory=CompileConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
-    stages: list[Stage] = field(default_factory=lambda: [s for s in Stage if s is not Stage.bench])
-    artifacts_dir: str = "artifacts"
-    force: bool = False
+    Every field is marked with the :class:`Identity` it has (a test keeps it so): a new field
+    must say whether it changes engines, bundles, or only how the run goes.
+    """
+
+    model: ModelConfig = field(default=MISSING, metadata=marked(Identity.engine))
+    precision: Precision = field(default=Precision.fp32, metadata=marked(Identity.engine))
+    backend: BackendConfig = field(default_factory=BackendConfig, metadata=marked(Identity.engine))
+    compile: CompileConfig = field(default_factory=CompileConfig, metadata=marked(Identity.engine))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata=marked(Identity.bundle))
+    verify: VerifyConfig = field(default_factory=VerifyConfig, metadata=marked(Identity.bundle))
+    bench: BenchConfig = field(default_factory=BenchConfig, metadata=marked(Identity.bench))
+    stages: list[Stage] = field(
+        default_factory=lambda: [s for s in Stage if s is not Stage.bench], metadata=marked(Identity.run)
+    )
+    artifacts_dir: str = field(default="artifacts", metadata=marked(Identity.run))
+    force: bool = field(default=False, metadata=marked(Identity.run))
+
+
+def identity_of(name: str) -> Identity:
+    """The :class:`Identity` of top-level config key ``name`` (unknown keys: :attr:`Identity.run`)."""
+    for item in fields(PipelineConfig):
+        if item.name == name:
+            return Identity(item.metadata[IDENTITY_KEY])
+    return Identity.run
+
+
+def keys_of(*kinds: Identity) -> list[str]:
+    """The top-level config keys marked with one of ``kinds``, in schema order."""
+    return [item.name for item in fields(PipelineConfig) if item.metadata.get(IDENTITY_KEY) in kinds]
 
 
 @dataclass

@@ -10,52 +10,47 @@ published as a new bundle whose manifest names its parent.
 
 from __future__ import annotations
 
-import datetime
 import re
 import shlex
-import shutil
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 from torch import nn
 
-import pipeline
 from pipeline.backends import get_backend
 from pipeline.backends.base import Backend, RefitRequest
 from pipeline.bundle.store import BundleStore
 from pipeline.config import compose, parse, resolve
-from pipeline.config.schema import PipelineConfig, Precision, RuntimeConfig
+from pipeline.config.schema import PipelineConfig, Precision
 from pipeline.console import StageClock, console
 from pipeline.environment import host_environment
-from pipeline.errors import ConfigError, NotRefittableError, VerificationError
+from pipeline.errors import ConfigError, NotRefittableError
+from pipeline.identity import build_environment, config_identity
 from pipeline.models import state_dict_digest
 from pipeline.models.weights import load_weights, read_state_dict
-from pipeline.runtime.base import DirectoryFiles, FileSource
-from pipeline.runtime.format import (
-    Manifest,
-    bundle_dir_name,
-    bundle_id,
-    config_identity,
-    describe_outputs,
-    read_manifest,
-)
-from pipeline.runtime.loaded import LoadedModel
+from pipeline.runtime.base import FileSource
+from pipeline.runtime.format import Manifest, bundle_id
 from pipeline.runtime.loader import (
     check_host,
     default_device,
     input_specs,
     open_bundle,
+    recorded_policy,
     runtime_kind,
     saved_artifact,
 )
 from pipeline.runtime.policy import PolicyReport
 from pipeline.runtime.trust import TrustPolicy
-from pipeline.stages.build import BuiltModel, instantiate_model, prepare_model
-from pipeline.stages.package import PublishedBundle, package_bundle
-from pipeline.stages.verify import VerifiedModel, verify_model
+from pipeline.stages.build import instantiate_model, prepare_model
+from pipeline.stages.package import PublishedBundle
+from pipeline.stages.protocol import Step, Work, build_or_reuse, need, run_steps
+from pipeline.stages.serialize import SerializedModel
+from pipeline.stages.steps import COMMON_FIELDS, PackageStep, ReloadStep, VerifyStep, step_timings
+from pipeline.stages.verify import VerifiedModel
 
 _GROUP_OPTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -169,32 +164,62 @@ def refit_bundle(
     new_sha256 = state_dict_digest(model)
     if new_sha256 == manifest.weights.get("sha256"):
         raise ConfigError(f"weights={source}: identical to the bundle's own weights; nothing to refit")
-
-    backend = backend_for_manifest(manifest)
-    device = default_device(manifest)
-    built = prepare_model(model, config, device, weights_sha256=new_sha256)
-    bid = bundle_id(
-        {**config_identity(manifest.config), "refit_from": manifest.bundle_id},
-        backend.environment(),
-        new_sha256,
+    work = _work(manifest, config, new_sha256, artifacts_dir, clock)
+    work.built = prepare_model(model, config, work.device, weights_sha256=new_sha256)
+    refit = RefitEnginesStep(manifest, parent_files)
+    steps = refit_steps(refit, partial(refit_manifest_fields, manifest, source))
+    reused = build_or_reuse(work.store, work.bundle_id, force, partial(_refit_into, work, steps))
+    if reused is not None:
+        console.print(
+            f"[dim]- refit: bundle {work.bundle_id} was made from these weights (force=true redoes it)[/]"
+        )
+        return RefitResult(parent=root, bundle=reused)
+    return RefitResult(
+        parent=root,
+        bundle=need(work.bundle, "bundle"),
+        engines_refitted=refit.engines,
+        policy=work.policy_report,
+        verified=work.verified,
+        seconds=dict(clock.seconds),
     )
-    store = BundleStore(artifacts_dir)
-    with store.lock(bid):
-        existing = store.find(bid)
-        if existing is not None and not force:
-            console.print(f"[dim]- refit: bundle {bid} was made from these weights (force=true redoes it)[/]")
-            return RefitResult(
-                parent=root, bundle=PublishedBundle(existing, read_manifest(existing), reused=True)
-            )
-        staging = store.staging_dir(bid)
-        try:
-            result = _refit_into(
-                staging, root, parent_files, manifest, config, source, backend, built, store, bid, clock
-            )
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    result.seconds = dict(clock.seconds)
-    return result
+
+
+def refit_steps(refit: RefitEnginesStep, manifest_fields: Callable[[Work], dict[str, Any]]) -> list[Step]:
+    """A refit's steps, in order: the engines refitted, then the build's reload, verify, package."""
+    return [
+        refit,
+        ReloadStep(name=RefitStep.reload),
+        VerifyStep(_refit_failure, name=RefitStep.verify),
+        PackageStep(manifest_fields, name=RefitStep.package),
+    ]
+
+
+def _work(
+    parent: Manifest,
+    config: PipelineConfig,
+    weights_sha256: str,
+    artifacts_dir: str | Path,
+    clock: StageClock,
+) -> Work:
+    """The refit's shared state: the parent's backend, device, policy, inputs and the new id."""
+    backend = backend_for_manifest(parent)
+    backend_environment = backend.environment()
+    identity_environment = build_environment(parent.config, backend_environment)
+    identity = {**config_identity(parent.config, benched=False), "refit_from": parent.bundle_id}
+    return Work(
+        config=config,
+        resolved=parent.config,
+        backend=backend,
+        device=default_device(parent),
+        store=BundleStore(artifacts_dir),
+        policy=recorded_policy(parent),
+        specs=input_specs(parent),
+        precision=Precision(parent.precision),
+        expected_engines=parent.engine_count,
+        environment={**identity_environment, **host_environment(), **backend_environment},
+        bundle_id=bundle_id(identity, identity_environment, weights_sha256),
+        clock=clock,
+    )
 
 
 def backend_for_manifest(manifest: Manifest) -> Backend:
@@ -219,87 +244,62 @@ def _model_with_new_weights(config: PipelineConfig, source: str) -> nn.Module:
     return model
 
 
-def _refit_into(
-    staging: Path,
-    parent_root: Path,
-    parent_files: FileSource,
-    parent: Manifest,
-    config: PipelineConfig,
-    source: str,
-    backend: Backend,
-    built: BuiltModel,
-    store: BundleStore,
-    bid: str,
-    clock: StageClock,
-) -> RefitResult:
-    specs = input_specs(parent)
-    with clock.stage(RefitStep.refit, f"{parent.engine_count} engines"):
-        refit = backend.refit(
+def _refit_into(work: Work, steps: list[Step], staging: Path) -> None:
+    work.staging = staging
+    run_steps(steps, work)
+
+
+def _refit_failure(config: PipelineConfig, verdict: str) -> str:
+    return f"refitted engines do not match eager PyTorch with the new weights, nothing published: {verdict}"
+
+
+@dataclass
+class RefitEnginesStep:
+    """Write the parent's engines, refitted to the new weights, into the staging directory."""
+
+    parent: Manifest
+    parent_files: FileSource
+    engines: int = 0
+    name: Enum = RefitStep.refit
+    requires = ("built",)
+    produces = "serialized"
+
+    def detail(self, work: Work) -> str:
+        return f"{self.parent.engine_count} engines"
+
+    def reuse(self, work: Work) -> None:
+        return None
+
+    def run(self, work: Work) -> SerializedModel:
+        built, staging = need(work.built, "built"), need(work.staging, "staging")
+        refit = work.backend.refit(
             RefitRequest(
-                artifact=saved_artifact(parent),
-                files=parent_files,  # the bytes verified by open_bundle, not a second read
+                artifact=saved_artifact(self.parent),
+                files=self.parent_files,  # the bytes verified by open_bundle, not a second read
                 model=built.eager,
                 example_inputs=built.trace_inputs,
-                specs=specs,
+                specs=work.specs,
                 target=staging,
                 device=built.device,
             )
         )
-    console.print("  " + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in refit.seconds.items()))
-    policy = RuntimeConfig(**parent.runtime["policy"])
-    with clock.stage(RefitStep.reload, f"runtime={policy.name}"):
-        loaded = LoadedModel(
-            module=backend.load(refit.artifact, DirectoryFiles(staging), built.device),
-            backend=backend,
-            specs=specs,
-            precision=Precision(parent.precision),
-            device=built.device,
-            policy=policy,
-            expected_engines=parent.engine_count,
-        )
-    with clock.stage(RefitStep.verify):
-        verified = verify_model(built, loaded, config)
-    console.print(f"verification: {verified.report.summary()}")
-    if not verified.report.passed:
-        raise VerificationError(
-            f"refitted engines do not match eager PyTorch with the new weights, nothing published: "
-            f"{verified.report.summary()}"
-        )
-    report = loaded.policy_report
-    del loaded
-    with clock.stage(RefitStep.package):
-        manifest = replace(
-            parent,
-            pipeline_version=pipeline.__version__,
-            bundle_id=bid,
-            created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            environment={**host_environment(), **backend.environment()},
-            runtime=report.manifest_record(),
-            outputs=describe_outputs(verified.golden_outputs, verified.output_names),
-            verification=verified.report.to_dict(),
-            weights={
-                "source": "refit",
-                "name_or_path": source,
-                "sha256": built.weights_sha256,
-                "refit_from": {
-                    "bundle_id": parent.bundle_id,
-                    "weights_sha256": parent.weights.get("sha256"),
-                },
-            },
-            timings={**clock.seconds, **{f"refit.{k}": v for k, v in refit.seconds.items()}},
-            bench={},
-            engines=[record.to_dict() for record in refit.artifact.engines],
-            files=[],
-        )
-        published = package_bundle(
-            store,
-            staging,
-            bundle_dir_name(parent.model_name, parent.precision, policy.name, parent.backend, bid),
-            manifest,
-            OmegaConf.to_yaml(parent.config),
-            specs,
-            verified.golden_sets(built),
-        )
-    return RefitResult(
-        parent=parent_root, bundle=published, engines_refitted=refit.engines, policy=report, verified=verified
-    )
+        console.print("  " + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in refit.seconds.items()))
+        work.extra_timings.update({f"refit.{step}": seconds for step, seconds in refit.seconds.items()})
+        self.engines = refit.engines
+        return SerializedModel(root=staging, artifact=refit.artifact)
+
+
+def refit_manifest_fields(parent: Manifest, source: str, work: Work) -> dict[str, Any]:
+    """The parent's manifest fields, with the new weights (and where they came from) and timings."""
+    own = {
+        item.name: getattr(parent, item.name) for item in fields(Manifest) if item.name not in COMMON_FIELDS
+    }
+    own["weights"] = {
+        "source": "refit",
+        "name_or_path": source,
+        "sha256": need(work.built, "built").weights_sha256,
+        "refit_from": {"bundle_id": parent.bundle_id, "weights_sha256": parent.weights.get("sha256")},
+    }
+    own["timings"] = step_timings(work)
+    own["bench"] = {}
+    return own

@@ -323,19 +323,11 @@ def bundle_dir_name(model: str, precision: str, runtime: str, backend: str, bund
     return f"{model}-{precision}-{runtime}-{backend}-{bundle_id}"
 
 
-# Config keys that change where or whether things run, not what a bundle holds.
-NOT_IDENTITY = ("artifacts_dir", "force", "stages", "bench")
-
-
-def config_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config (as plain data) that decides a bundle's content."""
-    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-
-
-def bundle_id(config: dict[str, Any], environment: dict[str, str], weights_sha256: str) -> str:
-    """Deterministic id from what decides the artifact: config, environment and weights."""
+def bundle_id(identity: dict[str, Any], environment: dict[str, str], weights_sha256: str) -> str:
+    """Deterministic id from what decides the artifact: the config's identity (the build side's
+    ``pipeline.identity`` chooses it from the schema's marks), environment and weights."""
     payload = json.dumps(
-        {"format": FORMAT_VERSION, "config": config, "env": environment, "weights": weights_sha256},
+        {"format": FORMAT_VERSION, "config": identity, "env": environment, "weights": weights_sha256},
         sort_keys=True,
         default=str,
     )

@@ -2,8 +2,9 @@
 
 The loaded model (with its policy, plus any ``bench.policies``) is timed against eager PyTorch,
 ``torch.compile`` (inductor) and the freshly compiled module, in interleaved rounds. On CUDA the
-second seed's memory measure is taken around a fresh load: in use before loading, after loading,
-after the first call and idle after the timed calls (after freeing PyTorch's cache).
+second seed's memory measure is taken around each loaded variant alone, before the next one (or
+any baseline) is loaded: in use before loading, after loading, after the first call and idle after
+the warm-up calls (after freeing PyTorch's cache), so each figure counts that variant's engines only.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class LoadMeasurement:
     memory_before_load: int | None = None
     memory_after_load: int | None = None
     memory_after_first_call: int | None = None
+    #: Idle after the warm-up calls, before anything else was loaded.
     memory_idle_after_calls: int | None = None
+    #: torch's peak allocated from before the load to the end of the warm-up calls.
     peak_allocated: int | None = None
 
     @property
@@ -62,6 +65,8 @@ class BenchReport:
     #: backend), with the reason. Extra policies among them are not timed: their timing would be
     #: the standard one under another name.
     not_applied: dict[str, str] = field(default_factory=dict)
+    #: The load costs of each extra policy's own load (``loaded:<policy>``), measured alike.
+    variant_loads: dict[str, LoadMeasurement] = field(default_factory=dict)
 
     def ratio(self, variant: str, baseline: str) -> float | None:
         """``variant``'s median host latency over ``baseline``'s (None if either is missing)."""
@@ -78,6 +83,10 @@ class BenchReport:
             "extra_seconds": self.extra_seconds,
             "shapes": {name: asdict(value) for name, value in self.shapes.items()},
             "policies_not_applied": self.not_applied,
+            "variant_loads": {
+                name: {**asdict(load), "idle_engine_memory": load.idle_engine_memory}
+                for name, load in self.variant_loads.items()
+            },
         }
 
 
@@ -107,10 +116,29 @@ def measure_load(
 
 
 def finish_load_measurement(measurement: LoadMeasurement, peak_from: int | None) -> None:
-    """Record idle memory after the timed calls and the peak allocated during them."""
+    """Record idle memory now and torch's peak allocated since ``peak_from``."""
     if torch.cuda.is_available():
         measurement.memory_idle_after_calls = gpu_memory_in_use()
         measurement.peak_allocated = torch.cuda.max_memory_allocated() - (peak_from or 0)
+
+
+def measure_alone(
+    load: Callable[[], LoadedModel], inputs: tuple[torch.Tensor, ...], warmup: int
+) -> tuple[LoadedModel, LoadMeasurement]:
+    """Load a model, make its first call and ``warmup`` more, and measure what it holds idle.
+
+    Called before anything else is loaded (the next variant, ``torch.compile``), so the figures
+    count this model's engines, buffers and captured graphs and nothing else.
+    """
+    peak_from = None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        peak_from = torch.cuda.memory_allocated()
+    loaded, measurement = measure_load(load, inputs)
+    for _ in range(warmup):
+        loaded(*inputs)
+    finish_load_measurement(measurement, peak_from)
+    return loaded, measurement
 
 
 def bench_model(
@@ -128,19 +156,24 @@ def bench_model(
     ``fresh:<policy>`` the same engines under each timed policy, for like-for-like ratios.
     ``inputs`` are at the opt shape; ``shape_inputs`` (other shapes of a model with dynamic
     dimensions) are timed on the loaded model afterwards, alone and alternating with ``inputs``.
+    Memory is measured around each loaded variant alone (:func:`measure_alone`).
     """
-    loaded, load_measurement = measure_load(lambda: load(policy), inputs)
+    loaded, load_measurement = measure_alone(lambda: load(policy), inputs, settings.warmup)
     calls: dict[str, Callable[[], object]] = {LOADED: lambda: loaded(*inputs)}
     not_applied: dict[str, str] = {}
     policies = [policy]
     if not loaded.policy_report.applied and not policy.is_default():
         not_applied[policy.name] = loaded.policy_report.reason
+    variant_loads: dict[str, LoadMeasurement] = {}
     for name in settings.policies:
         if name != policy.name:
-            variant = load(runtime_preset(name))
+            preset = runtime_preset(name)
+            variant, variant_load = measure_alone(lambda preset=preset: load(preset), inputs, settings.warmup)  # type: ignore[misc]
             if not variant.policy_report.applied and not variant.policy.is_default():
                 not_applied[name] = variant.policy_report.reason
+                del variant  # not timed: free its engines
                 continue
+            variant_loads[name] = variant_load
             policies.append(variant.policy)
             calls[f"{LOADED}:{name}"] = lambda variant=variant: variant(*inputs)  # type: ignore[misc]
     extra_seconds: dict[str, float] = {}
@@ -161,12 +194,7 @@ def bench_model(
         )
         for name, fresh_policy in variants.items():
             calls[name], prepare[name] = fresh.variant(fresh_policy, inputs)
-    peak_from = None
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        peak_from = torch.cuda.memory_allocated()
     latency = compare_latency(calls, settings.warmup, settings.iterations, settings.rounds, prepare)
-    finish_load_measurement(load_measurement, peak_from)
     shapes = time_shapes(loaded, inputs, shape_inputs or {}, settings)
     return BenchReport(
         policy=policy.name,
@@ -175,6 +203,7 @@ def bench_model(
         extra_seconds=extra_seconds,
         shapes=shapes,
         not_applied=not_applied,
+        variant_loads=variant_loads,
     )
 
 
@@ -245,7 +274,10 @@ def report_rows(report: BenchReport) -> list[tuple[str, str]]:
     rows.append(("load / first call", f"{load.load_seconds:.2f} s / {load.first_call_seconds * 1e3:.1f} ms"))
     if load.idle_engine_memory is not None:
         rows.append(
-            ("memory idle after calls", f"{load.idle_engine_memory / 2**20:.0f} MiB held by the loaded model")
+            (
+                "memory idle (loaded alone)",
+                f"{load.idle_engine_memory / 2**20:.0f} MiB held by the loaded model",
+            )
         )
         rows.append(("peak allocated (torch)", f"{(load.peak_allocated or 0) / 2**20:.0f} MiB"))
     for name, seconds in report.extra_seconds.items():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +11,8 @@ import torch
 
 from pipeline.backends.base import Backend, CompiledModel
 from pipeline.config.schema import PipelineConfig
+from pipeline.identity import engine_key
 from pipeline.stages.build import BuiltModel
-
-# What decides the compiled engines: not the runtime policy (its compile flags are in `compile`),
-# verification, benchmarking or where artifacts go.
-ENGINE_IDENTITY = ("model", "precision", "backend", "compile")
 
 
 def compile_model(backend: Backend, built: BuiltModel, config: PipelineConfig) -> CompiledModel:
@@ -37,19 +34,43 @@ class CompileCache:
 
     A sweep over runtime policies in one process (Hydra's basic launcher, the GPU suite) builds
     bundles whose engines are identical but for the policy loaded onto them: they are compiled
-    once. Engines live on the device, so only the last one is kept.
+    once. Engines live on the device, so only the last one is kept, and only while someone
+    holds the cache (:meth:`kept`, :meth:`hold`): every run frees it on return otherwise.
     """
 
     def __init__(self) -> None:
         self._key: str | None = None
         self._entry: CachedCompile | None = None
+        self._holders = 0
+
+    def hold(self) -> None:
+        """Keep the cached compile between runs until :meth:`release` (a sweep in one process)."""
+        self._holders += 1
+
+    def release(self) -> None:
+        """Undo one :meth:`hold`; the last one frees the cached engines."""
+        self._holders = max(0, self._holders - 1)
+        self.release_unless_kept()
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Keep the cached compile between runs inside the block (freed at its end)."""
+        self.hold()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def release_unless_kept(self) -> None:
+        """Free the cached engines unless someone holds the cache (the end of every run)."""
+        if self._holders == 0:
+            self.clear()
 
     @staticmethod
     def key(resolved: dict[str, Any], weights_sha256: str) -> str:
-        """The identity of the engines a resolved config (plain data) compiles to."""
-        identity = {name: resolved.get(name) for name in ENGINE_IDENTITY}
-        payload = json.dumps({"config": identity, "weights": weights_sha256}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        """The identity of the engines a resolved config (plain data) compiles to: the config
+        sections marked ``Identity.engine`` (the runtime policy's compile flags are in ``compile``)."""
+        return engine_key(resolved, weights_sha256)
 
     def get(self, key: str) -> CachedCompile | None:
         """The cached compile for ``key``, if it is the one kept."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.backends.base import Backend, CompiledModel
-from pipeline.config.schema import PipelineConfig, RuntimeConfig
+from pipeline.backends.base import Backend
+from pipeline.config.schema import InputSpec, Precision, RuntimeConfig
 from pipeline.runtime.loaded import LoadedModel
 from pipeline.stages.serialize import SerializedModel
 
@@ -13,20 +13,21 @@ from pipeline.stages.serialize import SerializedModel
 def reload_model(
     backend: Backend,
     serialized: SerializedModel,
-    compiled: CompiledModel,
-    config: PipelineConfig,
+    specs: list[InputSpec],
+    precision: Precision,
     device: torch.device,
-    policy: RuntimeConfig | None = None,
+    policy: RuntimeConfig,
+    expected_engines: int,
 ) -> LoadedModel:
-    """Deserialize and apply ``policy`` (default ``config.runtime``); engine counts must match
-    the fresh compile."""
+    """Deserialize what was written and apply ``policy``; the engine count must be
+    ``expected_engines`` (the fresh compile's, or the parent bundle's for a refit)."""
     module = backend.load(serialized.artifact, serialized.files, device)
     return LoadedModel(
         module=module,
         backend=backend,
-        specs=config.model.inputs,
-        precision=config.precision,
+        specs=specs,
+        precision=precision,
         device=device,
-        policy=policy or config.runtime,
-        expected_engines=compiled.engine_count,
+        policy=policy,
+        expected_engines=expected_engines,
     )

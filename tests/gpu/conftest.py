@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from pipeline.backends import tensorrt_unavailable_reason
+from pipeline.stages.compile import COMPILE_CACHE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compiles() -> Iterator[None]:
+    """The GPU suite builds each distinct engine once: it holds the compile cache between runs."""
+    with COMPILE_CACHE.kept():
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -190,6 +190,7 @@ def test_loaded_bundles_give_golden_outputs_when_threads_call_models_of_differen
     calls, threads_per_model = 25, 3
     failures: list[str] = []
     rejected = {"bad inputs": 0}
+    counting = threading.Lock()  # two bad callers add to the one counter
 
     def caller(target: LoadedBundle, name: str) -> None:
         inputs, reference, tolerance = golden(target.manifest, target.root)
@@ -204,7 +205,8 @@ def test_loaded_bundles_give_golden_outputs_when_threads_call_models_of_differen
             try:
                 target(inputs[0].cpu(), *inputs[1:])
             except InputValidationError:
-                rejected["bad inputs"] += 1
+                with counting:
+                    rejected["bad inputs"] += 1
 
     threads = [
         threading.Thread(target=caller, args=(target, f"{target.policy.name}#{i}"))

@@ -25,8 +25,11 @@ class Tally:
     # Fuzzing also generates valid inputs; accepting those is right, so they count apart.
     accepted_valid: int = 0
 
-    def expect_rejected(self, attempt: Callable[[], object], mentions: str = "") -> str:
-        """Run ``attempt``; count it rejected if it raises the project's error (naming ``mentions``)."""
+    def expect_rejected(
+        self, attempt: Callable[[], object], mentions: str = "", untouched: Callable[[], bool] = lambda: True
+    ) -> str:
+        """Run ``attempt``; count it rejected if it raises the project's error (naming ``mentions``)
+        and ``untouched()`` still holds afterwards (e.g. nothing was deserialized first)."""
         self.tried += 1
         try:
             attempt()
@@ -37,18 +40,29 @@ class Tally:
                 raise AssertionError(
                     f"{self.check}: rejected without naming {mentions!r}: {message}"
                 ) from error
+            if not untouched():
+                self.wrongly_accepted += 1
+                raise AssertionError(
+                    f"{self.check}: rejected only after using what it refused: {message}"
+                ) from error
             self.rejected += 1
             return message
         self.wrongly_accepted += 1
         return ""
 
     def count(self, rejected: bool) -> None:
-        """Record an attempt judged elsewhere."""
+        """Record an attempt that had to be rejected, judged elsewhere."""
         self.tried += 1
         if rejected:
             self.rejected += 1
         else:
             self.wrongly_accepted += 1
+
+    def count_valid(self, accepted: bool) -> None:
+        """Record an attempt that had to be accepted: a refusal shows as tried in no other column."""
+        self.tried += 1
+        if accepted:
+            self.accepted_valid += 1
 
 
 TALLIES: dict[str, Tally] = {}

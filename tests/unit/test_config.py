@@ -13,6 +13,8 @@ from pipeline.config import (
     Precision,
     RuntimeConfig,
     compose,
+    config_dict,
+    parse,
     resolve,
 )
 from pipeline.config.loading import runtime_names
@@ -190,3 +192,20 @@ def test_validate_says_impossible_without_compile_flag_when_cudagraphs_get_dynam
         resolve(compose(["runtime=cudagraphs", "runtime.dynamic_allocation=true"]))
     assert "cannot be combined" in str(caught.value)
     assert "dynamically_allocate_resources" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("artifacts_dir", False), ("force", 1), ("force", "true"), ("verify.seed", "5"), ("model.name", 3)],
+)
+def test_parse_refuses_a_value_of_another_type_when_omegaconf_would_convert_it(
+    key: str, value: object
+) -> None:
+    data = config_dict(resolve(compose(["model=tiny_cnn"])))
+    *parents, leaf = key.split(".")
+    node = data
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=f"{key}: expected"):
+        parse(data)

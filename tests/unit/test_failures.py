@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import cli, runner
+from pipeline import cli
 from pipeline.cli import JobContext
 from pipeline.config import compose
 from pipeline.errors import StageFailure, StageInterrupted
 from pipeline.failures import failure_hint, write_failure_log
+from pipeline.stages import steps
 from tests.helpers import run
 
 
@@ -69,7 +70,7 @@ def test_cli_run_prints_one_line_exits_130_and_logs_traceback_when_interrupted_d
     def interrupted_compile(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "compile_model", interrupted_compile)
+    monkeypatch.setattr(steps, "compile_model", interrupted_compile)
     job = JobContext(overrides=[], output_dir=tmp_path / "run", original_cwd=tmp_path)
     with pytest.raises(SystemExit) as exited:
         cli.run(compose(["model=tiny_cnn", f"artifacts_dir={tmp_path}"]), job)
@@ -88,7 +89,7 @@ def test_run_pipeline_raises_keyboard_interrupt_naming_stage_when_interrupted(
     def interrupted_compile(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "compile_model", interrupted_compile)
+    monkeypatch.setattr(steps, "compile_model", interrupted_compile)
     with pytest.raises(KeyboardInterrupt) as caught:
         run(tmp_path, "model=tiny_cnn")
     assert isinstance(caught.value, StageInterrupted) and caught.value.stage == "compile"

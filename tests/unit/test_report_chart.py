@@ -3,12 +3,15 @@ that mean the same variant in every panel."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pytest
+from omegaconf import OmegaConf
 
+from pipeline.config import compose, config_dict, resolve
 from pipeline.report import (
     COLD_START_DIR,
     build_chart,
@@ -124,11 +127,14 @@ def test_fastest_bundles_pick_lowest_median_per_policy_with_rebuild_command_when
     choices = {c.policy: c for c in fastest_bundles([level3, level5, MANIFESTS[1]]) if c.model == "bert"}
 
     assert choices["preallocated"].bundle_id == "b" * 16 and choices["preallocated"].candidates == 2
+    # A benched bundle's id covers its stages and bench settings: the command keeps them.
     assert choices["preallocated"].command == (
-        "python -m pipeline model=bert precision=fp32 runtime=preallocated compile.optimization_level=5"
+        "python -m pipeline model=bert precision=fp32 runtime=preallocated compile.optimization_level=5 "
+        "stages=[build,compile,serialize,reload,verify,bench,package] bench.policies=[cudagraphs]"
     )
     assert choices["cudagraphs"].bundle_id == "a" * 16
-    assert choices["cudagraphs"].command.endswith("runtime=cudagraphs compile.optimization_level=3")
+    assert " runtime=cudagraphs compile.optimization_level=3 stages=" in choices["cudagraphs"].command
+    assert "artifacts_dir" not in choices["cudagraphs"].command
     assert choices["cudagraphs"].settings["optimization_level"] == 3
     table = fastest_markdown(fastest_bundles([level3, level5]))
     assert "| bert | fp32 | cudagraphs | 0.300 | aaaaaaaaaaaaaaaa | 2 |" in table
@@ -165,7 +171,27 @@ def test_report_leaves_out_policy_timings_when_export_bundle_did_not_apply_them(
 def test_rebuild_command_keeps_config_dir_when_build_used_one() -> None:
     manifest = swept("c" * 16, 3, {"loaded": stats(0.5)})
     manifest.overrides = ["--config-dir=/home/me/myconf", *manifest.overrides]
-    assert rebuild_command(manifest, "preallocated") == (
+    assert rebuild_command(manifest, "preallocated").startswith(
         "python -m pipeline --config-dir=/home/me/myconf model=bert precision=fp32 runtime=preallocated "
         "compile.optimization_level=3"
     )
+
+
+@pytest.mark.parametrize(("built_with", "rebuilt_for"), [("standard", "dynamic"), ("dynamic", "standard")])
+def test_rebuild_command_builds_the_same_engines_when_the_policy_preset_carries_compile_flags(
+    built_with: str, rebuilt_for: str
+) -> None:
+    overrides = ["model=tiny_cnn", f"runtime={built_with}", "compile.optimization_level=3"]
+    config = config_dict(resolve(compose(overrides)))
+    manifest = sample_manifest(
+        config=config,
+        compile_settings=config["compile"],
+        overrides=overrides,
+        runtime={"policy": {"name": built_with}, "applied": True, "reason": ""},
+    )
+    command = rebuild_command(manifest, rebuilt_for)
+    arguments = shlex.split(command)[3:]
+    assert f"runtime={rebuilt_for}" in arguments
+    rebuilt = OmegaConf.to_container(compose(arguments), enum_to_str=True)
+    assert isinstance(rebuilt, dict)
+    assert rebuilt["compile"] == config["compile"] and rebuilt["runtime"]["name"] == rebuilt_for

@@ -8,7 +8,8 @@ import platform
 import torch
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """The installed version of ``package``, or ``absent``."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -21,8 +22,8 @@ def host_environment() -> dict[str, str]:
         "python": platform.python_version(),
         "os": f"{platform.system()}-{platform.machine()}",
         "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "transformers": _version("transformers"),
+        "torchvision": package_version("torchvision"),
+        "transformers": package_version("transformers"),
         "cuda": str(torch.version.cuda),
     }
     if torch.cuda.is_available():

@@ -11,7 +11,6 @@ by id is then safe: a changed model file or an upgraded library gives another id
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import inspect
 import json
 import site
@@ -25,6 +24,7 @@ import torch
 
 import pipeline
 from pipeline.config.schema import Identity, PipelineConfig, Stage, keys_of
+from pipeline.environment import package_version
 from pipeline.runtime.format import bundle_id
 
 #: The manifest's environment key naming the user's model source file and its sha256.
@@ -47,20 +47,13 @@ def config_identity(resolved: Mapping[str, Any], benched: bool) -> dict[str, Any
     return {name: resolved.get(name) for name in keys_of(*kinds)}
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
 def library_versions() -> dict[str, str]:
     """Versions of what builds and runs every model here, whatever the backend."""
     return {
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "transformers": _version("transformers"),
+        "torchvision": package_version("torchvision"),
+        "transformers": package_version("transformers"),
         "cuda": str(torch.version.cuda),
     }
 

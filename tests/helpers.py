@@ -83,6 +83,18 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
 
 
+def python_snippet(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` with ``python -c`` in a fresh process, from the repository."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=subprocess_env(),
+        check=False,
+    )
+
+
 def cli(*args: str, cwd: Path = REPO, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m ARGS`` from the repository, as a user would (``pythonpath``: one more
     directory to import from, e.g. the user's own models)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from pipeline.runtime.trust import generate_key_pair, sign_bundle
 from pipeline.serve import export_triton, triton_config
 from pipeline.serve.triton_config import InstanceKind, read_golden_shapes
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import REPO, cli, flip_byte, sample_manifest, subprocess_env
+from tests.helpers import cli, flip_byte, python_snippet, sample_manifest
 
 
 def config_of(bundle: Path) -> str:
@@ -142,13 +140,6 @@ def test_pipeline_serve_imports_no_build_side_when_exporting_and_checking(
         "         'pipeline.runner', 'rich', 'transformers', 'matplotlib')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=subprocess_env(),
-        check=False,
-    )
+    completed = python_snippet(probe)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().splitlines()[-1] == "[]"

@@ -7,12 +7,10 @@ torchvision); the build side imports the runtime, never the reverse.
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, python_snippet
 
 RUNTIME_DIR = REPO / "pipeline" / "runtime"
 #: What runtime code may import from this project, besides pipeline.runtime itself.
@@ -65,14 +63,7 @@ def test_loading_and_calling_a_bundle_loads_no_build_side_module_when_run_in_fre
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {BUILD_SIDE!r}))\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=subprocess_env(),
-        check=False,
-    )
+    completed = python_snippet(probe)
     assert completed.returncode == 0, completed.stderr[-2000:]
     project, build_side = completed.stdout.strip().splitlines()[-2:]
     assert build_side == "[]"

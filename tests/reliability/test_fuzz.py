@@ -1,7 +1,7 @@
 """Fuzzing the two parsers that read untrusted data: configs and manifests.
 
 Whatever they are fed, only the project's own ConfigError / BundleError comes out, each example
-within hypothesis' 1 s deadline.
+within a 5 s deadline (a hang or a pathological case, not a timing: the parsers take milliseconds).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ pytestmark = pytest.mark.reliability
 
 
 def examples(count: int) -> settings:
-    """Deterministic runs of ``count`` examples; each must finish within 1 s."""
+    """Deterministic runs of ``count`` examples; each must finish within 5 s."""
     return settings(
-        max_examples=count, deadline=1000, suppress_health_check=list(HealthCheck), derandomize=True
+        max_examples=count, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True
     )
 
 

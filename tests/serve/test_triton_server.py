@@ -95,6 +95,9 @@ def test_triton_server_answers_every_golden_set_within_tolerance_when_served(
     assert result.passed, result.summary()
 
 
+#: How long before SIGTERM a request must have started to count as received by the server.
+CONNECT_MARGIN_S = 0.2
+
 BAD_INPUTS = {
     "unknown name": (
         {"input_idz": np.ones((1, 9), np.int32), "token_type_ids": np.zeros((1, 9), np.int32)},
@@ -223,11 +226,16 @@ def test_serve_cli_finishes_in_flight_requests_and_leaves_no_process_when_sigter
     exited_after = time.monotonic() - sigterm_at
     for thread in threads:
         thread.join(timeout=30)
+    # A request the client started just before the signal may reach the server only after it:
+    # Triton then refuses the connection at the door. Requests sent earlier were in the server.
+    reached = sigterm_at - CONNECT_MARGIN_S
     in_flight = [outcome for started, ended, outcome in results if started < sigterm_at < ended]
+    racing = {outcome for started, _, outcome in results if reached <= started < sigterm_at}
     assert process.returncode == 0
     assert exited_after < 30
-    assert in_flight and set(in_flight) == {"ok"}, in_flight
-    assert {outcome for _, _, outcome in results} == {"ok"}
+    assert "ok" in in_flight, in_flight  # requests in flight at SIGTERM were answered
+    assert {outcome for started, _, outcome in results if started < reached} == {"ok"}
+    assert all(o == "ok" or o.startswith("connection:") for o in racing), racing  # never a wrong answer
     assert not [pid for pid in children if alive(pid)]
 
 

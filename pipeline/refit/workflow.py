@@ -47,7 +47,7 @@ from pipeline.runtime.policy import PolicyReport
 from pipeline.runtime.trust import TrustPolicy
 from pipeline.stages.build import instantiate_model, prepare_model
 from pipeline.stages.package import PublishedBundle
-from pipeline.stages.protocol import Step, Work, build_or_reuse, need, run_steps
+from pipeline.stages.protocol import Step, StepDefaults, Work, build_or_reuse, need, run_steps
 from pipeline.stages.serialize import SerializedModel
 from pipeline.stages.steps import COMMON_FIELDS, PackageStep, ReloadStep, VerifyStep, step_timings
 from pipeline.stages.verify import VerifiedModel
@@ -254,7 +254,7 @@ def _refit_failure(config: PipelineConfig, verdict: str) -> str:
 
 
 @dataclass
-class RefitEnginesStep:
+class RefitEnginesStep(StepDefaults):
     """Write the parent's engines, refitted to the new weights, into the staging directory."""
 
     parent: Manifest
@@ -266,9 +266,6 @@ class RefitEnginesStep:
 
     def detail(self, work: Work) -> str:
         return f"{self.parent.engine_count} engines"
-
-    def reuse(self, work: Work) -> None:
-        return None
 
     def run(self, work: Work) -> SerializedModel:
         built, staging = need(work.built, "built"), need(work.staging, "staging")

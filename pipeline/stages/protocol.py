@@ -126,6 +126,18 @@ class Step(Protocol):
         ...
 
 
+class StepDefaults:
+    """What most steps say and reuse: nothing beside their name, nothing made earlier."""
+
+    def detail(self, work: Work) -> str:
+        """What the progress line says beside the name."""
+        return ""
+
+    def reuse(self, work: Work) -> tuple[Any, str] | None:
+        """An output made earlier (and why it may be reused), or None to run the step."""
+        return None
+
+
 def run_steps(steps: Iterable[Step], work: Work) -> None:
     """Run ``steps`` in order, each after checking what it requires; record status and time."""
     for step in steps:

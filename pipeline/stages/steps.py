@@ -26,7 +26,7 @@ from pipeline.runtime.loaded import LoadedModel
 from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
 from pipeline.stages.compile import CompileCache, compile_model
 from pipeline.stages.package import PublishedBundle, package_bundle
-from pipeline.stages.protocol import Work, need
+from pipeline.stages.protocol import StepDefaults, Work, need
 from pipeline.stages.reload import reload_model
 from pipeline.stages.serialize import SerializedModel, serialize_model
 from pipeline.stages.verify import VerifiedModel, verify_model
@@ -69,18 +69,12 @@ class CompileStep:
 
 
 @dataclass
-class SerializeStep:
+class SerializeStep(StepDefaults):
     """Write the compiled model into the staging directory."""
 
     name = Stage.serialize
     requires = ("compiled",)
     produces = "serialized"
-
-    def detail(self, work: Work) -> str:
-        return ""
-
-    def reuse(self, work: Work) -> None:
-        return None
 
     def run(self, work: Work) -> SerializedModel:
         compiled = need(work.compiled, "compiled")
@@ -95,7 +89,7 @@ def load_serialized(work: Work, policy: RuntimeConfig) -> LoadedModel:
 
 
 @dataclass
-class ReloadStep:
+class ReloadStep(StepDefaults):
     """Load the written model back exactly as deployment hosts will, its policy applied."""
 
     name: Enum = Stage.reload
@@ -105,9 +99,6 @@ class ReloadStep:
     def detail(self, work: Work) -> str:
         return f"runtime={work.policy.name}"
 
-    def reuse(self, work: Work) -> None:
-        return None
-
     def run(self, work: Work) -> LoadedModel:
         loaded = load_serialized(work, work.policy)
         work.policy_report = loaded.policy_report
@@ -115,7 +106,7 @@ class ReloadStep:
 
 
 @dataclass
-class VerifyStep:
+class VerifyStep(StepDefaults):
     """Compare the reloaded model with eager PyTorch; a failed check fails the step (✗).
 
     ``failure`` words the error for the flow's user, from the config and the verdict.
@@ -125,12 +116,6 @@ class VerifyStep:
     name: Enum = Stage.verify
     requires = ("built", "loaded")
     produces = "verified"
-
-    def detail(self, work: Work) -> str:
-        return ""
-
-    def reuse(self, work: Work) -> None:
-        return None
 
     def run(self, work: Work) -> VerifiedModel:
         verified = verify_model(need(work.built, "built"), need(work.loaded, "loaded"), work.config)
@@ -143,7 +128,7 @@ class VerifyStep:
 
 
 @dataclass
-class BenchStep:
+class BenchStep(StepDefaults):
     """Time the loaded model (and extra policies) against the configured baselines."""
 
     name = Stage.bench
@@ -152,9 +137,6 @@ class BenchStep:
 
     def detail(self, work: Work) -> str:
         return f"{work.config.bench.iterations} calls per variant"
-
-    def reuse(self, work: Work) -> None:
-        return None
 
     def run(self, work: Work) -> BenchReport:
         work.loaded = None  # measure what the bench loads, not what reload left behind
@@ -210,7 +192,7 @@ def step_timings(work: Work) -> dict[str, float]:
 
 
 @dataclass
-class PackageStep:
+class PackageStep(StepDefaults):
     """Assemble the manifest and publish the staging directory under the bundle's name.
 
     ``own_fields`` gives the manifest fields that depend on how the bundle was made (the config
@@ -221,12 +203,6 @@ class PackageStep:
     name: Enum = Stage.package
     requires = ("built", "serialized", "verified", "policy_report")
     produces = "bundle"
-
-    def detail(self, work: Work) -> str:
-        return ""
-
-    def reuse(self, work: Work) -> None:
-        return None
 
     def run(self, work: Work) -> PublishedBundle:
         own = self.own_fields(work)

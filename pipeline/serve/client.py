@@ -8,11 +8,14 @@ check URL BUNDLE`` is the same from a shell.
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +79,72 @@ def decode_tensor(entry: Mapping[str, Any]) -> tuple[str, np.ndarray]:
     return name, array.reshape(shape)
 
 
+#: Triton's binary tensor data extension: the JSON header's length, in a request and an answer.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def encode_binary_request(
+    inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None
+) -> tuple[bytes, int]:
+    """A v2 request in Triton's binary tensor data extension: the JSON header (each input's
+    ``binary_data_size``, every output asked for as binary) followed by the inputs' raw bytes;
+    returns the body and the header's length."""
+    tensors, blobs = [], []
+    for name, value in inputs.items():
+        array = np.ascontiguousarray(value)
+        datatype = _V2_TYPES.get(array.dtype.name)
+        if datatype is None:
+            raise ValueError(f"input '{name}': dtype {array.dtype} has no KServe v2 datatype")
+        blob = array.tobytes()
+        blobs.append(blob)
+        tensors.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+    header: dict[str, Any] = {"inputs": tensors, "parameters": {"binary_data_output": True}}
+    if outputs:
+        header["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), len(head)
+
+
+def decode_binary_answer(payload: bytes, header_length: int | None) -> dict[str, np.ndarray]:
+    """The outputs of a v2 answer, binary (Triton's extension) or JSON."""
+    if header_length is None:
+        answer = json.loads(payload)
+        return dict(decode_tensor(entry) for entry in answer.get("outputs", []))
+    answer = json.loads(payload[:header_length])
+    offset, outputs = header_length, {}
+    for entry in answer.get("outputs", []):
+        size = entry.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            name, array = decode_tensor(entry)
+        else:
+            name = entry["name"]
+            dtype = np.dtype(_NUMPY_TYPES[entry["datatype"]])
+            array = np.frombuffer(payload, dtype=dtype, count=size // dtype.itemsize, offset=offset)
+            array = array.reshape(entry["shape"])
+            offset += size
+        outputs[name] = array
+    return outputs
+
+
 @dataclass
 class ServeClient:
-    """KServe v2 over HTTP/JSON to one server (``url``: ``http://host:port``)."""
+    """KServe v2 over HTTP/JSON to one server (``url``: ``http://host:port``).
+
+    ``keep_alive``: each thread keeps one HTTP connection open between requests (what a
+    latency-sensitive caller does) instead of connecting per request.
+    """
 
     url: str
     timeout_s: float = 60.0
+    keep_alive: bool = False
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def ready(self) -> bool:
         """True when the server reports every model ready (``/v2/health/ready``)."""
@@ -101,6 +164,28 @@ class ServeClient:
         answer = self._json("POST", f"/v2/models/{model}/infer", body)
         return dict(decode_tensor(entry) for entry in answer.get("outputs", []))
 
+    def infer_binary(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """:meth:`infer` with tensors as raw bytes (Triton's binary tensor data extension; Ray
+        Serve speaks JSON only): what a large tensor, e.g. BERT's hidden states, needs."""
+        body, header_length = encode_binary_request(inputs, outputs)
+        _, payload, headers = self._send(
+            "POST",
+            f"/v2/models/{model}/infer",
+            body,
+            {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(header_length)},
+        )
+        length = headers.get(HEADER_LENGTH.lower())
+        return decode_binary_answer(payload, int(length) if length is not None else None)
+
+    def close(self) -> None:
+        """Close this thread's kept-alive connection, if any."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
     def _json(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         _, payload = self._request(method, path, body)
         result: dict[str, Any] = json.loads(payload)
@@ -108,22 +193,55 @@ class ServeClient:
 
     def _request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
         data = None if body is None else json.dumps(body).encode()
+        status, payload, _ = self._send(method, path, data, {"Content-Type": "application/json"})
+        return status, payload
+
+    def _send(
+        self, method: str, path: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        if self.keep_alive:
+            return self._send_kept_alive(method, path, data, headers)
         request = urllib.request.Request(
-            self.url.rstrip("/") + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
+            self.url.rstrip("/") + path, data=data, method=method, headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return int(response.status), response.read()
+                return (
+                    int(response.status),
+                    response.read(),
+                    {k.lower(): v for k, v in response.headers.items()},
+                )
         except urllib.error.HTTPError as error:
-            raw = error.read()
-            try:
-                message = str(json.loads(raw).get("error", raw.decode(errors="replace")))
-            except (ValueError, AttributeError):
-                message = raw.decode(errors="replace")
-            raise RequestError(error.code, message) from None
+            raise _refusal(error.code, error.read()) from None
+
+    def _send_kept_alive(
+        self, method: str, path: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            parts = urllib.parse.urlsplit(self.url)
+            connection = http.client.HTTPConnection(
+                parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout_s
+            )
+            self._local.connection = connection
+        try:
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException):
+            self.close()  # the next request connects again
+            raise
+        if response.status >= 400:
+            raise _refusal(response.status, payload)
+        return int(response.status), payload, {k.lower(): v for k, v in response.getheaders()}
+
+
+def _refusal(status: int, raw: bytes) -> RequestError:
+    try:
+        message = str(json.loads(raw).get("error", raw.decode(errors="replace")))
+    except (ValueError, AttributeError):
+        message = raw.decode(errors="replace")
+    return RequestError(status, message)
 
 
 @dataclass(frozen=True)

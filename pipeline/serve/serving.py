@@ -113,15 +113,17 @@ class ServedBundle:
         return (spec.max_shape or spec.shape)[0]
 
     def _call(self, group: list[Checked]) -> list[Outcome]:
+        # Inputs were checked on the host (values too): the model does not read them back again.
         if len(group) == 1:
-            outputs = self.loaded(*group[0][1])
+            outputs = self.loaded.call_checked_on_host(group[0][1])
             return [Outcome(outputs=self._to_numpy(outputs))]
         stacked = [torch.cat(column) for column in zip(*(inputs for _, inputs in group), strict=True)]
-        outputs = self.loaded(*stacked)
+        answers = self._to_numpy(self.loaded.call_checked_on_host(stacked))  # one copy per output
         sizes = [inputs[0].shape[0] for _, inputs in group]
-        pieces = [torch.split(output, sizes) for output in outputs]
+        bounds = np.cumsum(sizes)[:-1]
+        pieces = {name: np.split(value, bounds) for name, value in answers.items()}
         return [
-            Outcome(outputs=self._to_numpy([piece[position] for piece in pieces]))
+            Outcome(outputs={name: split[position] for name, split in pieces.items()})
             for position in range(len(group))
         ]
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.models.inputs import make_inputs
 from pipeline.runtime.verification import compare
 from pipeline.serve.serving import ServedBundle
-from tests.gpu.test_tensorrt_bundles import MODELS, golden, loaded
+from tests.gpu.test_tensorrt_bundles import MODELS, build, golden, loaded
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +40,61 @@ def test_served_bundle_answers_host_requests_on_the_gpu_and_refuses_a_bad_one_al
         assert outcome.error is None, outcome.error
         outputs = [torch.from_numpy(array) for array in outcome.outputs.values()]
         assert all(c.passed for c in compare("served", outputs, reference, tolerance))
+
+
+def test_triton_server_answers_golden_sets_and_each_of_16_threads_gets_its_own_answer_when_bundle_is_tensorrt(
+    artifacts: Path,
+) -> None:
+    """The real tritonserver (the ``serve`` extra) with a KIND_GPU instance of a TensorRT bundle
+    built here: golden round trip over HTTP, then 64 requests with distinct inputs from 16
+    threads, each answer compared with the in-process answer to the same inputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.serve import ServeClient, check_server, export_triton
+    from pipeline.serve.server import ServeError, TritonInstall, TritonServer
+
+    try:
+        TritonInstall.find()
+    except ServeError as missing:
+        pytest.skip(f"{missing}: serving on the GPU host needs the serve wheels (scripts/gpu-serve.sh)")
+    model_name, precision = MODELS[0]
+    case = (model_name, precision, "preallocated")
+    bundle = build(artifacts, case).bundle
+    assert bundle is not None
+    in_process = loaded(artifacts, case)
+    _, _, tolerance = golden(in_process.manifest, in_process.root)
+    workdir = artifacts / "triton"
+    exported = export_triton(bundle.path, workdir / "models")
+    assert "KIND_GPU" in exported.config.to_pbtxt()
+    with (workdir / "tritonserver.log").open("w") as log:
+        server = TritonServer(workdir / "models", port=0, metrics_port=0, workdir=workdir, log=log)
+        try:
+            server.start(timeout_s=300)
+            checked = check_server(server.url, bundle.path, timeout_s=60)
+            assert checked.passed, checked.summary()
+
+            requests = []
+            for seed in range(64):
+                tensors = make_inputs(in_process.specs, seed, in_process.precision, in_process.device)
+                requests.append(
+                    {spec.name: t.cpu().numpy() for spec, t in zip(in_process.specs, tensors, strict=True)}
+                )
+            expected = [
+                [o.cpu() for o in in_process(*[torch.from_numpy(a).cuda() for a in r.values()])]
+                for r in requests
+            ]
+            client = ServeClient(server.url, timeout_s=60, keep_alive=True)
+
+            def ask(index: int) -> dict[str, np.ndarray]:
+                return client.infer_binary(exported.config.name, requests[index])
+
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(ask, range(64)))
+            wrong = []
+            for index, (answer, reference) in enumerate(zip(answers, expected, strict=True)):
+                got = [torch.from_numpy(np.array(value)) for value in answer.values()]
+                if not all(c.passed for c in compare(f"request {index}", got, reference, tolerance)):
+                    wrong.append(index)
+            assert not wrong, f"{len(wrong)}/64 requests answered wrongly through Triton: {wrong[:8]}"
+        finally:
+            assert server.stop() is not None

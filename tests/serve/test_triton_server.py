@@ -95,6 +95,30 @@ def test_triton_server_answers_every_golden_set_within_tolerance_when_served(
     assert result.passed, result.summary()
 
 
+@pytest.mark.parametrize("bundle_fixture", ["cnn_bundle", "dynamic_bert_bundle"])
+def test_serve_client_binary_answers_equal_json_answers_when_connection_is_kept_alive(
+    server: TritonServer, bundle_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    from pipeline.serve.client import golden_requests
+
+    model, sets, _ = golden_requests(request.getfixturevalue(bundle_fixture).path)
+    json_client, binary_client = ServeClient(server.url), ServeClient(server.url, keep_alive=True)
+    try:
+        for inputs, expected in sets.values():
+            by_json = json_client.infer(model, inputs)
+            for _ in range(2):  # the second request reuses the connection
+                by_binary = binary_client.infer_binary(model, inputs)
+                assert list(by_binary) == list(expected)
+                for name in expected:
+                    assert by_binary[name].dtype == by_json[name].dtype
+                    np.testing.assert_array_equal(by_binary[name], by_json[name])
+        with pytest.raises(RequestError) as refused:  # a refusal keeps its message in binary too
+            binary_client.infer_binary(model, {"nothing": np.zeros((1,), np.float32)})
+        assert refused.value.status == 400
+    finally:
+        binary_client.close()
+
+
 #: How long before SIGTERM a request must have started to count as received by the server.
 CONNECT_MARGIN_S = 0.2
 

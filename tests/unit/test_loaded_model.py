@@ -221,3 +221,13 @@ def test_loaded_model_passes_values_unchecked_when_policy_turns_range_check_off(
     unchecked = RuntimeConfig(name="unchecked", check_value_ranges=False)
     outputs = ranged(unchecked)(torch.tensor([[1, 2, 100, 4]]), torch.tensor([[0, 1, 0, 1]]))
     assert outputs[0].tolist() == [[1, 3, 100, 5]]
+
+
+def test_call_checked_on_host_refuses_inputs_when_not_on_the_model_device() -> None:
+    model = loaded()
+    ids, types = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[0, 1, 0, 1]])
+    assert model.call_checked_on_host((ids, types)).sums.tolist() == [[1, 3, 3, 5]]
+    with pytest.raises(InputValidationError, match=r"input 1: on meta, the model runs on cpu"):
+        model.call_checked_on_host((ids, types.to("meta")))
+    with pytest.raises(InputValidationError, match="expected 2 inputs, got 1"):
+        model.call_checked_on_host((ids,))

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Serving on the GPU host, in two device calls back to back (the TensorRT-RTX wheelhouse and the
+# serve wheels do not fit in one call's 64 MiB; a warm host keeps /tmp between calls):
+#   call 1, carry .gpu-wheelhouse:   OUT=$OUT PHASE=build bash scripts/gpu-serve.sh
+#     installs the wheelhouse into /tmp/gpu-site and builds BERT fp16 (static 1x128) and
+#     bert_dynamic fp16 bundles (preallocated) under /tmp/serve-artifacts;
+#   call 2, carry .serve-wheelhouse: OUT=$OUT PHASE=serve bash scripts/gpu-serve.sh
+#     installs nvidia-pytriton and numpy<2 (the backend stub's) into /tmp/serve-site, runs the GPU
+#     serving tests (a real tritonserver) and scripts/serve_bench.py: HTTP vs in-process latency on
+#     the static bundle, dynamic batching vs serial requests on the dynamic one. Results under $OUT.
+set -uo pipefail
+OUT=${OUT:-artifacts/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+BUNDLES=/tmp/serve-artifacts
+case "${PHASE:?PHASE=build or PHASE=serve}" in
+build)
+  # shellcheck disable=SC1091
+  GPU_SITE=/tmp/gpu-site source .gpu-wheelhouse/install.sh .gpu-wheelhouse >"$OUT/install.txt" 2>&1 \
+    || { cat "$OUT/install.txt"; exit 3; }
+  for model in bert bert_dynamic; do
+    python3 -m pipeline model=$model precision=fp16 runtime=preallocated backend=tensorrt \
+      artifacts_dir=$BUNDLES >"$OUT/build-$model.log" 2>&1 || { tail -n 20 "$OUT/build-$model.log"; exit 1; }
+    grep '^bundle: ' "$OUT/build-$model.log"
+  done
+  ;;
+serve)
+  [ -d /tmp/gpu-site/torch_tensorrt ] || { echo "machine is new: run PHASE=build first"; exit 3; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/serve-site .serve-wheelhouse/*.whl \
+    >"$OUT/serve-install.txt" 2>&1 || { cat "$OUT/serve-install.txt"; exit 3; }
+  # numpy < 2 first: the Python backend stub gets this process's sys.path (pipeline.serve.server).
+  export PYTHONPATH=/tmp/serve-site:/tmp/gpu-site LD_LIBRARY_PATH=/tmp/gpu-site/tensorrt_rtx_libs
+  python3 -c "import numpy, torch; print('numpy', numpy.__version__, '| torch', torch.__version__)"
+  timeout -k 5 "${SERVE_TEST_LIMIT:-240}" python3 -m pytest -v -p no:cacheprovider tests/gpu/test_serving.py \
+    >"$OUT/test-serving.log" 2>&1
+  status=$?
+  echo "GPU serving tests: rc $status"
+  grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/test-serving.log" | tail -8
+  static=$(ls -d $BUNDLES/bundles/bert-fp16-preallocated-* | head -n 1)
+  dynamic=$(ls -d $BUNDLES/bundles/bert_dynamic-fp16-preallocated-* | head -n 1)
+  python3 scripts/serve_bench.py latency "$static" --requests 1000 --json "$OUT/serve-latency.json" \
+    >"$OUT/serve-latency.log" 2>&1 || { tail -n 20 "$OUT/serve-latency.log"; status=1; }
+  python3 scripts/serve_bench.py batching "$dynamic" --seconds 8 --clients 32 --json "$OUT/serve-batching.json" \
+    >"$OUT/serve-batching.log" 2>&1 || { tail -n 20 "$OUT/serve-batching.log"; status=1; }
+  cat "$OUT"/serve-*.json 2>/dev/null
+  exit "$status"
+  ;;
+esac

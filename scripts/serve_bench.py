@@ -1,0 +1,214 @@
+"""What serving costs over calling the loaded model in process, and what dynamic batching buys.
+
+On a GPU host with the ``serve`` wheels (scripts/gpu-serve.sh runs it)::
+
+    python3 scripts/serve_bench.py latency BUNDLE [--requests 500] [--json OUT]
+    python3 scripts/serve_bench.py batching BUNDLE [--seconds 5] [--clients 32] [--json OUT]
+
+``latency`` (a static bundle, e.g. BERT fp16 1x128): p50/p99 of, side by side in one process,
+(a) the loaded model on inputs already on the GPU, outputs left there; (b) the same from host
+arrays to host arrays, as the server's backend does it (input checks on the host, copy in, call,
+copy out); (c) through tritonserver over HTTP, one kept-alive connection, tensors as raw bytes
+(Triton's binary extension; JSON would spend milliseconds printing BERT's 98,304 hidden-state
+numbers). (a) and (b) are measured again after (c), so drift shows.
+
+``batching`` (a bundle whose inputs share a dynamic batch dimension, e.g. ``bert_dynamic``):
+requests of batch 1 from one client one after another, then from ``--clients`` threads at once;
+requests per second of each, their ratio, and the batches Triton actually ran (from its metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.models.inputs import make_inputs
+from pipeline.runtime import load_bundle
+from pipeline.serve import ServeClient, export_triton
+from pipeline.serve.server import TritonServer
+from pipeline.serve.serving import ServedBundle
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    """p50 / p99 / mean in milliseconds."""
+    ordered = sorted(samples_s)
+    return {
+        "p50_ms": round(1e3 * statistics.median(ordered), 4),
+        "p99_ms": round(1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 4),
+        "mean_ms": round(1e3 * statistics.fmean(ordered), 4),
+    }
+
+
+def timed(call: Callable[[], Any], requests: int, warmup: int = 20) -> dict[str, float]:
+    """Latency of ``call`` (which returns only once its answer is on the host or synchronized)."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+def started_server(bundle: Path, workdir: Path) -> tuple[TritonServer, str]:
+    exported = export_triton(bundle, workdir / "models")
+    log = (workdir / "tritonserver.log").open("w")
+    server = TritonServer(workdir / "models", port=0, metrics_port=0, workdir=workdir, log=log)
+    server.start(timeout_s=300)
+    return server, exported.config.name
+
+
+def latency(bundle: Path, requests: int) -> dict[str, Any]:
+    served = ServedBundle.load(bundle)
+    model = served.loaded
+    on_gpu = make_inputs(model.specs, 1, model.precision, model.device)
+    on_host = {spec.name: t.cpu().numpy() for spec, t in zip(model.specs, on_gpu, strict=True)}
+
+    def in_process_gpu() -> None:
+        model(*on_gpu)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+
+    def in_process_host() -> None:
+        (outcome,) = served.run([on_host])
+        assert outcome.error is None, outcome.error
+
+    result: dict[str, Any] = {
+        "bundle": bundle.name,
+        "requests": requests,
+        "in_process_gpu": timed(in_process_gpu, requests),
+        "in_process_host": timed(in_process_host, requests),
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        server, name = started_server(bundle, Path(workdir))
+        try:
+            client = ServeClient(server.url, keep_alive=True)
+            answer = client.infer_binary(name, on_host)
+            reference = served.run([on_host])[0].outputs
+            result["http_equals_in_process"] = all(
+                np.array_equal(answer[key], reference[key]) for key in reference
+            )
+            result["http_binary"] = timed(lambda: client.infer_binary(name, on_host), requests)
+            client.close()
+        finally:
+            server.stop()
+    result["in_process_gpu_after"] = timed(in_process_gpu, requests)
+    result["in_process_host_after"] = timed(in_process_host, requests)
+    for baseline in ("in_process_gpu", "in_process_host"):
+        before, after = result[baseline]["p50_ms"], result[f"{baseline}_after"]["p50_ms"]
+        result[f"http_adds_p50_ms_over_{baseline}"] = round(
+            result["http_binary"]["p50_ms"] - min(before, after), 4
+        )
+    served.close()
+    return result
+
+
+def metric(url: str, name: str, model: str) -> float:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def throughput(
+    client: ServeClient, name: str, request: dict[str, np.ndarray], clients: int, seconds: float
+) -> float:
+    """Requests per second answered when ``clients`` threads each send requests back to back."""
+    counts = [0] * clients
+    deadline = time.perf_counter() + seconds
+    failures: list[BaseException] = []
+
+    def loop(index: int) -> None:
+        try:
+            while time.perf_counter() < deadline:
+                client.infer_binary(name, request)
+                counts[index] += 1
+        except BaseException as exc:  # reported below, not swallowed
+            failures.append(exc)
+        finally:
+            client.close()
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def batching(bundle: Path, seconds: float, clients: int) -> dict[str, Any]:
+    loaded = load_bundle(bundle)
+    specs, precision = loaded.specs, loaded.precision
+    loaded.close()
+    tensors = make_inputs(specs, 2, precision, "cpu")  # the opt shape: batch 1 for bert_dynamic
+    request = {spec.name: t.numpy() for spec, t in zip(specs, tensors, strict=True)}
+    result: dict[str, Any] = {
+        "bundle": bundle.name,
+        "request_shape": {k: list(v.shape) for k, v in request.items()},
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        server, name = started_server(bundle, Path(workdir))
+        try:
+            client = ServeClient(server.url, keep_alive=True, timeout_s=120)
+            for _ in range(20):
+                client.infer_binary(name, request)
+            client.close()
+            runs = (("serial", 1), ("concurrent", clients))
+            for label, threads in runs:
+                inferences = metric(server.metrics_url, "nv_inference_count", name)
+                executions = metric(server.metrics_url, "nv_inference_exec_count", name)
+                rate = throughput(client, name, request, threads, seconds)
+                inferences = metric(server.metrics_url, "nv_inference_count", name) - inferences
+                executions = metric(server.metrics_url, "nv_inference_exec_count", name) - executions
+                result[label] = {
+                    "clients": threads,
+                    "requests_per_s": round(rate, 1),
+                    "mean_batch": round(inferences / executions, 2) if executions else None,
+                }
+        finally:
+            server.stop()
+    result["concurrent_over_serial"] = round(
+        result["concurrent"]["requests_per_s"] / result["serial"]["requests_per_s"], 2
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", choices=("latency", "batching"))
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.mode == "latency":
+        result = latency(args.bundle, args.requests)
+    else:
+        result = batching(args.bundle, args.seconds, args.clients)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

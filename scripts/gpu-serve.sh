@@ -19,17 +19,22 @@ build)
   GPU_SITE=/tmp/gpu-site source .gpu-wheelhouse/install.sh .gpu-wheelhouse >"$OUT/install.txt" 2>&1 \
     || { cat "$OUT/install.txt"; exit 3; }
   for model in bert bert_dynamic; do
-    python3 -m pipeline model=$model precision=fp16 runtime=preallocated backend=tensorrt \
+    # bert_dynamic fp16's error is larger than the static engine's (tests/gpu/test_dynamic_shapes.py).
+    tolerance=(); [ $model = bert_dynamic ] && tolerance=(verify.fp16.atol=0.2 verify.fp16.rtol=0.03 verify.fp16.min_cosine=0.997)
+    python3 -m pipeline model=$model precision=fp16 runtime=preallocated backend=tensorrt "${tolerance[@]}" \
       artifacts_dir=$BUNDLES >"$OUT/build-$model.log" 2>&1 || { tail -n 20 "$OUT/build-$model.log"; exit 1; }
     grep '^bundle: ' "$OUT/build-$model.log"
   done
   ;;
 serve)
   [ -d /tmp/gpu-site/torch_tensorrt ] || { echo "machine is new: run PHASE=build first"; exit 3; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/serve-site .serve-wheelhouse/*.whl \
+  rm -rf /tmp/serve-site /tmp/serve-numpy
+  { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/serve-site .serve-wheelhouse/nvidia_pytriton-*.whl \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/serve-numpy .serve-wheelhouse/numpy-*.whl; } \
     >"$OUT/serve-install.txt" 2>&1 || { cat "$OUT/serve-install.txt"; exit 3; }
-  # numpy < 2 first: the Python backend stub gets this process's sys.path (pipeline.serve.server).
-  export PYTHONPATH=/tmp/serve-site:/tmp/gpu-site LD_LIBRARY_PATH=/tmp/gpu-site/tensorrt_rtx_libs
+  # The backend stub needs numpy < 2; this process keeps the host's numpy 2 (transformers needs it).
+  export PYTHONPATH=.:/tmp/serve-site:/tmp/gpu-site LD_LIBRARY_PATH=/tmp/gpu-site/tensorrt_rtx_libs \
+    PIPELINE_SERVE_BACKEND_PATH=/tmp/serve-numpy
   python3 -c "import numpy, torch; print('numpy', numpy.__version__, '| torch', torch.__version__)"
   timeout -k 5 "${SERVE_TEST_LIMIT:-240}" python3 -m pytest -v -p no:cacheprovider tests/gpu/test_serving.py \
     >"$OUT/test-serving.log" 2>&1
@@ -38,7 +43,7 @@ serve)
   grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/test-serving.log" | tail -8
   static=$(ls -d $BUNDLES/bundles/bert-fp16-preallocated-* | head -n 1)
   dynamic=$(ls -d $BUNDLES/bundles/bert_dynamic-fp16-preallocated-* | head -n 1)
-  python3 scripts/serve_bench.py latency "$static" --requests 1000 --json "$OUT/serve-latency.json" \
+  python3 scripts/serve_bench.py latency "$static" --requests 600 --json "$OUT/serve-latency.json" \
     >"$OUT/serve-latency.log" 2>&1 || { tail -n 20 "$OUT/serve-latency.log"; status=1; }
   python3 scripts/serve_bench.py batching "$dynamic" --seconds 8 --clients 32 --json "$OUT/serve-batching.json" \
     >"$OUT/serve-batching.log" 2>&1 || { tail -n 20 "$OUT/serve-batching.log"; status=1; }

@@ -71,7 +71,7 @@ def started_server(bundle: Path, workdir: Path) -> tuple[TritonServer, str]:
     return server, exported.config.name
 
 
-def latency(bundle: Path, requests: int) -> dict[str, Any]:
+def latency(bundle: Path, requests: int, warmup: int = 50) -> dict[str, Any]:
     served = ServedBundle.load(bundle)
     model = served.loaded
     on_gpu = make_inputs(model.specs, 1, model.precision, model.device)
@@ -86,12 +86,7 @@ def latency(bundle: Path, requests: int) -> dict[str, Any]:
         (outcome,) = served.run([on_host])
         assert outcome.error is None, outcome.error
 
-    result: dict[str, Any] = {
-        "bundle": bundle.name,
-        "requests": requests,
-        "in_process_gpu": timed(in_process_gpu, requests),
-        "in_process_host": timed(in_process_host, requests),
-    }
+    result: dict[str, Any] = {"bundle": bundle.name, "requests": requests}
     with tempfile.TemporaryDirectory() as workdir:
         server, name = started_server(bundle, Path(workdir))
         try:
@@ -101,19 +96,57 @@ def latency(bundle: Path, requests: int) -> dict[str, Any]:
             result["http_equals_in_process"] = all(
                 np.array_equal(answer[key], reference[key]) for key in reference
             )
-            result["http_binary"] = timed(lambda: client.infer_binary(name, on_host), requests)
+
+            def http() -> None:
+                client.infer_binary(name, on_host)
+
+            calls = {
+                "in_process_gpu": in_process_gpu,
+                "in_process_host": in_process_host,
+                "http_binary": http,
+            }
+            for call in calls.values():
+                for _ in range(warmup):
+                    call()
+            # Interleaved, so that every way sees the GPU in the same state (clocks, other work).
+            samples: dict[str, list[float]] = {label: [] for label in calls}
+            counters = (*SERVER_TIMES, "nv_inference_request_success")
+            before = {key: metric(server.metrics_url, key, name) for key in counters}
+            for _ in range(requests):
+                for label, call in calls.items():
+                    start = time.perf_counter()
+                    call()
+                    samples[label].append(time.perf_counter() - start)
+            success = "nv_inference_request_success"
+            count = metric(server.metrics_url, success, name) - before[success]
+            # Where a request's time went inside the server (Triton's cumulative counters, in us).
+            result["server_mean_ms"] = {
+                key.removeprefix("nv_inference_").removesuffix("_duration_us"): round(
+                    (metric(server.metrics_url, key, name) - before[key]) / 1e3 / max(count, 1), 4
+                )
+                for key in SERVER_TIMES
+            }
             client.close()
         finally:
             server.stop()
-    result["in_process_gpu_after"] = timed(in_process_gpu, requests)
-    result["in_process_host_after"] = timed(in_process_host, requests)
+    for label, values in samples.items():
+        result[label] = percentiles(values)
     for baseline in ("in_process_gpu", "in_process_host"):
-        before, after = result[baseline]["p50_ms"], result[f"{baseline}_after"]["p50_ms"]
         result[f"http_adds_p50_ms_over_{baseline}"] = round(
-            result["http_binary"]["p50_ms"] - min(before, after), 4
+            result["http_binary"]["p50_ms"] - result[baseline]["p50_ms"], 4
         )
     served.close()
     return result
+
+
+#: Triton's cumulative per-model times: request (all), queue, input copy, execute, output copy.
+SERVER_TIMES = (
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+)
 
 
 def metric(url: str, name: str, model: str) -> float:

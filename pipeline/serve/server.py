@@ -33,6 +33,8 @@ from typing import IO, Any
 from pipeline.errors import PipelineError
 from pipeline.serve.client import ServeClient
 
+#: Directories put first on the Python backend's ``sys.path`` only (``os.pathsep``-separated).
+BACKEND_PATH_VARIABLE = "PIPELINE_SERVE_BACKEND_PATH"
 #: Seconds Triton waits for in-flight requests after SIGTERM before it stops anyway.
 EXIT_TIMEOUT_S = 20
 #: Extra seconds this process gives Triton to exit after that, before killing its process group.
@@ -160,7 +162,12 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             [d for d in libdirs if d] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else [])
         )
-        env["PIPELINE_SERVE_SYS_PATH"] = os.pathsep.join(entry for entry in sys.path if entry)
+        # BACKEND_PATH_VARIABLE: directories the backend alone puts first, e.g. a numpy < 2 for the
+        # stub where this environment needs numpy 2 for other work (the GPU test host does).
+        backend_first = [entry for entry in env.get(BACKEND_PATH_VARIABLE, "").split(os.pathsep) if entry]
+        env["PIPELINE_SERVE_SYS_PATH"] = os.pathsep.join(
+            backend_first + [entry for entry in sys.path if entry]
+        )
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 

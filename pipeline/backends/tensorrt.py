@@ -23,7 +23,6 @@ from pipeline.errors import ConfigError
 from pipeline.models.inputs import torch_dtype
 from pipeline.runtime.engine_graph import EngineDescription, EngineRecord, split_engines
 from pipeline.runtime.engines import find_engines
-from pipeline.runtime.policy import RuntimeCacheMode, RuntimeConfig
 from pipeline.runtime.tensorrt import TensorRTRuntime, engine_index, rtx_settings_refused
 from pipeline.timing import Stopwatch
 
@@ -190,8 +189,7 @@ class TensorRTBackend(TensorRTRuntime, Backend):
         with torch.cuda.device(request.device), torch.no_grad():
             with watch.lap("load"):
                 # Refit works on Torch-TensorRT's engine objects: the C++ runtime's.
-                on_cpp_runtime = RuntimeConfig(runtime_cache=RuntimeCacheMode.off)
-                module = self.load(request.artifact, request.files, request.device, on_cpp_runtime)
+                module = self._load_cpp(request.artifact, request.files, request.device)
             with watch.lap("export"):
                 new_weights = torch.export.export(
                     request.model, request.example_inputs, dynamic_shapes=dynamic_shapes(request.specs)

@@ -187,4 +187,5 @@ class PolicyReport:
             "applied": self.applied,
             "reason": self.reason,
             "engines_configured": self.engines_configured,
+            "runner": self.details.get("runner", ""),
         }

@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -61,6 +62,26 @@ def tensorrt_rtx() -> ModuleType:
             raise BackendUnavailableError(
                 f"TensorRT-RTX runtime settings need its Python bindings ({RTX_MODULE}): {exc}"
             ) from None
+
+
+def current_stream(device: torch.device) -> Any:
+    """Torch's current stream on ``device`` (calls run on it)."""
+    return torch.cuda.current_stream(device)
+
+
+def new_stream(device: torch.device) -> Any:
+    """A new side stream on ``device``."""
+    return torch.cuda.Stream(device)
+
+
+def is_default_stream(stream: Any, device: torch.device) -> bool:
+    """Whether ``stream`` is the legacy default stream of ``device``."""
+    return bool(stream.cuda_stream == torch.cuda.default_stream(device).cuda_stream)
+
+
+def on_device(device: torch.device) -> AbstractContextManager[Any]:
+    """Make ``device`` current for the block (CUDA devices; a no-op otherwise)."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 def binding_names(serialized_info: Sequence[str], index: int) -> list[str]:
@@ -176,7 +197,7 @@ class RtxEngineRunner:
         self._input_dtypes = [self._torch_dtype(n) for n in self.input_names]
         self._next_outputs: tuple[tuple[tuple[int, ...], ...], int, list[torch.Tensor]] | None = None
         self._graphs: dict[tuple[tuple[int, ...], ...], _CapturedCall] = {}
-        self._side_stream: torch.cuda.Stream | None = None
+        self._side_stream: Any = None
         self._hold_memory = False
         self._held_memory: torch.Tensor | None = None
         if not lazy:
@@ -221,7 +242,7 @@ class RtxEngineRunner:
             config.set_execution_context_allocation_strategy(
                 trt.ExecutionContextAllocationStrategy.USER_MANAGED
             )
-        with torch.cuda.device(self.device):
+        with on_device(self.device):
             context = self.engine.create_execution_context(config)
         if context is None:
             raise BundleError(f"engine {self.name}: TensorRT-RTX could not create an execution context")
@@ -251,7 +272,7 @@ class RtxEngineRunner:
             for t, dtype in zip(inputs, self._input_dtypes, strict=True)
         ]
         signature = tuple(tuple(t.shape) for t in tensors)
-        caller = torch.cuda.current_stream(self.device)
+        caller = current_stream(self.device)
         if self.settings.cuda_graphs:
             return self._replay(context, tensors, signature, caller)
         for name, tensor in zip(self.input_names, tensors, strict=True):
@@ -273,12 +294,12 @@ class RtxEngineRunner:
             self._next_outputs = (signature, caller.cuda_stream, self._allocate(context))
         return outputs
 
-    def _launch_stream(self, caller: torch.cuda.Stream) -> torch.cuda.Stream:
+    def _launch_stream(self, caller: Any) -> Any:
         # TensorRT synchronizes around launches on the legacy default stream: use a side stream.
-        if caller.cuda_stream != torch.cuda.default_stream(self.device).cuda_stream:
+        if not is_default_stream(caller, self.device):
             return caller
         if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(self.device)
+            self._side_stream = new_stream(self.device)
         return self._side_stream
 
     def _outputs_for(
@@ -393,7 +414,7 @@ def make_runner(
 ) -> RtxEngineRunner:
     """Deserialize one engine with TensorRT-RTX and wrap it in a runner."""
     trt = tensorrt_rtx()
-    with torch.cuda.device(device):
+    with on_device(device):
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:

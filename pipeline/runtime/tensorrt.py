@@ -241,7 +241,7 @@ def choose_runner(
         ):
             raise refused
         return False, f"Torch-TensorRT {version} (runtime settings through its own API: not wired yet)"
-    if not policy.rtx_settings() and policy.runtime_cache is RuntimeCacheMode.off:
+    if policy.runtime_cache is RuntimeCacheMode.off and set(policy.rtx_settings()) <= {"runtime_cache"}:
         return False, "runtime.runtime_cache=off and no TensorRT-RTX setting"
     if dependent := [
         r.attribute for r in artifact.engines if rtx_runner.needs_output_allocator(r.serialized_info)
@@ -345,6 +345,7 @@ class TensorRTRuntime(ModelRuntime):
         return module
 
     def _load_cpp(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+        """The engines as Torch-TensorRT's C++ runtime objects (what refit works on)."""
         load_runtime()
         with torch.cuda.device(device):
             module = load_graph(files.read(artifact.model_file), device)
@@ -396,7 +397,7 @@ class TensorRTRuntime(ModelRuntime):
             policy=policy,
             applied=True,
             engines_configured=len(engines),
-            details={"engines": readback, "cuda_graphs": policy.cuda_graphs},
+            details={"engines": readback, "cuda_graphs": policy.cuda_graphs, "runner": CPP_RUNTIME},
         )
 
     def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:

@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.inputs import torch_dtype
 from pipeline.runtime.engine_graph import EngineDescription, EngineRecord, split_engines
 from pipeline.runtime.engines import find_engines
-from pipeline.runtime.tensorrt import TensorRTRuntime, engine_index
+from pipeline.runtime.tensorrt import TensorRTRuntime, engine_index, rtx_settings_refused
 from pipeline.timing import Stopwatch
 
 
@@ -137,6 +137,12 @@ class TensorRTBackend(TensorRTRuntime, Backend):
 
     def check_config(self, config: PipelineConfig) -> None:
         compile_settings(config.compile, supported_settings())
+        if not is_rtx_build() and (
+            refused := rtx_settings_refused(
+                config.runtime, "the installed Torch-TensorRT is standard TensorRT"
+            )
+        ):
+            raise refused
 
     def compile(
         self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: PipelineConfig
@@ -182,7 +188,8 @@ class TensorRTBackend(TensorRTRuntime, Backend):
         watch = Stopwatch()
         with torch.cuda.device(request.device), torch.no_grad():
             with watch.lap("load"):
-                module = self.load(request.artifact, request.files, request.device)
+                # Refit works on Torch-TensorRT's engine objects: the C++ runtime's.
+                module = self._load_cpp(request.artifact, request.files, request.device)
             with watch.lap("export"):
                 new_weights = torch.export.export(
                     request.model, request.example_inputs, dynamic_shapes=dynamic_shapes(request.specs)

@@ -19,6 +19,8 @@ from pipeline.console import console, summary_table
 from pipeline.errors import PipelineError
 from pipeline.runtime.format import Manifest
 from pipeline.runtime.loader import open_bundle, verify_bundle
+from pipeline.runtime.policy import RuntimeConfig
+from pipeline.runtime.tensorrt import CPP_RUNTIME, OWN_RUNNER
 from pipeline.runtime.trust import TrustPolicy, generate_key_pair, sign_bundle
 
 # What a command was asked for (the inspect table) goes to stdout, so it can be piped or saved;
@@ -38,6 +40,8 @@ def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
         ("backend", f"{manifest.backend} on {manifest.device}"),
         ("runtime", f"{runtime.get('policy', {}).get('name')} ({applied})"),
         ("engines", str(manifest.engine_count)),
+        ("engine runner", engine_runner_row(manifest)),
+        ("runtime cache", runtime_cache_row(manifest)),
         *(
             (f"engine {e.get('attribute')}", f"{e.get('file')}, {e.get('outputs')} outputs")
             for e in manifest.engines
@@ -53,6 +57,29 @@ def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
     rows += [(f"env.{k}", v) for k, v in sorted(manifest.environment.items())]
     rows += [(f"file {f.path}", f"{f.size} bytes sha256:{f.sha256[:16]}") for f in manifest.files]
     return rows
+
+
+def engine_runner_row(manifest: Manifest) -> str:
+    """Which runner runs the engines where the bundle was verified, and the TensorRT-RTX settings."""
+    policy = RuntimeConfig.from_record(manifest.runtime.get("policy", {}))
+    settings = ", ".join(f"{k}={v}" for k, v in policy.rtx_settings().items())
+    if manifest.backend != "tensorrt":
+        return "none (no TensorRT engines)"
+    rtx = manifest.environment.get("tensorrt_build") == "tensorrt-rtx"
+    runner = str(manifest.runtime.get("runner") or "")
+    if not runner:  # bundles from before runners were recorded
+        runner = OWN_RUNNER if manifest.runtime_cache else CPP_RUNTIME
+    where = "TensorRT-RTX" if rtx else "standard TensorRT"
+    return f"{runner} ({where}{'; ' + settings if settings else ''}; decided again at load: see load_report)"
+
+
+def runtime_cache_row(manifest: Manifest) -> str:
+    """The runtime cache the bundle ships, and the host key it applies to."""
+    cache = manifest.runtime_cache
+    if not cache:
+        return "none"
+    key = ", ".join(f"{k}={v}" for k, v in sorted(cache.get("key", {}).items()))
+    return f"{cache.get('file')} for {key}"
 
 
 def _describe_input(entry: dict[str, Any]) -> str:

@@ -41,11 +41,18 @@ class SavedArtifact:
 
     model_file: str
     engines: list[EngineRecord] = field(default_factory=list)
+    #: TensorRT-RTX: the runtime cache file shipped beside the engines, and the host key
+    #: (SM, TensorRT-RTX and CUDA versions) it was made under; None / empty when there is none.
+    runtime_cache: str | None = None
+    runtime_cache_key: dict[str, str] = field(default_factory=dict)
+    #: The engines' execution contexts are created on the first call (``compile.lazy_engine_init``).
+    lazy_init: bool = False
 
     @property
     def files(self) -> list[str]:
         """Every file of the saved model, relative to the bundle root."""
-        return [self.model_file, *(record.file for record in self.engines)]
+        cache = [self.runtime_cache] if self.runtime_cache else []
+        return [self.model_file, *(record.file for record in self.engines), *cache]
 
 
 class ModelRuntime(ABC):
@@ -65,8 +72,15 @@ class ModelRuntime(ABC):
         where the host has several)."""
 
     @abstractmethod
-    def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
-        """Deserialize a saved model onto ``device``; callers have verified the files."""
+    def load(
+        self,
+        artifact: SavedArtifact,
+        files: FileSource,
+        device: torch.device,
+        policy: RuntimeConfig | None = None,
+    ) -> nn.Module:
+        """Deserialize a saved model onto ``device``; callers have verified the files.
+        ``policy`` (the one about to be applied) may decide how engines are run."""
 
     @abstractmethod
     def apply_policy(
@@ -80,6 +94,18 @@ class ModelRuntime(ABC):
         """A reusable, thread-safe context manager entered around each call (scopes
         process-wide modes)."""
         return nullcontext()
+
+    def call_context_for(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
+        """:meth:`call_context` for one loaded ``module`` (how it runs may change what is needed)."""
+        return self.call_context(policy)
+
+    def load_details(self, module: nn.Module) -> dict[str, Any]:
+        """What loading ``module`` decided (which runner runs its engines, cache hit or miss)."""
+        return {}
+
+    def runtime_cache_bytes(self, module: nn.Module) -> bytes | None:
+        """The contents of a loaded model's runtime cache, to ship in its bundle (None: none)."""
+        return None
 
     def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
         """Keep engine resources allocated while the context is open (no-op where none exist)."""

@@ -45,7 +45,13 @@ class ExportRuntime(ModelRuntime):
     def environment(self, device: torch.device | None = None) -> dict[str, str]:
         return {"torch": torch.__version__, "platform": platform.machine()}
 
-    def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+    def load(
+        self,
+        artifact: SavedArtifact,
+        files: FileSource,
+        device: torch.device,
+        policy: RuntimeConfig | None = None,
+    ) -> nn.Module:
         program = torch.export.load(io.BytesIO(files.read(artifact.model_file)))
         return flat_module(program)
 

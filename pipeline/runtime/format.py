@@ -11,6 +11,8 @@ A bundle is a directory (or a .tar or .tar.gz of one)::
         model/model.pt2       export: the torch.export archive
         model/graph.pt        tensorrt: the graph that calls the engines, without them
         engines/<name>.engine tensorrt: each engine's raw bytes (its other fields: manifest "engines")
+        engines/runtime.cache TensorRT-RTX: the runtime cache (compiled kernels) made at the verify
+                              stage; manifest "runtime_cache" holds its file and host key
 
 ``manifest.json`` is the only file read before every other file's size and sha256 are checked;
 the other files are read once, hashed while read, and what was hashed is what gets loaded.
@@ -34,6 +36,7 @@ FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.yaml"
 GOLDEN_NAME = "golden.safetensors"
+RUNTIME_CACHE_NAME = "engines/runtime.cache"
 DIGEST_KEY = "manifest_sha256"
 SIGNATURE_NAME = "manifest.sig"
 # Files that a manifest cannot list: itself, and a signature made over it.
@@ -81,6 +84,9 @@ class Manifest:
     bench: dict[str, Any] = field(default_factory=dict)
     #: One entry per TensorRT engine file (``EngineRecord.to_dict()``); empty for export bundles.
     engines: list[dict[str, Any]] = field(default_factory=list)
+    #: TensorRT-RTX: ``{"file": ..., "key": {sm, tensorrt, cuda, tensorrt_build}}`` of the runtime
+    #: cache shipped in the bundle; empty when it has none (and in bundles made before caches).
+    runtime_cache: dict[str, Any] = field(default_factory=dict)
     files: list[FileEntry] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -155,6 +161,7 @@ def _check_types(manifest: Manifest) -> None:
         "verification": dict,
         "engine_count": int,
         "engines": list,
+        "runtime_cache": dict,
     }
     for name, kind in checks.items():
         if not isinstance(getattr(manifest, name), kind):

@@ -287,7 +287,7 @@ class LoadedModel:
                 f"configured {report.engines_configured} TensorRT engines but the bundle was "
                 f"built with {self.expected_engines}: the artifact does not match its manifest"
             )
-        self._call_context = self.backend.call_context(policy)
+        self._call_context = self.backend.call_context_for(module, policy)
         return report
 
     @contextmanager

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.errors import BundleError
+from pipeline.errors import BundleError, ConfigError
 from pipeline.runtime.archive import extract_bundle, is_archive, release_unpacked
 from pipeline.runtime.base import ModelRuntime, SavedArtifact
 from pipeline.runtime.compat import compatibility_problems
-from pipeline.runtime.engine_graph import EngineRecord
+from pipeline.runtime.engine_graph import ENGINE_DIR, EngineRecord
 from pipeline.runtime.format import (
     GOLDEN_NAME,
     OPT_SET,
@@ -33,7 +33,7 @@ from pipeline.runtime.format import (
     read_manifest,
 )
 from pipeline.runtime.loaded import LoadedModel, resolve_device
-from pipeline.runtime.policy import RuntimeConfig
+from pipeline.runtime.policy import RuntimeConfig, as_policy
 from pipeline.runtime.tensorrt import tensorrt_unavailable_reason
 from pipeline.runtime.trust import TrustPolicy, check_signature
 from pipeline.runtime.types import BackendKind, DType, InputSpec, Precision, Tolerance
@@ -65,6 +65,7 @@ class LoadedBundle(LoadedModel):
             "device": str(self.device),
             "host": dict(self.host),
             "policy": self.policy_report.manifest_record(),
+            "engines": {} if self.closed else self.backend.load_details(self._open_module()),
             "seconds": dict(self.load_seconds),
         }
 
@@ -142,7 +143,7 @@ def _deserialize(
     watch: Stopwatch,
 ) -> LoadedBundle:
     with watch.lap("deserialize"):
-        module = model_runtime.load(saved_artifact(manifest), files, target)
+        module = model_runtime.load(saved_artifact(manifest), files, target, as_policy(policy))
     with watch.lap("apply policy"):
         loaded = LoadedBundle(
             root=root,
@@ -166,14 +167,28 @@ def saved_artifact(manifest: Manifest) -> SavedArtifact:
         raise BundleError(
             f"manifest.json: {len(engines)} engine files listed, engine_count says {manifest.engine_count}"
         )
-    return SavedArtifact(model_file=manifest.model_file, engines=engines)
+    cache = manifest.runtime_cache
+    cache_file, cache_key = cache.get("file"), cache.get("key", {})
+    if cache and not (
+        isinstance(cache_file, str)
+        and isinstance(cache_key, dict)
+        and cache_file.startswith(f"{ENGINE_DIR}/")
+    ):
+        raise BundleError("manifest.json: malformed runtime_cache entry")
+    return SavedArtifact(
+        model_file=manifest.model_file,
+        engines=engines,
+        runtime_cache=cache_file,
+        runtime_cache_key={str(k): str(v) for k, v in cache_key.items()},
+        lazy_init=bool(manifest.compile_settings.get("lazy_engine_init", False)),
+    )
 
 
 def recorded_policy(manifest: Manifest) -> RuntimeConfig:
     """The runtime policy the bundle was built and verified under."""
     try:
-        return RuntimeConfig(**manifest.runtime["policy"])
-    except (KeyError, TypeError) as exc:
+        return RuntimeConfig.from_record(manifest.runtime["policy"])
+    except (KeyError, TypeError, AttributeError, ConfigError) as exc:
         raise BundleError(f"manifest.json: malformed runtime policy ({exc})") from None
 
 

@@ -19,18 +19,20 @@ import importlib.metadata
 import importlib.util
 import platform
 import threading
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.errors import BackendUnavailableError, BundleError
+from pipeline.errors import BackendUnavailableError, BundleError, ConfigError
+from pipeline.runtime import rtx_runner
 from pipeline.runtime.base import FileSource, ModelRuntime, SavedArtifact
 from pipeline.runtime.engine_graph import EngineRecord, attach_engines, escaping_engines, load_graph
-from pipeline.runtime.engines import ModeGate, apply_to_engines, find_engines, resources_held
-from pipeline.runtime.policy import PolicyReport, RuntimeConfig
+from pipeline.runtime.engines import EngineRef, ModeGate, apply_to_engines, find_engines, resources_held
+from pipeline.runtime.policy import PolicyReport, RuntimeCacheMode, RuntimeConfig
 from pipeline.runtime.types import BackendKind
 
 RUNTIME_LIBRARY = "libtorchtrt_runtime.so"
@@ -44,6 +46,13 @@ TENSORRT_DISTRIBUTIONS = {
 TENSORRT_LIBRARY_PACKAGES = ("tensorrt_rtx_libs", "tensorrt_libs")
 # Torch-TensorRT's CudaGraphsMode: STANDARD = 0, SUBGRAPH_CUDAGRAPHS = 1 (per engine).
 CUDAGRAPHS_OFF, CUDAGRAPHS_ON = 0, 1
+RTX_BUILD = "tensorrt-rtx"
+# The first Torch-TensorRT whose C++ runtime takes a TensorRT-RTX runtime config (and cache).
+NATIVE_RUNTIME_CONFIG = (2, 13)
+OWN_RUNNER = "tensorrt_rtx runner (pipeline.runtime.rtx_runner)"
+CPP_RUNTIME = "Torch-TensorRT C++ runtime (execute_engine)"
+#: Attribute of a loaded module holding what its load decided (runner, runtime cache).
+LOAD_DETAILS = "_pipeline_load_details"
 
 _load_lock = threading.Lock()
 
@@ -192,6 +201,76 @@ def set_cudagraphs(enabled: bool) -> None:
 CUDA_GRAPHS_GATE = ModeGate(cudagraphs_enabled, set_cudagraphs)
 
 
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def rtx_settings_refused(policy: RuntimeConfig, why: str) -> ConfigError | None:
+    """The error for TensorRT-RTX settings set on engines that cannot take them (None if unset)."""
+    settings = policy.rtx_settings()
+    if not settings:
+        return None
+    named = ", ".join(f"runtime.{name}={value}" for name, value in settings.items())
+    return ConfigError(f"{named}: TensorRT-RTX settings, but {why}; leave them unset (null / auto)")
+
+
+def choose_runner(
+    environment: dict[str, str], policy: RuntimeConfig, artifact: SavedArtifact, rtx_importable: bool
+) -> tuple[bool, str]:
+    """Whether a TensorRT bundle's engines run through our own runner, and why (or why not).
+
+    The own runner when the engines are TensorRT-RTX's, the installed Torch-TensorRT's C++ runtime
+    takes no runtime config (before 2.13) and a TensorRT-RTX setting or the runtime cache is in
+    use; otherwise the C++ runtime. Raises :class:`ConfigError` for TensorRT-RTX settings on
+    engines that cannot take them.
+    """
+    if environment.get("tensorrt_build") != RTX_BUILD:
+        why = f"this host's TensorRT is {environment.get('tensorrt_build', 'unknown')}, not TensorRT-RTX"
+        if refused := rtx_settings_refused(policy, why):
+            raise refused
+        return False, "standard TensorRT engines"
+    version = environment.get("torch_tensorrt", "unknown")
+    if _version(version) >= NATIVE_RUNTIME_CONFIG:
+        # Not wired yet: the C++ runtime of 2.13+ takes these settings itself (see README).
+        if refused := rtx_settings_refused(
+            policy, f"Torch-TensorRT {version}'s runtime settings are not wired"
+        ):
+            raise refused
+        return False, f"Torch-TensorRT {version} (runtime settings through its own API: not wired yet)"
+    if policy.runtime_cache is RuntimeCacheMode.off and set(policy.rtx_settings()) <= {"runtime_cache"}:
+        return False, "runtime.runtime_cache=off and no TensorRT-RTX setting"
+    if dependent := [
+        r.attribute for r in artifact.engines if rtx_runner.needs_output_allocator(r.serialized_info)
+    ]:
+        why = f"engine {dependent[0]} has data-dependent output shapes (output allocator)"
+        if refused := rtx_settings_refused(policy, why):
+            raise refused
+        return False, why
+    if not rtx_importable:
+        why = f"the TensorRT-RTX Python bindings ({rtx_runner.RTX_MODULE}) are not installed"
+        if refused := rtx_settings_refused(policy, why):
+            raise refused
+        return False, why + "; runtime cache not used"
+    return True, f"TensorRT-RTX with Torch-TensorRT {version} (< 2.13: no runtime config in its C++ runtime)"
+
+
+def cache_decision(
+    artifact: SavedArtifact, environment: dict[str, str], policy: RuntimeConfig
+) -> tuple[bool, str]:
+    """Whether the bundle's runtime cache is used here, and why not when it is not."""
+    if policy.runtime_cache is RuntimeCacheMode.off:
+        return False, "miss: runtime.runtime_cache=off"
+    if not artifact.runtime_cache:
+        return False, "miss: the bundle has no runtime cache"
+    if mismatch := rtx_runner.cache_mismatch(artifact.runtime_cache_key, environment):
+        return False, f"miss: {mismatch}"
+    return True, ""
+
+
 class TensorRTRuntime(ModelRuntime):
     """Loads TensorRT bundles and applies runtime policies, without ``import torch_tensorrt``."""
 
@@ -203,9 +282,70 @@ class TensorRTRuntime(ModelRuntime):
     def environment(self, device: torch.device | None = None) -> dict[str, str]:
         return runtime_environment(device)
 
-    def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+    def load(
+        self,
+        artifact: SavedArtifact,
+        files: FileSource,
+        device: torch.device,
+        policy: RuntimeConfig | None = None,
+    ) -> nn.Module:
         """Deserialize the graph and its engines onto ``device`` (an indexed CUDA device): the
-        runtime places an engine on the current device when that one is compatible."""
+        runtime places an engine on the current device when that one is compatible.
+
+        TensorRT-RTX engines run through :mod:`pipeline.runtime.rtx_runner` where
+        :func:`choose_runner` says so; :meth:`load_details` tells which runner and whether the
+        bundle's runtime cache was used."""
+        policy = policy or RuntimeConfig()
+        environment = runtime_environment(device)
+        importable = importlib.util.find_spec(rtx_runner.RTX_MODULE) is not None
+        own, reason = choose_runner(environment, policy, artifact, importable)
+        if own:
+            return self._load_with_runner(artifact, files, device, policy, environment, reason)
+        module = self._load_cpp(artifact, files, device)
+        cache = "not used: " + (
+            "standard TensorRT" if environment.get("tensorrt_build") != RTX_BUILD else reason
+        )
+        setattr(module, LOAD_DETAILS, {"runner": CPP_RUNTIME, "reason": reason, "runtime_cache": cache})
+        return module
+
+    def _load_with_runner(
+        self,
+        artifact: SavedArtifact,
+        files: FileSource,
+        device: torch.device,
+        policy: RuntimeConfig,
+        environment: dict[str, str],
+        reason: str,
+    ) -> nn.Module:
+        use_cache, why = cache_decision(artifact, environment, policy)
+        data = files.read(artifact.runtime_cache) if use_cache and artifact.runtime_cache else None
+        # Kept also under runtime_cache=off: set_runtime may switch it on (with an empty cache).
+        cache = rtx_runner.SharedRuntimeCache(data)
+        settings = rtx_runner.RunnerSettings.from_policy(policy)
+        with torch.cuda.device(device):
+            module = load_graph(files.read(artifact.model_file), device)
+            runners = {
+                record.attribute: rtx_runner.make_runner(
+                    record.serialized_info,
+                    files.read(record.file),
+                    device,
+                    cache,
+                    record.attribute,
+                    settings,
+                    lazy=artifact.lazy_init,
+                )
+                for record in artifact.engines
+            }
+            attach_engines(module, runners, rtx_runner.execute_rtx)
+        setattr(
+            module,
+            LOAD_DETAILS,
+            {"runner": OWN_RUNNER, "reason": reason, "runtime_cache": why, "_cache": cache},
+        )
+        return module
+
+    def _load_cpp(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+        """The engines as Torch-TensorRT's C++ runtime objects (what refit works on)."""
         load_runtime()
         with torch.cuda.device(device):
             module = load_graph(files.read(artifact.model_file), device)
@@ -222,20 +362,88 @@ class TensorRTRuntime(ModelRuntime):
             engines[attribute].set_output_tensors_as_unowned(True)
         return module
 
+    def load_details(self, module: nn.Module) -> dict[str, Any]:
+        details = dict(getattr(module, LOAD_DETAILS, {}))
+        cache = details.pop("_cache", None)
+        if details.get("runner") == OWN_RUNNER and not details.get("runtime_cache"):
+            if cache is None or cache.loaded is None:
+                details["runtime_cache"] = "pending: the engines' contexts are created on the first call"
+            elif cache.loaded:
+                details["runtime_cache"] = "hit"
+            else:
+                details["runtime_cache"] = "miss: TensorRT-RTX refused the cache's contents"
+        return details
+
+    def runtime_cache_bytes(self, module: nn.Module) -> bytes | None:
+        cache = getattr(module, LOAD_DETAILS, {}).get("_cache")
+        if cache is None:
+            return None
+        return cache.serialize() or None
+
     def apply_policy(
         self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
     ) -> PolicyReport:
+        runners = find_engines(module, rtx_runner.is_runner)
+        if runners:
+            return _apply_to_runners(runners, policy, previous)
+        reason = getattr(module, LOAD_DETAILS, {}).get("reason", "")
+        if refused := rtx_settings_refused(
+            policy, f"this model's engines run on the {CPP_RUNTIME} ({reason})"
+        ):
+            raise refused
         engines = find_engines(module)
         readback = apply_to_engines(engines, policy, previous)
         return PolicyReport(
             policy=policy,
             applied=True,
             engines_configured=len(engines),
-            details={"engines": readback, "cuda_graphs": policy.cuda_graphs},
+            details={"engines": readback, "cuda_graphs": policy.cuda_graphs, "runner": CPP_RUNTIME},
         )
 
     def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
         return CUDA_GRAPHS_GATE.call(policy.cuda_graphs)
 
+    def call_context_for(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
+        # The own runner keeps its CUDA graphs itself: no process-wide mode to share.
+        if find_engines(module, rtx_runner.is_runner):
+            return nullcontext()
+        return self.call_context(policy)
+
     def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
+        if runners := find_engines(module, rtx_runner.is_runner):
+            return _runner_memory_held(runners)
         return resources_held(find_engines(module), policy)
+
+
+def _apply_to_runners(
+    runners: list[EngineRef], policy: RuntimeConfig, previous: RuntimeConfig | None
+) -> PolicyReport:
+    """Configure every runner for ``policy``; all or nothing, as :func:`apply_to_engines`."""
+    settings = rtx_runner.RunnerSettings.from_policy(policy)
+    configured: list[EngineRef] = []
+    try:
+        for ref in runners:
+            configured.append(ref)
+            ref.engine.configure(settings)
+    except BaseException:
+        if previous is not None:
+            for ref in configured:
+                ref.engine.configure(rtx_runner.RunnerSettings.from_policy(previous))
+        raise
+    return PolicyReport(
+        policy=policy,
+        applied=True,
+        engines_configured=len(runners),
+        details={"runner": OWN_RUNNER, "engines": {ref.path: str(settings) for ref in runners}},
+    )
+
+
+@contextmanager
+def _runner_memory_held(runners: list[EngineRef]) -> Iterator[None]:
+    try:
+        for ref in runners:
+            ref.engine.hold_memory(True)
+        yield
+    finally:
+        for ref in runners:
+            ref.engine.hold_memory(False)

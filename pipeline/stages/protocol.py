@@ -82,6 +82,8 @@ class Work:
     loaded: LoadedModel | None = None
     policy_report: PolicyReport | None = None
     verified: VerifiedModel | None = None
+    #: The manifest's ``runtime_cache`` entry, once the verify step shipped one.
+    runtime_cache: dict[str, Any] = field(default_factory=dict)
     bench: BenchReport | None = None
     bundle: PublishedBundle | None = None
     records: list[StepRecord] = field(default_factory=list)

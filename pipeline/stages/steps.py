@@ -21,8 +21,9 @@ from pipeline.backends.base import CompiledModel
 from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
 from pipeline.console import console, summary_table
 from pipeline.errors import VerificationError
-from pipeline.runtime.format import Manifest, bundle_dir_name, describe_outputs
+from pipeline.runtime.format import RUNTIME_CACHE_NAME, Manifest, bundle_dir_name, describe_outputs
 from pipeline.runtime.loaded import LoadedModel
+from pipeline.runtime.rtx_runner import cache_key
 from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
 from pipeline.stages.compile import CompileCache, compile_model
 from pipeline.stages.package import PublishedBundle, package_bundle
@@ -119,12 +120,29 @@ class VerifyStep(StepDefaults):
 
     def run(self, work: Work) -> VerifiedModel:
         verified = verify_model(need(work.built, "built"), need(work.loaded, "loaded"), work.config)
+        if verified.report.passed:
+            work.runtime_cache = ship_runtime_cache(work, need(work.loaded, "loaded"))
         # Later steps load their own copies (bench) or none: free this one's engines now.
         work.loaded = None
         if not verified.report.passed:
             raise VerificationError(self.failure(work.config, verified.report.summary()))
         console.print(f"verification: {verified.report.summary()}")
         return verified
+
+
+def ship_runtime_cache(work: Work, loaded: LoadedModel) -> dict[str, Any]:
+    """Write the loaded model's runtime cache into the bundle (TensorRT-RTX through the own
+    runner), after every golden and random input set ran: the manifest's ``runtime_cache`` entry,
+    empty when there is none. Later loads of this build (bench) use it too."""
+    if loaded.module is None or not (data := work.backend.runtime_cache_bytes(loaded.module)):
+        return {}
+    serialized = need(work.serialized, "serialized")
+    target = serialized.root / RUNTIME_CACHE_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    key = cache_key(work.environment)
+    serialized.artifact.runtime_cache, serialized.artifact.runtime_cache_key = RUNTIME_CACHE_NAME, key
+    return {"file": RUNTIME_CACHE_NAME, "key": key}
 
 
 @dataclass
@@ -165,6 +183,7 @@ COMMON_FIELDS = (
     "outputs",
     "verification",
     "engines",
+    "runtime_cache",
     "files",
 )
 
@@ -182,6 +201,7 @@ def common_manifest_fields(work: Work) -> dict[str, Any]:
         "outputs": describe_outputs(verified.golden_outputs, verified.output_names),
         "verification": verified.report.to_dict(),
         "engines": [record.to_dict() for record in serialized.artifact.engines],
+        "runtime_cache": dict(work.runtime_cache),
         "files": [],
     }
 

@@ -25,8 +25,29 @@ import torch
 HEAVY_MODULES = ("torch_tensorrt", "hydra", "omegaconf", "pipeline.stages", "pipeline.config.loading")
 
 
+def any_engine(value: object) -> bool:
+    """A Torch-TensorRT engine object or one of our own TensorRT-RTX runners."""
+    from pipeline.runtime.engines import is_engine
+    from pipeline.runtime.rtx_runner import is_runner
+
+    return is_engine(value) or is_runner(value)
+
+
 def engine_state(engine: Any) -> dict[str, Any]:
-    """Settings read back from one engine object."""
+    """Settings read back from one engine object (or own runner)."""
+    from pipeline.runtime.rtx_runner import is_runner
+
+    if is_runner(engine):
+        settings = engine.settings
+        return {
+            "runner": "tensorrt_rtx",
+            "pre_allocated_outputs": settings.pre_allocated_outputs,
+            "resource_allocation_strategy": "1" if settings.dynamic_allocation else "0",
+            "cuda_graphs": settings.cuda_graphs,
+            "kernel_specialization": getattr(settings.kernel_specialization, "value", None),
+            "rtx_cuda_graphs": getattr(settings.rtx_cuda_graphs, "value", None),
+            "use_cache": settings.use_cache,
+        }
     state: dict[str, Any] = {"pre_allocated_outputs": bool(engine.use_pre_allocated_outputs)}
     flat = dict(engine.__obj_flatten__())
     for key, value in flat.items():
@@ -124,8 +145,9 @@ def probe(bundle: str, runtime: str | None, iterations: int) -> dict[str, Any]:
         "bundle": bundle,
         "policy": loaded.policy.name,
         "engines_configured": loaded.policy_report.engines_configured,
+        "load_report_engines": loaded.load_report["engines"],
         "engines_in_manifest": loaded.manifest.engine_count,
-        "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module)},
+        "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module, any_engine)},
         "imported": imported,
         "cuda_graphs_during_call": seen_modes[0],
         "cuda_graphs_after_call": seen_modes[1],
@@ -178,7 +200,7 @@ def call_sequence(bundle: str, sequence: str, order: list[str], iterations: int)
     return {
         "calls": calls,
         "policy": loaded.policy.name,
-        "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module)},
+        "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module, any_engine)},
         "steady_ms": steady,
         "alternating_ms": alternating,
         "shape_change_ms": alternating - (steady[first] + steady[second]) / 2,

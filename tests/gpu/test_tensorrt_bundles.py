@@ -37,9 +37,10 @@ from pipeline.runner import RunResult
 from pipeline.runtime.engines import find_engines
 from pipeline.runtime.format import GOLDEN_NAME, Manifest
 from pipeline.runtime.policy import runtime_preset
+from pipeline.runtime.tensorrt import OWN_RUNNER
 from pipeline.runtime.verification import compare
 from pipeline.timing import gpu_memory_in_use
-from tests.gpu.probe import HEAVY_MODULES, probe_many_in_fresh_process
+from tests.gpu.probe import HEAVY_MODULES, any_engine, engine_state, probe_many_in_fresh_process
 from tests.helpers import run
 
 # Policies sharing one engine build come together: the runner compiles them once.
@@ -135,7 +136,9 @@ def test_tensorrt_bundle_restores_policy_on_every_engine_when_loaded_in_fresh_pr
     for path, state in report["engines"].items():
         assert state["pre_allocated_outputs"] is policy.pre_allocated_outputs, path
         assert state["resource_allocation_strategy"] == ("1" if policy.dynamic_allocation else "0"), path
-    assert report["cuda_graphs_during_call"] is policy.cuda_graphs
+    own_runner = report["load_report_engines"].get("runner") == OWN_RUNNER
+    # The own runner records its CUDA graphs itself: Torch-TensorRT's process-wide mode stays off.
+    assert report["cuda_graphs_during_call"] is (policy.cuda_graphs and not own_runner)
     assert report["cuda_graphs_after_call"] is False
     assert report["golden_passed"], report["golden"]
 
@@ -233,13 +236,13 @@ def test_loaded_bundle_switches_policy_on_every_engine_when_set_at_runtime(artif
     bundle = build(artifacts, (model, precision, "standard")).bundle
     assert bundle is not None
     switched = load_bundle(bundle.path)  # its own copy: the shared one keeps its policy
-    engines = find_engines(switched.module)
-    assert engines and not any(ref.engine.use_pre_allocated_outputs for ref in engines)
+    engines = find_engines(switched.module, any_engine)
+    assert engines and not any(engine_state(ref.engine)["pre_allocated_outputs"] for ref in engines)
     inputs = make_inputs(switched.specs, 3, switched.precision, switched.device)
     before = switched(*inputs)
     report = switched.set_runtime("preallocated")
     assert report.engines_configured == len(engines)
-    assert all(ref.engine.use_pre_allocated_outputs for ref in engines)
+    assert all(engine_state(ref.engine)["pre_allocated_outputs"] for ref in engines)
     after = switched(*inputs)
     for a, b in zip(before, after, strict=True):
         torch.testing.assert_close(a, b)

@@ -17,7 +17,7 @@ import pytest
 from pipeline import load_bundle
 from pipeline.runtime import engine_graph
 from pipeline.runtime.engine_graph import EngineRecord
-from pipeline.runtime.format import describe_files, read_manifest, write_manifest
+from pipeline.runtime.format import RUNTIME_CACHE_NAME, describe_files, read_manifest, write_manifest
 from pipeline.stages.package import PublishedBundle
 from tests.reliability.conftest import Tally
 from tests.reliability.helpers import rewrite_manifest
@@ -31,17 +31,22 @@ ENGINES = [
     )
     for i in range(2)
 ]
+#: TensorRT-RTX bundles ship a runtime cache beside the engines: swept like them.
+RUNTIME_CACHE = {"file": RUNTIME_CACHE_NAME, "key": {"sm": "9.0", "tensorrt": "1", "cuda": "13.0"}}
+SWEPT_FILES = [*(record.file for record in ENGINES), RUNTIME_CACHE_NAME]
 
 
 @pytest.fixture
 def engine_bundle(cnn_bundle: PublishedBundle, tmp_path: Path) -> Path:
-    """A two-engine TensorRT-layout bundle with valid digests."""
+    """A two-engine TensorRT-layout bundle with a runtime cache, with valid digests."""
     root = tmp_path / "template"
     shutil.copytree(cnn_bundle.path, root)
     (root / "engines").mkdir()
     for record in ENGINES:
         (root / record.file).write_bytes(os.urandom(4096))
+    (root / RUNTIME_CACHE_NAME).write_bytes(os.urandom(2048))
     manifest = read_manifest(root)
+    manifest.runtime_cache = dict(RUNTIME_CACHE)
     manifest.backend = "tensorrt"
     manifest.engine_count = len(ENGINES)
     manifest.engines = [record.to_dict() for record in ENGINES]
@@ -76,22 +81,22 @@ def drop_listed(root: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("record", ENGINES, ids=[r.file for r in ENGINES])
+@pytest.mark.parametrize("swept", SWEPT_FILES)
 def test_load_bundle_rejects_every_damage_to_an_engine_file_naming_it_when_swept(
-    record: EngineRecord,
+    swept: str,
     engine_bundle: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     tally: Callable[[str], Tally],
 ) -> None:
-    check = tally("engine files (flip, truncate, append, delete, rename)")
+    check = tally("engine and runtime cache files (flip, truncate, append, delete, rename)")
     reads: list[str] = []
     monkeypatch.setattr(engine_graph, "load_graph", lambda *a, **k: reads.append("graph"))
-    size = (engine_bundle / record.file).stat().st_size
-    for label, damage in damages(record.file, size).items():
+    size = (engine_bundle / swept).stat().st_size
+    for label, damage in damages(swept, size).items():
         root = copy_of(engine_bundle, tmp_path)
         damage(root)
-        assert check.expect_rejected(lambda root=root: load_bundle(root), mentions=record.file), label
+        assert check.expect_rejected(lambda root=root: load_bundle(root), mentions=swept), label
     assert reads == [] and check.wrongly_accepted == 0
 
 

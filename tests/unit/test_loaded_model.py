@@ -44,7 +44,13 @@ class FakeRuntime(ModelRuntime):
     def environment(self, device: torch.device | None = None) -> dict[str, str]:
         return {}
 
-    def load(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
+    def load(
+        self,
+        artifact: SavedArtifact,
+        files: FileSource,
+        device: torch.device,
+        policy: RuntimeConfig | None = None,
+    ) -> nn.Module:
         raise NotImplementedError
 
     def apply_policy(

@@ -1,0 +1,436 @@
+"""Our own engine runner over TensorRT-RTX's Python bindings, for what Torch-TensorRT 2.11 lacks.
+
+TensorRT-RTX compiles its kernels when an execution context is created (seconds for BERT-base);
+a runtime cache from an earlier process spares that (a tenth of a second). Torch-TensorRT's C++
+runtime takes a runtime config, and with it a cache, only from 2.13 on. Where the installed
+Torch-TensorRT is older, a TensorRT-RTX bundle's engines run here instead: each slot of the
+format-2 graph calls :func:`execute_rtx` ``(inputs, runner)`` where it would call
+``torch.ops.tensorrt.execute_engine(inputs, engine)``.
+
+A runner follows Torch-TensorRT's Python runtime (``_PythonTorchTensorRTModule.py``, 2.11): set
+each input's shape and address, allocate outputs with torch at the shapes the context reports,
+``execute_async_v3`` on torch's current stream (on a side stream of its own, ordered both ways,
+when the caller is on the legacy default stream). On top of it, per policy:
+
+* pre-allocated outputs: the next call's outputs are allocated at the end of a call, at its
+  shapes, on its stream; every call still returns tensors of its own;
+* dynamic allocation: the context's execution memory comes from torch's caching allocator per
+  call (``USER_MANAGED``), sized for the call's shapes, and is released after it;
+* CUDA graphs: one ``torch.cuda.CUDAGraph`` per input-shape signature, captured on a side stream
+  after one uncaptured run, replayed with inputs copied into its static buffers and its outputs
+  copied out into tensors of the call's own;
+* TensorRT-RTX's own settings: kernel specialization, its CUDA-graph strategy, the runtime cache
+  shared by every engine of a model.
+
+``tensorrt_rtx`` is imported lazily and only here; nothing imports ``torch_tensorrt``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from pipeline.errors import BackendUnavailableError, BundleError
+from pipeline.runtime.policy import KernelSpecialization, RtxCudaGraphs, RuntimeCacheMode, RuntimeConfig
+
+RTX_MODULE = "tensorrt_rtx"
+# Torch-TensorRT's serialized-engine layout (ABI 8, 2.11): where the binding names are, and the
+# delimiter joining them (its SERIALIZED_ENGINE_BINDING_DELIM).
+INPUT_BINDING_NAMES_IDX = 4
+OUTPUT_BINDING_NAMES_IDX = 5
+REQUIRES_OUTPUT_ALLOCATOR_IDX = 9
+BINDING_DELIMITER = "%"
+#: What decides whether a runtime cache applies on a host (keys of the host fingerprint).
+CACHE_KEY_FIELDS = ("tensorrt_build", "tensorrt", "cuda", "sm")
+
+_import_lock = threading.Lock()
+
+
+def tensorrt_rtx() -> ModuleType:
+    """The TensorRT-RTX Python bindings, imported on first use."""
+    with _import_lock:
+        try:
+            return importlib.import_module(RTX_MODULE)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"TensorRT-RTX runtime settings need its Python bindings ({RTX_MODULE}): {exc}"
+            ) from None
+
+
+def current_stream(device: torch.device) -> Any:
+    """Torch's current stream on ``device`` (calls run on it)."""
+    return torch.cuda.current_stream(device)
+
+
+def new_stream(device: torch.device) -> Any:
+    """A new side stream on ``device``."""
+    return torch.cuda.Stream(device)
+
+
+def is_default_stream(stream: Any, device: torch.device) -> bool:
+    """Whether ``stream`` is the legacy default stream of ``device``."""
+    return bool(stream.cuda_stream == torch.cuda.default_stream(device).cuda_stream)
+
+
+def on_device(device: torch.device) -> AbstractContextManager[Any]:
+    """Make ``device`` current for the block (CUDA devices; a no-op otherwise)."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+def binding_names(serialized_info: Sequence[str], index: int) -> list[str]:
+    """The binding names recorded at ``index`` of an engine's serialized fields, in call order."""
+    packed = serialized_info[index] if index < len(serialized_info) else ""
+    return [name for name in packed.split(BINDING_DELIMITER) if name]
+
+
+def cache_key(environment: Mapping[str, str]) -> dict[str, str]:
+    """The key a runtime cache made on a host with ``environment`` is filed under."""
+    return {name: str(environment.get(name, "unknown")) for name in CACHE_KEY_FIELDS}
+
+
+def cache_mismatch(recorded: Mapping[str, str], host: Mapping[str, str]) -> str:
+    """Why a cache filed under ``recorded`` does not apply on ``host`` ('' when it does)."""
+    wanted = cache_key(host)
+    differing = [
+        f"{name} {recorded.get(name)!r} here {wanted[name]!r}"
+        for name in CACHE_KEY_FIELDS
+        if recorded.get(name) != wanted[name]
+    ]
+    return ("cache made for " + ", ".join(differing)) if differing else ""
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """What a runner is configured with: the parts of a policy that concern one engine."""
+
+    pre_allocated_outputs: bool = False
+    dynamic_allocation: bool = False
+    cuda_graphs: bool = False
+    kernel_specialization: KernelSpecialization | None = None
+    rtx_cuda_graphs: RtxCudaGraphs | None = None
+    use_cache: bool = True
+
+    @classmethod
+    def from_policy(cls, policy: RuntimeConfig) -> RunnerSettings:
+        """The runner settings of ``policy``."""
+        return cls(
+            pre_allocated_outputs=policy.pre_allocated_outputs,
+            dynamic_allocation=policy.dynamic_allocation,
+            cuda_graphs=policy.cuda_graphs,
+            kernel_specialization=policy.kernel_specialization,
+            rtx_cuda_graphs=policy.rtx_cuda_graphs,
+            use_cache=policy.runtime_cache is not RuntimeCacheMode.off,
+        )
+
+    def context_key(self) -> tuple[Any, ...]:
+        """The settings baked into an execution context: a change needs a new one."""
+        return (self.dynamic_allocation, self.kernel_specialization, self.rtx_cuda_graphs, self.use_cache)
+
+
+class SharedRuntimeCache:
+    """One TensorRT-RTX runtime cache for every engine of a loaded model.
+
+    Created from the first engine's runtime config (as Torch-TensorRT 2.14 does), filled from the
+    bundle's verified bytes if the bundle has a cache for this host; its contents are read back
+    only by the build's verify stage (:meth:`serialize`), never written anywhere at call time.
+    """
+
+    def __init__(self, data: bytes | None) -> None:
+        self._data = data
+        self._cache: Any = None
+        self.loaded: bool | None = None  # whether TensorRT-RTX accepted ``data`` (None: no data)
+        self._lock = threading.Lock()
+
+    def attach(self, config: Any) -> None:
+        """Set the cache on a runtime ``config`` (creating it from the first config)."""
+        with self._lock:
+            if self._cache is None:
+                self._cache = config.create_runtime_cache()
+                if self._data:
+                    self.loaded = bool(self._cache.deserialize(self._data))
+                self._data = None
+            config.set_runtime_cache(self._cache)
+
+    def serialize(self) -> bytes:
+        """The cache's contents (empty before any engine set it up)."""
+        with self._lock:
+            if self._cache is None:
+                return b""
+            return bytes(memoryview(self._cache.serialize()))
+
+
+class RtxEngineRunner:
+    """Runs one TensorRT-RTX engine: the object a format-2 graph slot holds in place of a
+    ``torch.classes.tensorrt.Engine``. Calls come serialized by :class:`LoadedModel`."""
+
+    def __init__(
+        self,
+        engine: Any,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        device: torch.device,
+        cache: SharedRuntimeCache | None,
+        name: str = "",
+        settings: RunnerSettings | None = None,
+        lazy: bool = False,
+        keep_alive: Any = None,
+    ) -> None:
+        self.trt = tensorrt_rtx()
+        self._keep_alive = keep_alive  # the TensorRT runtime: it must outlive its engine
+        self.engine = engine
+        self.name = name
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.device = device
+        self.cache = cache
+        self.settings = settings or RunnerSettings()
+        self.context: Any = None
+        self._context_key: tuple[Any, ...] | None = None
+        self._output_dtypes = [self._torch_dtype(n) for n in self.output_names]
+        self._input_dtypes = [self._torch_dtype(n) for n in self.input_names]
+        self._next_outputs: tuple[tuple[tuple[int, ...], ...], int, list[torch.Tensor]] | None = None
+        self._graphs: dict[tuple[tuple[int, ...], ...], _CapturedCall] = {}
+        self._side_stream: Any = None
+        self._hold_memory = False
+        self._held_memory: torch.Tensor | None = None
+        if not lazy:
+            self._ensure_context()
+
+    # -- configuration ---------------------------------------------------------------------
+    def configure(self, settings: RunnerSettings) -> None:
+        """Switch to ``settings``: a new execution context when a setting baked into it changed;
+        captured graphs and pre-allocated outputs are dropped either way."""
+        rebuild = self.context is not None and settings.context_key() != self._context_key
+        self.settings = settings
+        self._graphs.clear()
+        self._next_outputs = None
+        self._held_memory = None
+        if rebuild:
+            self.context = None
+            self._ensure_context()
+
+    def hold_memory(self, held: bool) -> None:
+        """Keep the execution memory of dynamic allocation between calls (``hold_resources``)."""
+        self._hold_memory = held
+        if not held:
+            self._held_memory = None
+
+    def _ensure_context(self) -> Any:
+        if self.context is not None:
+            return self.context
+        trt, settings = self.trt, self.settings
+        config = self.engine.create_runtime_config()
+        if self.cache is not None and settings.use_cache:
+            self.cache.attach(config)
+        if settings.kernel_specialization is not None:
+            strategy = trt.DynamicShapesKernelSpecializationStrategy
+            config.dynamic_shapes_kernel_specialization_strategy = getattr(
+                strategy, settings.kernel_specialization.value.upper()
+            )
+        if settings.rtx_cuda_graphs is not None:
+            config.cuda_graph_strategy = getattr(
+                trt.CudaGraphStrategy, settings.rtx_cuda_graphs.value.upper()
+            )
+        if settings.dynamic_allocation:
+            config.set_execution_context_allocation_strategy(
+                trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            )
+        with on_device(self.device):
+            context = self.engine.create_execution_context(config)
+        if context is None:
+            raise BundleError(f"engine {self.name}: TensorRT-RTX could not create an execution context")
+        self.context, self._context_key = context, settings.context_key()
+        return context
+
+    def _torch_dtype(self, name: str) -> torch.dtype:
+        trt_dtype = self.engine.get_tensor_dtype(name)
+        try:
+            return _TORCH_DTYPES[str(trt_dtype).rsplit(".", 1)[-1]]
+        except KeyError:
+            raise BundleError(
+                f"engine {self.name}: tensor {name!r} has unsupported dtype {trt_dtype}"
+            ) from None
+
+    # -- calls -----------------------------------------------------------------------------
+    def execute(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run the engine on ``inputs`` (in binding order) on torch's current stream; the
+        returned tensors belong to the caller."""
+        if len(inputs) != len(self.input_names):
+            raise RuntimeError(
+                f"engine {self.name}: {len(inputs)} inputs given, it takes {len(self.input_names)}"
+            )
+        context = self._ensure_context()
+        tensors = [
+            t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
+            for t, dtype in zip(inputs, self._input_dtypes, strict=True)
+        ]
+        signature = tuple(tuple(t.shape) for t in tensors)
+        caller = current_stream(self.device)
+        if self.settings.cuda_graphs:
+            return self._replay(context, tensors, signature, caller)
+        for name, tensor in zip(self.input_names, tensors, strict=True):
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        outputs = self._outputs_for(context, signature, caller)
+        for name, tensor in zip(self.output_names, outputs, strict=True):
+            context.set_tensor_address(name, tensor.data_ptr())
+        memory = self._device_memory(context) if self.settings.dynamic_allocation else None
+        stream = self._launch_stream(caller)
+        if stream is not caller:
+            stream.wait_stream(caller)
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"engine {self.name}: execute_async_v3 failed")
+        if stream is not caller:
+            caller.wait_stream(stream)
+        del memory  # freed on the caller's stream, which now waits for the launch
+        if self.settings.pre_allocated_outputs:
+            self._next_outputs = (signature, caller.cuda_stream, self._allocate(context))
+        return outputs
+
+    def _launch_stream(self, caller: Any) -> Any:
+        # TensorRT synchronizes around launches on the legacy default stream: use a side stream.
+        if not is_default_stream(caller, self.device):
+            return caller
+        if self._side_stream is None:
+            self._side_stream = new_stream(self.device)
+        return self._side_stream
+
+    def _outputs_for(
+        self, context: Any, signature: tuple[tuple[int, ...], ...], caller: torch.cuda.Stream
+    ) -> list[torch.Tensor]:
+        ahead, self._next_outputs = self._next_outputs, None
+        # Allocated ahead on the caller's stream at these shapes: safe to hand out on that stream.
+        if ahead is not None and ahead[0] == signature and ahead[1] == caller.cuda_stream:
+            return ahead[2]
+        return self._allocate(context)
+
+    def _allocate(self, context: Any) -> list[torch.Tensor]:
+        outputs = []
+        for name, dtype in zip(self.output_names, self._output_dtypes, strict=True):
+            shape = tuple(context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise RuntimeError(
+                    f"engine {self.name}: output {name!r} has a data-dependent shape {shape}; "
+                    "such engines run on Torch-TensorRT's C++ runtime"
+                )
+            outputs.append(torch.empty(shape, dtype=dtype, device=self.device))
+        return outputs
+
+    def _device_memory(self, context: Any) -> torch.Tensor:
+        size = int(context.update_device_memory_size_for_shapes())
+        held = self._held_memory
+        memory = held if held is not None and held.numel() >= size else None
+        if memory is None:
+            memory = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
+        context.set_device_memory(memory.data_ptr(), size)
+        self._held_memory = memory if self._hold_memory else None
+        return memory
+
+    def _replay(
+        self,
+        context: Any,
+        inputs: list[torch.Tensor],
+        signature: tuple[tuple[int, ...], ...],
+        caller: torch.cuda.Stream,
+    ) -> list[torch.Tensor]:
+        captured = self._graphs.get(signature)
+        if captured is None:
+            captured = self._capture(context, inputs, caller)
+            self._graphs[signature] = captured
+        for buffer, tensor in zip(captured.inputs, inputs, strict=True):
+            buffer.copy_(tensor)
+        captured.graph.replay()  # on the caller's current stream
+        return [buffer.clone() for buffer in captured.outputs]
+
+    def _capture(self, context: Any, inputs: list[torch.Tensor], caller: torch.cuda.Stream) -> _CapturedCall:
+        static_inputs = [t.clone() for t in inputs]
+        for name, tensor in zip(self.input_names, static_inputs, strict=True):
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        static_outputs = self._allocate(context)
+        for name, tensor in zip(self.output_names, static_outputs, strict=True):
+            context.set_tensor_address(name, tensor.data_ptr())
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(caller)
+        with torch.cuda.stream(side):
+            # One uncaptured run first: kernels that compile or memory set up on first use must
+            # not happen inside the capture.
+            if not context.execute_async_v3(side.cuda_stream):
+                raise RuntimeError(f"engine {self.name}: execute_async_v3 failed")
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads' models keep running while this one records.
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+            if not context.execute_async_v3(side.cuda_stream):
+                raise RuntimeError(f"engine {self.name}: execute_async_v3 failed during capture")
+        caller.wait_stream(side)
+        return _CapturedCall(graph, static_inputs, static_outputs)
+
+
+@dataclass
+class _CapturedCall:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+
+
+_TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT8": torch.int8,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "FP8": torch.float8_e4m3fn,
+}
+
+
+def execute_rtx(inputs: list[torch.Tensor], runner: RtxEngineRunner) -> list[torch.Tensor]:
+    """The graph's call of one engine through its runner (``execute_engine``'s signature)."""
+    return runner.execute(inputs)
+
+
+def is_runner(value: object) -> bool:
+    """True for an :class:`RtxEngineRunner` (the predicate ``find_engines`` takes)."""
+    return isinstance(value, RtxEngineRunner)
+
+
+def make_runner(
+    serialized_info: Sequence[str],
+    engine_bytes: bytes,
+    device: torch.device,
+    cache: SharedRuntimeCache | None,
+    name: str,
+    settings: RunnerSettings,
+    lazy: bool = False,
+) -> RtxEngineRunner:
+    """Deserialize one engine with TensorRT-RTX and wrap it in a runner."""
+    trt = tensorrt_rtx()
+    with on_device(device):
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise BundleError(f"engine {name}: TensorRT-RTX could not deserialize it")
+    inputs = binding_names(serialized_info, INPUT_BINDING_NAMES_IDX)
+    outputs = binding_names(serialized_info, OUTPUT_BINDING_NAMES_IDX)
+    if not outputs:
+        raise BundleError(f"engine {name}: its record names no output bindings")
+    return RtxEngineRunner(
+        engine, inputs, outputs, device, cache, name=name, settings=settings, lazy=lazy, keep_alive=runtime
+    )
+
+
+def needs_output_allocator(serialized_info: Sequence[str]) -> bool:
+    """Whether Torch-TensorRT recorded that an engine's output shapes depend on its input values
+    (such engines need an output allocator, which only the C++ runtime provides here)."""
+    if len(serialized_info) <= REQUIRES_OUTPUT_ALLOCATOR_IDX:
+        return False
+    return serialized_info[REQUIRES_OUTPUT_ALLOCATOR_IDX].strip().lower() in ("1", "true")

@@ -1,0 +1,141 @@
+"""The own TensorRT-RTX runner and the runtime cache on real engines (TensorRT-RTX hosts only).
+
+Reuses the suite's bundles (tests/gpu/test_tensorrt_bundles.py builds them once): the cache the
+verify stage shipped is hit in a fresh process, missed (with its reason) in a copy without it or
+with its key altered, and refused when tampered; the new policy fields come back in a fresh
+process; the runner gives golden outputs under every policy and under the concurrency hammer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import load_bundle
+from pipeline.errors import BundleError
+from pipeline.runtime.format import (
+    RUNTIME_CACHE_NAME,
+    SIGNATURE_NAME,
+    describe_files,
+    read_manifest,
+    write_manifest,
+)
+from pipeline.runtime.loader import verify_loaded
+from pipeline.runtime.policy import KernelSpecialization, RuntimeConfig, runtime_preset
+from pipeline.runtime.tensorrt import OWN_RUNNER, runtime_environment
+from tests.gpu.probe import probe_in_fresh_process
+from tests.gpu.test_concurrency import CALLS, THREADS, hammer
+from tests.gpu.test_tensorrt_bundles import MODELS, RUNTIMES, build
+from tests.helpers import flip_byte
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if runtime_environment().get("tensorrt_build") != "tensorrt-rtx":
+        pytest.skip("the own runner and runtime caches are TensorRT-RTX's")
+    return tmp_path_factory.mktemp("gpu-rtx-runner")
+
+
+def bundle_path(artifacts: Path, policy: str = "standard") -> Path:
+    model, precision = MODELS[0]
+    bundle = build(artifacts, (model, precision, policy)).bundle
+    assert bundle is not None
+    return bundle.path
+
+
+def copy_of(source: Path, target: Path) -> Path:
+    """A copy whose manifest a test may rewrite: unsigned (a rewritten manifest breaks a signature)."""
+    shutil.copytree(source, target)
+    (target / SIGNATURE_NAME).unlink(missing_ok=True)
+    return target
+
+
+def test_verify_stage_ships_a_keyed_runtime_cache_when_built_on_tensorrt_rtx(artifacts: Path) -> None:
+    manifest = read_manifest(bundle_path(artifacts))
+    assert manifest.runtime_cache["file"] == RUNTIME_CACHE_NAME
+    assert set(manifest.runtime_cache["key"]) == {"sm", "tensorrt", "cuda", "tensorrt_build"}
+    assert RUNTIME_CACHE_NAME in {f.path for f in manifest.files}
+
+
+def test_fresh_process_hits_the_shipped_cache_when_the_key_matches(artifacts: Path, tmp_path: Path) -> None:
+    report = probe_in_fresh_process(bundle_path(artifacts), cwd=tmp_path)
+    assert report["load_report_engines"]["runner"] == OWN_RUNNER
+    assert report["load_report_engines"]["runtime_cache"] == "hit"
+    assert report["golden_passed"], report["golden"]
+
+
+def test_load_misses_with_a_reason_when_the_cache_is_removed_from_a_copy(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    root = copy_of(bundle_path(artifacts), tmp_path / "uncached")
+    (root / RUNTIME_CACHE_NAME).unlink()
+    manifest = read_manifest(root)
+    manifest.runtime_cache = {}
+    manifest.files = describe_files(root)
+    write_manifest(root, manifest)
+    with load_bundle(root) as model:
+        assert model.load_report["engines"]["runtime_cache"] == "miss: the bundle has no runtime cache"
+        assert verify_loaded(model).passed
+
+
+def test_load_misses_with_a_reason_when_the_cache_key_names_another_gpu(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    root = copy_of(bundle_path(artifacts), tmp_path / "other-gpu")
+    manifest = read_manifest(root)
+    manifest.runtime_cache["key"]["sm"] = "8.6"  # an unsigned copy, its manifest rewritten
+    write_manifest(root, manifest)
+    with load_bundle(root) as model:
+        reason = model.load_report["engines"]["runtime_cache"]
+        assert reason.startswith("miss: cache made for sm '8.6'"), reason
+        assert verify_loaded(model).passed
+
+
+def test_load_refuses_a_tampered_runtime_cache_before_any_engine_loads(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    root = copy_of(bundle_path(artifacts), tmp_path / "tampered")
+    flip_byte(root / RUNTIME_CACHE_NAME)
+    with pytest.raises(BundleError, match=r"runtime\.cache: sha256 does not match"):
+        load_bundle(root)
+
+
+def test_rtx_policy_fields_come_back_in_a_fresh_process_when_set_at_load(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    policy = RuntimeConfig(
+        name="eager", pre_allocated_outputs=True, kernel_specialization=KernelSpecialization.eager
+    )
+    with load_bundle(bundle_path(artifacts), runtime=policy) as model:
+        assert model.policy.kernel_specialization is KernelSpecialization.eager
+    report = probe_in_fresh_process(bundle_path(artifacts, "preallocated"), cwd=tmp_path)
+    states = list(report["engines"].values())
+    assert states and all(s["runner"] == "tensorrt_rtx" and s["pre_allocated_outputs"] for s in states)
+
+
+@pytest.mark.parametrize("policy", RUNTIMES)
+def test_own_runner_matches_golden_outputs_when_run_under_each_policy(artifacts: Path, policy: str) -> None:
+    with load_bundle(bundle_path(artifacts), runtime=policy) as model:
+        assert model.load_report["engines"]["runner"] == OWN_RUNNER
+        assert model.policy == runtime_preset(policy)
+        assert verify_loaded(model).passed
+        model.set_runtime(RuntimeConfig(name="eager", kernel_specialization=KernelSpecialization.eager))
+        assert verify_loaded(model).passed
+
+
+@pytest.mark.parametrize("policy", ["preallocated", "cudagraphs", "dynamic"])
+def test_own_runner_gives_every_thread_its_own_answer_when_hammered(artifacts: Path, policy: str) -> None:
+    with load_bundle(bundle_path(artifacts), runtime=policy) as model:
+        assert model.load_report["engines"]["runner"] == OWN_RUNNER
+        counts = hammer([model])
+    assert counts == {"at return: right": THREADS * CALLS, "at the end: right": THREADS * CALLS}, counts
+
+
+def test_cpp_runtime_still_runs_the_bundle_when_runtime_cache_is_off(artifacts: Path) -> None:
+    with load_bundle(bundle_path(artifacts), runtime=RuntimeConfig(runtime_cache="off")) as model:  # type: ignore[arg-type]
+        assert model.load_report["engines"]["runner"] != OWN_RUNNER
+        assert verify_loaded(model).passed
+    torch.cuda.synchronize()

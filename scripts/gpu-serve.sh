@@ -4,6 +4,7 @@
 #   call 1, carry .gpu-wheelhouse:   OUT=$OUT PHASE=build bash scripts/gpu-serve.sh
 #     installs the wheelhouse into /tmp/gpu-site and builds BERT fp16 (static 1x128) and
 #     bert_dynamic fp16 bundles (preallocated) under /tmp/serve-artifacts;
+#   (or instead of call 1: scripts/gpu-verify.sh, whose GPU suite leaves both bundles in /tmp)
 #   call 2, carry .serve-wheelhouse: OUT=$OUT PHASE=serve bash scripts/gpu-serve.sh
 #     installs nvidia-pytriton and numpy<2 (the backend stub's) into /tmp/serve-site, runs the GPU
 #     serving tests (a real tritonserver) and scripts/serve_bench.py: HTTP vs in-process latency on
@@ -41,8 +42,10 @@ serve)
   status=$?
   echo "GPU serving tests: rc $status"
   grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/test-serving.log" | tail -8
-  static=$(ls -d $BUNDLES/bundles/bert-fp16-preallocated-* | head -n 1)
-  dynamic=$(ls -d $BUNDLES/bundles/bert_dynamic-fp16-preallocated-* | head -n 1)
+  # Bundles of this run's GPU suite (scripts/gpu-verify.sh) if it left them, else PHASE=build's.
+  static=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* $BUNDLES/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
+  dynamic=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert_dynamic-fp16-* $BUNDLES/bundles/bert_dynamic-fp16-* 2>/dev/null | head -n 1)
+  echo "bundles: $static $dynamic"
   python3 scripts/serve_bench.py latency "$static" --requests 600 --json "$OUT/serve-latency.json" \
     >"$OUT/serve-latency.log" 2>&1 || { tail -n 20 "$OUT/serve-latency.log"; status=1; }
   python3 scripts/serve_bench.py batching "$dynamic" --seconds 8 --clients 32 --json "$OUT/serve-batching.json" \

@@ -6,6 +6,10 @@ Times the same engines, under the bundle's policy, side by side: through ``load_
 (its lock, input checks, own stream and grad-mode rule around the graph) with and without the
 integer value-range check (one device-to-host read per call), the loaded graph alone, and the
 engine op alone (``torch.ops.tensorrt.execute_engine``), the floor for Python-side overhead.
+Where the bundle loads on the own TensorRT-RTX runner (pipeline.runtime.rtx_runner), the same
+bundle is loaded a second time on Torch-TensorRT's C++ runtime (``runtime_cache=off``) and its
+loaded model and bare engine op are timed in the same rounds, so the runner is compared with the
+op it replaces.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file fr
 from pipeline import load_bundle
 from pipeline.models import make_inputs
 from pipeline.runtime.engines import find_engines
+from pipeline.runtime.policy import RuntimeCacheMode
 from pipeline.timing import compare_latency
 
 
@@ -59,13 +64,31 @@ def main() -> None:
     if len(engines) == 1:
         engine = engines[0].engine
         calls["execute_engine op alone"] = lambda: under_policy_op(engine, inputs, context)
+    runner = loaded.load_report.get("engines", {}).get("runner", "")
+    print(f"engines run on: {runner}")
+    if not engines:  # the own runner: the C++ runtime's model and op beside it
+        cpp = load_bundle(args.bundle, runtime=replace(policy, runtime_cache=RuntimeCacheMode.off))
+        cpp_context = cpp.backend.call_context(cpp.policy)
+        cpp_engines = find_engines(cpp.module)
+        unchecked_cpp = replace(cpp.policy, check_value_ranges=False)
+        calls["C++ runtime: loaded model, value ranges not checked"] = lambda: cpp(*inputs)
+        prepare["C++ runtime: loaded model, value ranges not checked"] = lambda: cpp.set_runtime(
+            unchecked_cpp
+        )
+        if len(cpp_engines) == 1:
+            cpp_engine = cpp_engines[0].engine
+            calls["C++ runtime: execute_engine op alone"] = lambda: under_policy_op(
+                cpp_engine, inputs, cpp_context
+            )
     latency = compare_latency(calls, warmup=50, iterations=args.iterations, rounds=5, prepare=prepare)
     rows = {name: asdict(value) for name, value in latency.items()}
     for name, value in latency.items():
         device = value.device_median_ms
-        print(f"{name:45s} median {value.median_ms:.3f} ms  p90 {value.p90_ms:.3f}  device {device}")
+        print(f"{name:52s} median {value.median_ms:.3f} ms  p90 {value.p90_ms:.3f}  device {device}")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"policy": policy.name, "latency": rows}, indent=2))
+        Path(args.json_path).write_text(
+            json.dumps({"policy": policy.name, "runner": runner, "latency": rows}, indent=2)
+        )
 
 
 def under_policy_op(engine: object, inputs: tuple[torch.Tensor, ...], context: object) -> object:

@@ -132,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     coldstart.add_argument("path")
     coldstart.add_argument("--repeats", type=int, default=3)
     coldstart.add_argument("--json", dest="json_path", help="also write the figures as JSON here")
+    coldstart.add_argument(
+        "--runtime-cache",
+        choices=("auto", "on", "off"),
+        help="replace the recorded policy's runtime_cache (off: kernels compile at load; bundle directories)",
+    )
     keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing bundles")
     keygen.add_argument("private", help="private key file to write (PEM, mode 600)")
     keygen.add_argument("public", help="public key file to write (PEM): give it to hosts to trust")
@@ -152,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 stdout_console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
         elif args.command == "coldstart":
-            figures = measure_cold_start(args.path, args.repeats)
+            figures = measure_cold_start(args.path, args.repeats, args.runtime_cache)
             rows = [(key, f"{value:.3f}") for key, value in figures["median"].items()]
             console.print(summary_table(rows, title=f"cold start (median of {args.repeats}) {args.path}"))
             if args.json_path:

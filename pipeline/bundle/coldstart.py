@@ -18,13 +18,24 @@ from pathlib import Path
 from typing import Any
 
 
-def measure_cold_start(bundle: str | Path, repeats: int = 3) -> dict[str, Any]:
-    """Run the child ``repeats`` times; every run's figures and the median of each."""
+def measure_cold_start(
+    bundle: str | Path, repeats: int = 3, runtime_cache: str | None = None
+) -> dict[str, Any]:
+    """Run the child ``repeats`` times; every run's figures and the median of each.
+
+    ``runtime_cache``: load with the recorded policy's ``runtime_cache`` replaced (``off``: no
+    TensorRT-RTX runtime cache, kernels compile at load, on Torch-TensorRT's C++ runtime)."""
     runs = []
     for _ in range(repeats):
         start = time.time()
         completed = subprocess.run(
-            [sys.executable, "-m", "pipeline.bundle.coldstart", str(bundle)],
+            [
+                sys.executable,
+                "-m",
+                "pipeline.bundle.coldstart",
+                str(bundle),
+                *([runtime_cache] if runtime_cache else []),
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -38,10 +49,15 @@ def measure_cold_start(bundle: str | Path, repeats: int = 3) -> dict[str, Any]:
     medians = {
         key: statistics.median(run[key] for run in runs) for key in runs[0] if isinstance(runs[0][key], float)
     }
-    return {"bundle": str(bundle), "runs": runs, "median": medians}
+    return {
+        "bundle": str(bundle),
+        "runtime_cache": runtime_cache or "as recorded",
+        "runs": runs,
+        "median": medians,
+    }
 
 
-def _child(bundle: str) -> None:
+def _child(bundle: str, runtime_cache: str | None = None) -> None:
     start = time.perf_counter()
     import torch
 
@@ -51,7 +67,17 @@ def _child(bundle: str) -> None:
     cuda_ready = time.perf_counter()
     import pipeline
 
-    loaded = pipeline.load_bundle(bundle)
+    runtime = None
+    if runtime_cache is not None:
+        from dataclasses import replace
+
+        from pipeline.runtime.format import read_manifest
+        from pipeline.runtime.loader import recorded_policy
+        from pipeline.runtime.policy import RuntimeCacheMode
+
+        recorded = recorded_policy(read_manifest(Path(bundle)))  # a bundle directory
+        runtime = replace(recorded, runtime_cache=RuntimeCacheMode(runtime_cache))
+    loaded = pipeline.load_bundle(bundle, runtime=runtime)
     load_done = time.perf_counter()
     from safetensors.torch import load_file
 
@@ -76,10 +102,11 @@ def _child(bundle: str) -> None:
         "first_call_s": first_output - inputs_ready,
         "load_steps": loaded.load_seconds,
         "torch_tensorrt_imported": "torch_tensorrt" in sys.modules,
+        "engines": {key: str(value) for key, value in loaded.load_report.get("engines", {}).items()},
         "first_output_at": wall,
     }
     print(json.dumps(report))
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1])
+    _child(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

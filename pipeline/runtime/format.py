@@ -93,7 +93,7 @@ class Manifest:
         """Canonical JSON (sorted keys) with its own digest, as written to ``manifest.json``."""
         data = asdict(self)
         data[DIGEST_KEY] = _content_digest(data)
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return canonical_json(data)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -203,9 +203,16 @@ def read_manifest(root: Path) -> Manifest:
         raise BundleError(f"{MANIFEST_NAME}: not UTF-8 text (modified or corrupt)") from None
     manifest = Manifest.from_json(text)
     # Byte-exact: whitespace or a dropped newline changes no value, but it is still a changed file.
-    if manifest.to_json() != text:
+    # Checked against the fields as written, not as this version would write them: a bundle made
+    # before a field was added (read with its default) is not a modified one.
+    if canonical_json(json.loads(text)) != text:
         raise BundleError(f"{MANIFEST_NAME}: not in canonical form (modified)")
     return manifest
+
+
+def canonical_json(data: dict[str, Any]) -> str:
+    """The one text a manifest's data is written as (sorted keys, two-space indent, newline)."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 class VerifiedFiles:

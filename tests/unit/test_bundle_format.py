@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.errors import BundleError
-from pipeline.runtime.format import FileEntry, Manifest, _content_digest, bundle_id
+from pipeline.runtime.format import (
+    DIGEST_KEY,
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    _content_digest,
+    bundle_id,
+    canonical_json,
+    read_manifest,
+)
 from tests import helpers
 
 
@@ -61,3 +71,16 @@ def test_manifest_parser_detects_edit_when_a_value_changes_without_breaking_json
     text = sample_manifest().to_json().replace('"tiny_cnn"', '"tiny_cnX"')
     with pytest.raises(BundleError, match="does not match its manifest_sha256"):
         Manifest.from_json(text)
+
+
+def test_read_manifest_accepts_a_bundle_written_before_a_field_was_added_when_it_lacks_the_field(
+    tmp_path: Path,
+) -> None:
+    data = asdict(sample_manifest())
+    del data["runtime_cache"]  # an optional field later versions added
+    (tmp_path / MANIFEST_NAME).write_text(canonical_json({**data, DIGEST_KEY: _content_digest(data)}))
+    assert read_manifest(tmp_path).runtime_cache == {}
+    # Still byte-exact: the same content written another way is a modified file.
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({**data, DIGEST_KEY: _content_digest(data)}))
+    with pytest.raises(BundleError, match="not in canonical form"):
+        read_manifest(tmp_path)

@@ -11,6 +11,8 @@ A bundle is a directory (or a .tar or .tar.gz of one)::
         model/model.pt2       export: the torch.export archive
         model/graph.pt        tensorrt: the graph that calls the engines, without them
         engines/<name>.engine tensorrt: each engine's raw bytes (its other fields: manifest "engines")
+        calibration.json      quantized precisions (fp8, int8, ...): how the model was calibrated
+                              and each quantizer's amax, so the bundle can be rebuilt and checked
 
 ``manifest.json`` is the only file read before every other file's size and sha256 are checked;
 the other files are read once, hashed while read, and what was hashed is what gets loaded.
@@ -34,6 +36,7 @@ FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.yaml"
 GOLDEN_NAME = "golden.safetensors"
+CALIBRATION_NAME = "calibration.json"
 DIGEST_KEY = "manifest_sha256"
 SIGNATURE_NAME = "manifest.sig"
 # Files that a manifest cannot list: itself, and a signature made over it.

@@ -19,10 +19,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
-	$(PY) -m pip install -q -e '.[build,dev,sweep,serve]'
+	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,quant]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the package with its build, dev, sweep and serve tools
+setup: $(STAMP) ## create .venv and install the package with its build, dev, sweep, serve and quant tools
 
 run: $(STAMP) ## run the pipeline: make run MODEL=bert RUNTIME=preallocated ARGS="precision=fp16"
 	$(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS)
@@ -38,7 +38,7 @@ test: $(STAMP) ## test suite (CI runs it with make reliability); GPU tests skip 
 # Ray Serve is heavy (~1.4 GB running, ~20-40 s to start 2 replicas): its own extra and target.
 RAY_STAMP := $(VENV)/.installed-ray
 $(RAY_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,ray]'
+	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,quant,ray]'
 	touch $(RAY_STAMP)
 
 test-serve-ray: $(RAY_STAMP) ## Ray Serve: golden round trip, bad inputs, SIGTERM on a local Ray instance (CI runs it)

@@ -195,9 +195,7 @@ class CalibrationConfig:
     precisions that do not calibrate.
     """
 
-    source: Any = field(
-        default_factory=lambda: {"_target_": "pipeline.quantization.sources.random_inputs"}
-    )
+    source: Any = field(default_factory=lambda: {"_target_": "pipeline.quantization.sources.random_inputs"})
     samples: int = 32
     # Rows per calibration batch when the inputs' first dimension is dynamic; null: their shape's.
     batch_size: int | None = None

@@ -24,7 +24,6 @@ from pipeline.errors import ConfigError
 from pipeline.quantization.precisions import spec_of
 from pipeline.quantization.sources import CalibrationRequest, calibration_batch_size, take
 
-
 M = TypeVar("M", bound=nn.Module)
 
 

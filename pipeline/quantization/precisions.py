@@ -45,7 +45,8 @@ PRECISIONS: dict[Precision, PrecisionSpec] = {
     Precision.fp32: PrecisionSpec(),
     Precision.fp16: PrecisionSpec(min_sm=(5, 3)),
     Precision.bf16: PrecisionSpec(
-        min_sm=(8, 0), known_to_work={STANDARD: ("8.0", "8.6", "8.9", "9.0", "10.0", "12.0"), RTX: ("8.6", "8.9", "12.0")}
+        min_sm=(8, 0),
+        known_to_work={STANDARD: ("8.0", "8.6", "8.9", "9.0", "10.0", "12.0"), RTX: ("8.6", "8.9", "12.0")},
     ),
     Precision.fp8: PrecisionSpec(
         min_sm=(8, 9),
@@ -61,7 +62,10 @@ PRECISIONS: dict[Precision, PrecisionSpec] = {
     Precision.int8_weight_only: PrecisionSpec(
         min_sm=(7, 5),
         modelopt_config="INT8_WEIGHT_ONLY_CFG",
-        known_to_work={STANDARD: ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"), RTX: ("8.6", "8.9", "12.0")},
+        known_to_work={
+            STANDARD: ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"),
+            RTX: ("8.6", "8.9", "12.0"),
+        },
     ),
     Precision.int4: PrecisionSpec(
         refused="INT4 (AWQ) is not offered: ModelOpt 0.47's INT4 export failed inside its quantizer "
@@ -118,7 +122,9 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def check_precision_host(config: PipelineConfig, backend: BackendKind, environment: Mapping[str, str]) -> str | None:
+def check_precision_host(
+    config: PipelineConfig, backend: BackendKind, environment: Mapping[str, str]
+) -> str | None:
     """Refuse a precision the chosen backend and GPU cannot build (one line, :class:`ConfigError`).
 
     ``environment`` is the backend's (:func:`pipeline.runtime.tensorrt.runtime_environment`:

@@ -106,7 +106,9 @@ def image_folder(
 
     spec = _only_input(request, "image_folder")
     folder = Path(_required_path(path))
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    files = (
+        sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    )
     if not files:
         raise ConfigError(f"calibration.source.path={path}: no images ({', '.join(IMAGE_SUFFIXES)}) there")
     dtype = torch_dtype(spec.dtype, request.precision)
@@ -155,7 +157,9 @@ def text_lines(
     for start in range(0, len(lines), request.batch_size):
         chunk = lines[start : start + request.batch_size]
         chunk = chunk + [chunk[i % len(chunk)] for i in range(request.batch_size - len(chunk))]
-        encoded = tokenize(chunk, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+        encoded = tokenize(
+            chunk, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        )
         yield tuple(
             encoded[s.name].to(request.device, torch_dtype(s.dtype, request.precision)) for s in request.specs
         )
@@ -163,7 +167,7 @@ def text_lines(
 
 def take(batches: Iterable[tuple[torch.Tensor, ...]], limit: int) -> list[tuple[torch.Tensor, ...]]:
     """At most ``limit`` batches of ``batches``."""
-    taken = []
+    taken: list[tuple[torch.Tensor, ...]] = []
     for batch in batches:
         if len(taken) >= limit:
             break

@@ -30,9 +30,9 @@ from pipeline.console import StageClock, console
 from pipeline.environment import host_environment
 from pipeline.errors import ConfigError, NotRefittableError
 from pipeline.identity import build_environment, config_identity
-from pipeline.quantization.precisions import PRECISIONS
 from pipeline.models import state_dict_digest
 from pipeline.models.weights import load_weights, read_state_dict
+from pipeline.quantization.precisions import PRECISIONS
 from pipeline.runtime.base import FileSource
 from pipeline.runtime.format import Manifest, bundle_id
 from pipeline.runtime.loader import (

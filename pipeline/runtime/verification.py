@@ -105,9 +105,8 @@ class VerificationReport:
         if self.task and self.task_tolerance is not None:
             cosine = min(t.cosine for t in self.task)
             top1 = [t.top1 for t in self.task if t.top1 is not None]
-            text += (
-                f"; vs fp32 eager: cosine={cosine:.6f} (min {self.task_tolerance.min_cosine:g})"
-                + (f", top-1 agreement={min(top1):.3f} (min {self.task_tolerance.min_top1:g})" if top1 else "")
+            text += f"; vs fp32 eager: cosine={cosine:.6f} (min {self.task_tolerance.min_cosine:g})" + (
+                f", top-1 agreement={min(top1):.3f} (min {self.task_tolerance.min_top1:g})" if top1 else ""
             )
         return text
 

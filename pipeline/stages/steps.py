@@ -217,7 +217,9 @@ class PackageStep(StepDefaults):
         verified = need(work.verified, "verified")
         calibration = need(work.built, "built").calibration
         if calibration is not None:  # listed and hashed in the manifest like every other file
-            (need(work.staging, "staging") / CALIBRATION_NAME).write_text(calibration.to_json(), encoding="utf-8")
+            (need(work.staging, "staging") / CALIBRATION_NAME).write_text(
+                calibration.to_json(), encoding="utf-8"
+            )
         return package_bundle(
             work.store,
             need(work.staging, "staging"),

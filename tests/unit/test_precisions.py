@@ -13,9 +13,11 @@ from pipeline.errors import ConfigError, VerificationError
 from pipeline.identity import engine_key
 from pipeline.quantization import precisions
 from pipeline.quantization.precisions import PRECISIONS, check_precision_host, check_precision_request
+from pipeline.report import precision_markdown, precision_rows
+from pipeline.runtime.format import FileEntry, Manifest
 from pipeline.runtime.types import DType, TaskTolerance, Tolerance, torch_dtype
 from pipeline.runtime.verification import VerificationReport, compare, compare_task
-from tests.helpers import config_for, run
+from tests.helpers import config_for, run, sample_manifest
 
 OFFERED = [p for p, spec in PRECISIONS.items() if spec.refused is None]
 REFUSED = [p for p, spec in PRECISIONS.items() if spec.refused is not None]
@@ -157,3 +159,33 @@ def test_verification_keeps_fp32_reference_when_precision_is_reduced(tmp_path: P
     assert built.reference is not None
     assert next(built.reference.parameters()).dtype == torch.float32
     assert next(built.eager.parameters()).dtype == torch.bfloat16
+
+
+def _benched(precision: str, median_ms: float, size: int) -> Manifest:
+    verification = {
+        "passed": True,
+        "comparisons": [{"cosine": 0.99991}],
+        "task": [{"cosine": 0.9981, "top1": 0.97}, {"cosine": 0.999, "top1": None}],
+    }
+    return sample_manifest(
+        precision=precision,
+        model_name="bert",
+        backend="tensorrt",
+        bundle_id=precision.ljust(16, "0"),
+        verification=verification,
+        bench={
+            "policy": "preallocated",
+            "latency": {"loaded": {"median_ms": median_ms, "p90_ms": median_ms}},
+        },
+        files=[FileEntry("engines/a.engine", size, "0" * 64)],
+    )
+
+
+def test_report_flags_quantized_engine_when_it_is_not_faster_than_fp16() -> None:
+    rows = precision_rows([_benched("fp16", 1.0, 2_000_000), _benched("fp8", 1.2, 1_000_000)])
+    table = precision_markdown(rows)
+    fp8_line = next(line for line in table.splitlines() if "| fp8 |" in line)
+    assert "| 1.20x |" in fp8_line and "not faster than fp16" in fp8_line
+    assert "cos 0.99991; vs fp32 cos 0.9981, top-1 0.970" in fp8_line and "| 1.0 |" in fp8_line
+    faster = precision_markdown(precision_rows([_benched("fp16", 1.0, 1), _benched("fp8", 0.8, 1)]))
+    assert "not faster" not in faster and "| 0.80x |" in faster

@@ -10,7 +10,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-sweep bench-refit report lint typecheck check clean
+.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-sweep bench-precisions bench-refit report lint typecheck check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,10 +19,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
-	$(PY) -m pip install -q -e '.[build,dev,sweep,serve]'
+	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,quant]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the package with its build, dev, sweep and serve tools
+setup: $(STAMP) ## create .venv and install the package with its build, dev, sweep, serve and quant tools
 
 run: $(STAMP) ## run the pipeline: make run MODEL=bert RUNTIME=preallocated ARGS="precision=fp16"
 	$(PY) -m pipeline model=$(MODEL) runtime=$(RUNTIME) precision=$(PRECISION) $(ARGS)
@@ -38,7 +38,7 @@ test: $(STAMP) ## test suite (CI runs it with make reliability); GPU tests skip 
 # Ray Serve is heavy (~1.4 GB running, ~20-40 s to start 2 replicas): its own extra and target.
 RAY_STAMP := $(VENV)/.installed-ray
 $(RAY_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,ray]'
+	$(PY) -m pip install -q -e '.[build,dev,sweep,serve,quant,ray]'
 	touch $(RAY_STAMP)
 
 test-serve-ray: $(RAY_STAMP) ## Ray Serve: golden round trip, bad inputs, SIGTERM on a local Ray instance (CI runs it)
@@ -86,6 +86,17 @@ bench-sweep: ## GPU: BERT fp16 built for each SWEEP combination, all benchmarked
 		bench.baselines=[fresh] bench.policies=[preallocated] $(SWEEP) \
 		artifacts_dir=$(ARTIFACTS)/sweep hydra.sweep.dir=$(ARTIFACTS)/sweep/multirun $(ARGS)
 	$(GPU_PY) -m pipeline.report $(ARTIFACTS)/sweep
+
+# Precision as a dimension: BERT and ResNet-50 built and benchmarked in each of PRECISIONS; the report
+# sets them side by side and flags a quantized engine that is not faster than fp16.
+PRECISIONS ?= fp16,bf16,fp8
+bench-precisions: ## GPU: BERT and ResNet-50 in each of PRECISIONS (needs the quant extra), side by side in the report
+	for model in bert resnet50; do \
+		$(GPU_PY) -m pipeline -m model=$$model precision=$(PRECISIONS) runtime=preallocated $(BENCH_STAGES) \
+			bench.baselines=[fresh] artifacts_dir=$(ARTIFACTS)/precisions \
+			hydra.sweep.dir=$(ARTIFACTS)/precisions/multirun-$$model $(ARGS) || exit 1; \
+	done
+	$(GPU_PY) -m pipeline.report $(ARTIFACTS)/precisions
 
 REFIT_MODEL ?= bert
 REFIT_PRECISION ?= fp16

@@ -23,17 +23,37 @@ from typing import Any
 import torch
 
 import pipeline
-from pipeline.config.schema import Identity, PipelineConfig, Stage, keys_of
+from pipeline.config.schema import Identity, PipelineConfig, Precision, Stage, keys_of
 from pipeline.environment import package_version
+from pipeline.quantization.precisions import spec_of
 from pipeline.runtime.format import bundle_id
 
+#: The config section that is part of an identity only for calibrated precisions.
+CALIBRATION_KEY = "calibration"
 #: The manifest's environment key naming the user's model source file and its sha256.
 MODEL_SOURCE_KEY = "model_source"
 
 
+def _calibrates(resolved: Mapping[str, Any]) -> bool:
+    """True when the resolved config's precision is calibrated (its calibration decides engines)."""
+    try:
+        return spec_of(Precision(resolved.get("precision"))).quantized
+    except ValueError:
+        return False
+
+
+def _identity_sections(resolved: Mapping[str, Any], kinds: tuple[Identity, ...]) -> dict[str, Any]:
+    """The sections of ``resolved`` marked with ``kinds``; ``calibration`` only where it is used,
+    so that fp32/fp16/bf16 bundle ids do not change with calibration settings they ignore."""
+    sections = {name: resolved.get(name) for name in keys_of(*kinds)}
+    if not _calibrates(resolved):
+        sections.pop(CALIBRATION_KEY, None)
+    return sections
+
+
 def engine_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """The sections of a resolved config (plain data) that decide the compiled engines."""
-    return {name: resolved.get(name) for name in keys_of(Identity.engine)}
+    return _identity_sections(resolved, (Identity.engine,))
 
 
 def config_identity(resolved: Mapping[str, Any], benched: bool) -> dict[str, Any]:
@@ -44,7 +64,7 @@ def config_identity(resolved: Mapping[str, Any], benched: bool) -> dict[str, Any
     other settings): it gets its own id instead of replacing a published bundle.
     """
     kinds = (Identity.engine, Identity.bundle, *((Identity.bench,) if benched else ()))
-    return {name: resolved.get(name) for name in keys_of(*kinds)}
+    return _identity_sections(resolved, kinds)
 
 
 def library_versions() -> dict[str, str]:

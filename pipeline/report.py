@@ -468,6 +468,114 @@ def chart(manifests: list[Manifest], measured: ColdStarts, path: Path) -> None:
     plt.close(figure)
 
 
+#: Precisions that quantize: each is expected to be faster than fp16, and flagged when not.
+QUANTIZED = ("fp8", "int8", "int8_weight_only")
+
+
+@dataclass
+class PrecisionRow:
+    """One bundle's loaded latency, memory, accuracy and size, for the side-by-side of precisions."""
+
+    model: str
+    policy: str
+    precision: str
+    median_ms: float
+    idle_mib: float | None
+    accuracy: str
+    bundle_mb: float
+
+
+def accuracy_measure(manifest: Manifest) -> str:
+    """The bundle's verification figures in one cell: worst cosine against its reference (the
+    eager model in its precision, or ModelOpt's simulated quantization) and, for reduced
+    precisions, worst cosine and top-1 agreement against fp32 eager."""
+    verification = manifest.verification
+    comparisons = verification.get("comparisons", [])
+    if not comparisons:
+        return ""
+    text = f"cos {min(c['cosine'] for c in comparisons):.5f}"
+    task = verification.get("task", [])
+    if task:
+        text += f"; vs fp32 cos {min(t['cosine'] for t in task):.4f}"
+        top1 = [t["top1"] for t in task if t.get("top1") is not None]
+        if top1:
+            text += f", top-1 {min(top1):.3f}"
+    return text
+
+
+def precision_rows(manifests: list[Manifest]) -> list[PrecisionRow]:
+    """Per model and policy, the fastest bundle of each precision (its own policy's loaded
+    variant), with memory, accuracy measure and bundle size."""
+    best: dict[tuple[str, str, str], tuple[float, Manifest]] = {}
+    for manifest in manifests:
+        stats = timed_variants(manifest).get(LOADED)
+        if stats is None:
+            continue
+        key = (manifest.model_name, str(manifest.bench.get("policy", "")), manifest.precision)
+        if key not in best or stats["median_ms"] < best[key][0]:
+            best[key] = (stats["median_ms"], manifest)
+    rows = []
+    for (model, policy, precision), (median_ms, manifest) in sorted(best.items()):
+        idle = manifest.bench.get("load", {}).get("idle_engine_memory")
+        rows.append(
+            PrecisionRow(
+                model=model,
+                policy=policy,
+                precision=precision,
+                median_ms=median_ms,
+                idle_mib=idle / 2**20 if idle is not None else None,
+                accuracy=accuracy_measure(manifest),
+                bundle_mb=sum(f.size for f in manifest.files) / 1e6,
+            )
+        )
+    return rows
+
+
+def precision_markdown(rows: list[PrecisionRow]) -> str:
+    """Precisions side by side per model and policy (empty when no model has two); a
+    quantized engine not faster than fp16 is flagged (its Q/DQ likely fell back to 16-bit kernels)."""
+    groups: dict[tuple[str, str], list[PrecisionRow]] = {}
+    for row in rows:
+        groups.setdefault((row.model, row.policy), []).append(row)
+    table = []
+    for (model, policy), group in groups.items():
+        if len(group) < 2:
+            continue
+        fp16 = next((r.median_ms for r in group if r.precision == "fp16"), None)
+        for row in group:
+            versus = f"{row.median_ms / fp16:.2f}x" if fp16 else ""
+            flag = ""
+            if row.precision in QUANTIZED and fp16 is not None and row.median_ms >= fp16:
+                flag = "not faster than fp16 (Q/DQ fell back to 16-bit kernels?)"
+            table.append(
+                [
+                    model,
+                    policy,
+                    row.precision,
+                    f"{row.median_ms:.3f}",
+                    versus,
+                    _fmt(row.idle_mib, 0) if row.idle_mib is not None else "",
+                    row.accuracy,
+                    f"{row.bundle_mb:.1f}",
+                    flag,
+                ]
+            )
+    if not table:
+        return ""
+    header = [
+        "model",
+        "policy",
+        "precision",
+        "median ms",
+        "vs fp16",
+        "idle MiB",
+        "accuracy",
+        "bundle MB",
+        "note",
+    ]
+    return markdown_table(header, table)
+
+
 COLD_START_DIR = "coldstart"
 
 
@@ -515,6 +623,9 @@ def write_report(directory: Path) -> tuple[Path, Path] | None:
     text += "\n# Fastest bundle per model, precision and policy\n\n" + fastest_markdown(
         fastest_bundles(manifests)
     )
+    precisions = precision_markdown(precision_rows(manifests))
+    if precisions:
+        text += "\n# Precisions side by side (loaded bundle, its own policy)\n\n" + precisions
     measured = cold_starts(directory)
     cold = cold_start_markdown(measured)
     if cold:

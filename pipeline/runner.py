@@ -9,12 +9,13 @@ from typing import Any
 from pipeline.backends import BackendChoice, CompiledModel, PolicyReport, select_backend
 from pipeline.bundle.store import BundleStore
 from pipeline.config import config_dict
-from pipeline.config.schema import PipelineConfig, Stage
+from pipeline.config.schema import BackendKind, PipelineConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
 from pipeline.errors import PipelineError, StageFailure, StageInterrupted
 from pipeline.failures import failure_hint
 from pipeline.identity import build_environment, pipeline_bundle_id
+from pipeline.quantization.precisions import check_precision_host, check_precision_request
 from pipeline.runtime.format import FORMAT_VERSION
 from pipeline.stages.bench import BenchReport
 from pipeline.stages.build import BuiltModel, build_model
@@ -114,8 +115,13 @@ def build_steps(stages: list[Stage]) -> list[Step]:
 
 
 def _run_stages(config: PipelineConfig, overrides: list[str], clock: StageClock) -> RunResult:
+    check_precision_request(config)
     choice = select_backend(config.backend.kind, config.backend.device)
     choice.backend.check_config(config)
+    host = choice.backend.environment(choice.device) if choice.backend.kind is BackendKind.tensorrt else {}
+    note = check_precision_host(config, choice.backend.kind, host)
+    if note is not None:
+        console.print(f"[yellow]note[/]: {note}")
     console.print(f"backend: [bold]{choice.backend.kind.value}[/] on {choice.device} ({choice.reason})")
     result = RunResult(config=config, backend=choice.backend.kind.value, device=str(choice.device))
     work = _work(config, overrides, choice, clock)

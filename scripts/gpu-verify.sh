@@ -2,7 +2,8 @@
 # On the GPU host, from the repository root: install the wheelhouse, run `make test-gpu` (its log and
 # report under $OUT), then on the suite's own BERT bundles the per-call overhead
 # (scripts/reload_overhead.py; OVERHEAD=0 skips it) and the concurrency probe as shipped and with
-# each of the loader's two fixes undone (scripts/probe/concurrency_probe.py; PROBE=0 skips it).
+# each of the loader's two fixes undone (scripts/probe/concurrency_probe.py; PROBE=0 skips it), and
+# the cold start of the BERT bundle with and without its runtime cache (COLDSTART=0 skips it).
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 mkdir -p "$OUT"
@@ -23,6 +24,20 @@ if [ "${OVERHEAD:-1}" = 1 ]; then
     python3 scripts/reload_overhead.py "$bundle" --json "$OUT/overhead-$policy.json" 2>"$OUT/overhead-$policy.err" \
       | grep median || tail -n 5 "$OUT/overhead-$policy.err"
   done
+fi
+if [ "${COLDSTART:-1}" = 1 ]; then
+  # Process start to first output of the suite's BERT fp16 bundle: with its runtime cache (own
+  # runner), and with runtime_cache=off (C++ runtime, kernels compiled at load: what a miss costs).
+  bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
+  if [ -n "$bundle" ]; then
+    for cache in auto off; do
+      (cd /tmp && PYTHONPATH="$OLDPWD:$PYTHONPATH" python3 -m pipeline.bundle coldstart "$bundle" --repeats "${COLDSTART_REPEATS:-2}" \
+        --runtime-cache $cache --json "$OUT/coldstart-$cache.json" >/dev/null 2>"$OUT/coldstart-$cache.err") \
+        || tail -n 5 "$OUT/coldstart-$cache.err"
+      python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('coldstart runtime_cache=' + sys.argv[2], {k: round(v, 3) for k, v in d['median'].items()}, d['runs'][0].get('engines'))" \
+        "$OUT/coldstart-$cache.json" $cache 2>/dev/null
+    done
+  fi
 fi
 if [ "${PROBE:-1}" = 1 ]; then
   for policy in cudagraphs preallocated; do

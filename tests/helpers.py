@@ -67,6 +67,18 @@ def noisy_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
     return NoisyModel().eval()
 
 
+class NaNModel(nn.Module):
+    """Returns NaN wherever its input is finite: no tolerance can make it pass."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images * float("nan")
+
+
+def nan_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
+    """Factory for ``model.architecture._target_=tests.helpers.nan_model``."""
+    return NaNModel().eval()
+
+
 def flip_byte(path: Path, offset: int | None = None) -> None:
     """Invert one byte of ``path`` (the middle one by default)."""
     data = bytearray(path.read_bytes())

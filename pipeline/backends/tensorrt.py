@@ -18,9 +18,10 @@ from torch import nn
 
 from pipeline.backends.base import Backend, CompiledModel, RefitReport, RefitRequest, SavedArtifact
 from pipeline.backends.exported import dynamic_shapes
-from pipeline.config.schema import CompileConfig, InputSpec, PipelineConfig
+from pipeline.config.schema import CompileConfig, InputSpec, PipelineConfig, Precision
 from pipeline.errors import ConfigError
 from pipeline.models.inputs import torch_dtype
+from pipeline.quantization.calibrate import export_mode
 from pipeline.runtime.engine_graph import EngineDescription, EngineRecord, split_engines
 from pipeline.runtime.engines import find_engines
 from pipeline.runtime.tensorrt import TensorRTRuntime, engine_index, rtx_settings_refused
@@ -127,6 +128,15 @@ def compile_settings(settings: CompileConfig, supported: set[str]) -> dict[str, 
     return kwargs
 
 
+def precision_settings(precision: Precision, supported: set[str]) -> dict[str, Any]:
+    """Compile settings a precision adds: bf16 and the quantized precisions build with explicit
+    typing (the types come from the cast model and its Q/DQ nodes; never ``enabled_precisions``,
+    which the RTX build refuses). fp32 and fp16 engines stay as they were built before."""
+    if precision in (Precision.fp32, Precision.fp16) or "use_explicit_typing" not in supported:
+        return {}
+    return {"use_explicit_typing": True}
+
+
 class TensorRTBackend(TensorRTRuntime, Backend):
     """Torch-TensorRT compiles; bundles hold each engine as raw bytes beside the calling graph."""
 
@@ -147,15 +157,18 @@ class TensorRTBackend(TensorRTRuntime, Backend):
     def compile(
         self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], config: PipelineConfig
     ) -> CompiledModel:
-        program = torch.export.export(
-            model, example_inputs, dynamic_shapes=dynamic_shapes(config.model.inputs)
-        )
+        # A quantized model's quantizers export as tensorrt.quantize_op only in ModelOpt's mode.
+        with export_mode(config.precision):
+            program = torch.export.export(
+                model, example_inputs, dynamic_shapes=dynamic_shapes(config.model.inputs)
+            )
         # Precision comes from the model and inputs being cast (build stage): TensorRT-RTX is
         # strongly typed and rejects enabled_precisions, and explicit typing gives the same
         # engine on standard TensorRT.
         module = self.trt.dynamo.compile(
             program,
             arg_inputs=self._trt_inputs(config),
+            **precision_settings(config.precision, supported_settings()),
             **compile_settings(config.compile, supported_settings()),
         )
         return CompiledModel(

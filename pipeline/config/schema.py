@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from pipeline.runtime.policy import RuntimeConfig
-from pipeline.runtime.types import MISSING, BackendKind, InputSpec, Precision, Tolerance
+from pipeline.runtime.types import MISSING, BackendKind, InputSpec, Precision, TaskTolerance, Tolerance
 from pipeline.runtime.types import DType as DType  # re-exported: the config schema names it
 
 
@@ -174,18 +174,64 @@ class CompileConfig:
     attn_bias_is_causal: bool = False
 
 
+class CalibrationAlgorithm(str, Enum):
+    """How ModelOpt turns calibration statistics into quantization scales (its ``algorithm``)."""
+
+    max = "max"
+    mse = "mse"
+    smoothquant = "smoothquant"
+    awq_lite = "awq_lite"
+
+
+@dataclass
+class CalibrationConfig:
+    """The data a quantized precision (fp8, int8, int8_weight_only) is calibrated with.
+
+    ``source`` is a Hydra ``_target_`` node naming a callable that takes a
+    :class:`pipeline.quantization.sources.CalibrationRequest` (plus the node's own keyword
+    arguments) and yields input tuples in the model's input order; the built-ins are in
+    :mod:`pipeline.quantization.sources`. It is instantiated on the build side only, from this
+    checkout's configs, never from a bundle. Ignored (and no part of any identity) by
+    precisions that do not calibrate.
+    """
+
+    source: Any = field(default_factory=lambda: {"_target_": "pipeline.quantization.sources.random_inputs"})
+    samples: int = 32
+    # Rows per calibration batch when the inputs' first dimension is dynamic; null: their shape's.
+    batch_size: int | None = None
+    algorithm: CalibrationAlgorithm = CalibrationAlgorithm.max
+    seed: int = 0
+
+
 @dataclass
 class VerifyConfig:
-    """How the reloaded artifact is checked against eager PyTorch."""
+    """How the reloaded artifact is checked against eager PyTorch.
+
+    Per precision, the tolerance against the eager model in that precision (for quantized
+    precisions: ModelOpt's simulated quantization, the same scales; tight, it catches
+    conversion bugs) and, in ``task``, the agreement required with the fp32 eager model.
+    """
 
     random_input_sets: int = 3
     seed: int = 1234
     fp32: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-3, rtol=1e-2, min_cosine=0.9999))
     fp16: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-2, rtol=2e-2, min_cosine=0.999))
+    bf16: Tolerance = field(default_factory=lambda: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999))
+    fp8: Tolerance = field(default_factory=lambda: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999))
+    int8: Tolerance = field(default_factory=lambda: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999))
+    int8_weight_only: Tolerance = field(
+        default_factory=lambda: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999)
+    )
+    task: dict[str, TaskTolerance] = field(default_factory=dict)
 
     def tolerance(self, precision: Precision) -> Tolerance:
-        """The tolerance that applies to ``precision``."""
-        return self.fp16 if precision is Precision.fp16 else self.fp32
+        """The tolerance that applies to ``precision`` (fp32's for one without its own)."""
+        found = getattr(self, precision.value, None)
+        return found if isinstance(found, Tolerance) else self.fp32
+
+    def task_tolerance(self, precision: Precision) -> TaskTolerance | None:
+        """The agreement with fp32 eager required at ``precision``; None: no such check."""
+        return self.task.get(precision.value)
 
 
 class Baseline(str, Enum):
@@ -226,6 +272,10 @@ class PipelineConfig:
     precision: Precision = field(default=Precision.fp32, metadata=marked(Identity.engine))
     backend: BackendConfig = field(default_factory=BackendConfig, metadata=marked(Identity.engine))
     compile: CompileConfig = field(default_factory=CompileConfig, metadata=marked(Identity.engine))
+    # Part of the engines' identity only for precisions that calibrate (pipeline.identity).
+    calibration: CalibrationConfig = field(
+        default_factory=CalibrationConfig, metadata=marked(Identity.engine)
+    )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata=marked(Identity.bundle))
     verify: VerifyConfig = field(default_factory=VerifyConfig, metadata=marked(Identity.bundle))
     bench: BenchConfig = field(default_factory=BenchConfig, metadata=marked(Identity.bench))

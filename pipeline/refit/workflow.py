@@ -32,6 +32,7 @@ from pipeline.errors import ConfigError, NotRefittableError
 from pipeline.identity import build_environment, config_identity
 from pipeline.models import state_dict_digest
 from pipeline.models.weights import load_weights, read_state_dict
+from pipeline.quantization.precisions import PRECISIONS
 from pipeline.runtime.base import FileSource
 from pipeline.runtime.format import Manifest, bundle_id
 from pipeline.runtime.loader import (
@@ -77,6 +78,10 @@ class RefitResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+#: Precisions whose engines hold calibrated scales (the refit refuses them before any work).
+QUANTIZED_PRECISIONS = frozenset(p.value for p, spec in PRECISIONS.items() if spec.quantized)
+
+
 def check_refittable(manifest: Manifest, weights: str) -> None:
     """Refuse bundles whose engines cannot take new weights, saying what to do instead."""
     rebuild = shlex.join(["python", "-m", "pipeline", *manifest.overrides])
@@ -94,6 +99,13 @@ def check_refittable(manifest: Manifest, weights: str) -> None:
         )
     if manifest.engine_count < 1:
         raise NotRefittableError(f"bundle {manifest.bundle_id} holds no TensorRT engines to refit")
+    if manifest.precision in QUANTIZED_PRECISIONS:
+        raise NotRefittableError(
+            f"bundle {manifest.bundle_id} is quantized ({manifest.precision}): its scales were "
+            "calibrated for its own weights, so new weights need a new calibration; build a new "
+            f"bundle instead: {rebuild} model.weights.source=pretrained "
+            f"model.weights.name_or_path={shlex.quote(weights)}"
+        )
 
 
 def rebuild_config(manifest: Manifest) -> PipelineConfig:

@@ -13,6 +13,8 @@ A bundle is a directory (or a .tar or .tar.gz of one)::
         engines/<name>.engine tensorrt: each engine's raw bytes (its other fields: manifest "engines")
         engines/runtime.cache TensorRT-RTX: the runtime cache (compiled kernels) made at the verify
                               stage; manifest "runtime_cache" holds its file and host key
+        calibration.json      quantized precisions (fp8, int8, ...): how the model was calibrated
+                              and each quantizer's amax, so the bundle can be rebuilt and checked
 
 ``manifest.json`` is the only file read before every other file's size and sha256 are checked;
 the other files are read once, hashed while read, and what was hashed is what gets loaded.
@@ -37,6 +39,7 @@ MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.yaml"
 GOLDEN_NAME = "golden.safetensors"
 RUNTIME_CACHE_NAME = "engines/runtime.cache"
+CALIBRATION_NAME = "calibration.json"
 DIGEST_KEY = "manifest_sha256"
 SIGNATURE_NAME = "manifest.sig"
 # Files that a manifest cannot list: itself, and a signature made over it.

@@ -26,6 +26,34 @@ class Precision(str, Enum):
 
     fp32 = "fp32"
     fp16 = "fp16"
+    bf16 = "bf16"
+    #: Post-training quantization through NVIDIA ModelOpt (calibrated; 16-bit elsewhere).
+    fp8 = "fp8"
+    int8 = "int8"
+    int8_weight_only = "int8_weight_only"
+    #: Named so that asking for them is refused with the reason (pipeline.quantization), not a
+    #: bare "invalid value".
+    int4 = "int4"
+    fp4 = "fp4"
+
+
+#: The dtype of a precision's floating activations (and so of its floating inputs): quantized
+#: precisions quantize weights (and some activations) and run everything else in 16 bits.
+_ACTIVATION_DTYPES: dict[Precision, torch.dtype] = {
+    Precision.fp32: torch.float32,
+    Precision.fp16: torch.float16,
+    Precision.bf16: torch.bfloat16,
+    Precision.fp8: torch.float16,
+    Precision.int8: torch.float16,
+    Precision.int8_weight_only: torch.float16,
+    Precision.int4: torch.float16,
+    Precision.fp4: torch.float16,
+}
+
+
+def activation_dtype(precision: Precision) -> torch.dtype:
+    """The dtype the model's floating activations and inputs have at ``precision``."""
+    return _ACTIVATION_DTYPES[precision]
 
 
 class BackendKind(str, Enum):
@@ -88,6 +116,18 @@ class Tolerance:
     min_cosine: float = MISSING
 
 
+@dataclass
+class TaskTolerance:
+    """Task-level agreement of a reduced-precision model with the fp32 eager model.
+
+    ``min_cosine`` applies to every output; ``min_top1`` (the share of rows whose argmax
+    agrees) to classifier outputs: 2-D outputs that are unnamed or named ``logits``.
+    """
+
+    min_cosine: float = MISSING
+    min_top1: float = MISSING
+
+
 _TORCH_DTYPES: dict[DType, torch.dtype] = {
     DType.float32: torch.float32,
     DType.float16: torch.float16,
@@ -99,8 +139,8 @@ _TORCH_DTYPES: dict[DType, torch.dtype] = {
 def torch_dtype(dtype: DType, precision: Precision = Precision.fp32) -> torch.dtype:
     """The torch dtype of an input; floating inputs follow the run's precision."""
     resolved = _TORCH_DTYPES[dtype]
-    if resolved.is_floating_point and precision is Precision.fp16:
-        return torch.float16
+    if resolved.is_floating_point and precision is not Precision.fp32:
+        return activation_dtype(precision)
     return resolved
 
 

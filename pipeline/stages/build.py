@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import re
@@ -26,6 +27,8 @@ from pipeline.errors import ConfigError, first_line
 from pipeline.models import PositionalAdapter, make_inputs, state_dict_digest
 from pipeline.models.shapes import shape_at, shape_sets, trace_sizes
 from pipeline.models.weights import load_weights, read_state_dict
+from pipeline.quantization.calibrate import CalibrationRecord, load_calibration_batches, quantize
+from pipeline.quantization.precisions import model_dtype, spec_of
 from pipeline.runtime.format import OPT_SET
 
 
@@ -44,6 +47,10 @@ class BuiltModel:
     device: torch.device
     shape_inputs: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
     trace_inputs: tuple[torch.Tensor, ...] = ()
+    #: The fp32 eager model, for the task-level check of reduced precisions (else None).
+    reference: PositionalAdapter | None = None
+    #: How a quantized model was calibrated, and its scales (else None).
+    calibration: CalibrationRecord | None = None
 
     def golden_input_sets(self) -> dict[str, tuple[torch.Tensor, ...]]:
         """Every golden input set by name, the opt-shape one (``opt``) first."""
@@ -128,6 +135,8 @@ def prepare_model(
 ) -> BuiltModel:
     """Wrap ``model`` in the positional calling form, cast it to the precision, make golden inputs.
 
+    Reduced precisions keep an fp32 copy as the task-level reference; quantized ones are
+    calibrated here (ModelOpt), and ``eager`` is then the simulated-quantization model.
     ``weights_sha256`` saves hashing the weights again when the caller already did.
     """
     names = [spec.name for spec in config.model.inputs]
@@ -135,10 +144,14 @@ def prepare_model(
     weights_sha256 = weights_sha256 or state_dict_digest(model)
     keyword = config.model.bind_inputs is InputBinding.keyword
     eager = PositionalAdapter(model, names, keyword=keyword).eval()
-    if config.precision is Precision.fp16:
-        eager = eager.half()
+    precision = config.precision
+    reference = None
+    if config.verify.task_tolerance(precision) is not None:
+        reference = copy.deepcopy(eager).float().to(device)
+    if precision is not Precision.fp32:
+        eager = eager.to(model_dtype(precision))
     eager = eager.to(device)
-    specs, seed, precision = config.model.inputs, config.verify.seed, config.precision
+    specs, seed = config.model.inputs, config.verify.seed
     golden = make_inputs(specs, seed, precision, device)
     shape_inputs = {
         name: make_inputs(specs, seed, precision, device, sizes) for name, sizes in shape_sets(specs).items()
@@ -147,6 +160,10 @@ def prepare_model(
     retraced = any(shape_at(spec, trace) != list(spec.shape) for spec in specs)
     trace_inputs = make_inputs(specs, seed, precision, device, trace) if retraced else golden
     check_integer_ranges_fit(eager, golden, specs)
+    calibration = None
+    if spec_of(precision).quantized:
+        batches = load_calibration_batches(config.model, config.calibration, precision, device)
+        eager, calibration = quantize(eager, precision, config.calibration, batches)
     return BuiltModel(
         eager=eager,
         golden_inputs=golden,
@@ -154,6 +171,8 @@ def prepare_model(
         device=device,
         shape_inputs=shape_inputs,
         trace_inputs=trace_inputs,
+        reference=reference,
+        calibration=calibration,
     )
 
 

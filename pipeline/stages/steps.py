@@ -21,7 +21,13 @@ from pipeline.backends.base import CompiledModel
 from pipeline.config.schema import PipelineConfig, RuntimeConfig, Stage
 from pipeline.console import console, summary_table
 from pipeline.errors import VerificationError
-from pipeline.runtime.format import RUNTIME_CACHE_NAME, Manifest, bundle_dir_name, describe_outputs
+from pipeline.runtime.format import (
+    CALIBRATION_NAME,
+    RUNTIME_CACHE_NAME,
+    Manifest,
+    bundle_dir_name,
+    describe_outputs,
+)
 from pipeline.runtime.loaded import LoadedModel
 from pipeline.runtime.rtx_runner import cache_key
 from pipeline.stages.bench import BenchReport, FreshModel, bench_model, report_rows
@@ -235,6 +241,11 @@ class PackageStep(StepDefaults):
             config.model.name, work.precision.value, work.policy.name, work.backend.kind.value, work.bundle_id
         )
         verified = need(work.verified, "verified")
+        calibration = need(work.built, "built").calibration
+        if calibration is not None:  # listed and hashed in the manifest like every other file
+            (need(work.staging, "staging") / CALIBRATION_NAME).write_text(
+                calibration.to_json(), encoding="utf-8"
+            )
         return package_bundle(
             work.store,
             need(work.staging, "staging"),

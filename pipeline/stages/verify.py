@@ -10,7 +10,7 @@ from pipeline.config.schema import PipelineConfig
 from pipeline.models import make_inputs
 from pipeline.runtime.format import OPT_SET
 from pipeline.runtime.loaded import LoadedModel
-from pipeline.runtime.verification import VerificationReport, compare
+from pipeline.runtime.verification import VerificationReport, compare, compare_task
 from pipeline.stages.build import BuiltModel
 
 
@@ -37,9 +37,12 @@ class VerifiedModel:
 
 
 def verify_model(built: BuiltModel, loaded: LoadedModel, config: PipelineConfig) -> VerifiedModel:
-    """Compare every output on each golden set plus ``verify.random_input_sets`` fresh sets."""
+    """Compare every output on each golden set plus ``verify.random_input_sets`` fresh sets with
+    the eager model in the run's precision (for quantized precisions: ModelOpt's simulated
+    quantization); for reduced precisions also with the fp32 eager model, task-level."""
     tolerance = config.verify.tolerance(config.precision)
-    report = VerificationReport(tolerance=tolerance)
+    task_tolerance = config.verify.task_tolerance(config.precision) if built.reference is not None else None
+    report = VerificationReport(tolerance=tolerance, task_tolerance=task_tolerance)
     golden_sets = {
         ("golden" if name == OPT_SET else f"golden-{name}"): inputs
         for name, inputs in built.golden_input_sets().items()
@@ -58,11 +61,20 @@ def verify_model(built: BuiltModel, loaded: LoadedModel, config: PipelineConfig)
             else:
                 outputs = built.eager(*inputs)
             reference = tuple(t.detach().cpu() for t in outputs)
-            report.comparisons.extend(compare(name, loaded(*inputs), reference, tolerance))
+            actual = loaded(*inputs)
+            report.comparisons.extend(compare(name, actual, reference, tolerance))
             references[name] = reference
+            if task_tolerance is not None and built.reference is not None:
+                fp32 = built.reference(*(_as_fp32(t) for t in inputs))
+                report.task.extend(compare_task(name, actual, fp32, task_tolerance, names))
     return VerifiedModel(
         report=report,
         golden_outputs=references["golden"],
         shape_outputs={name: references[f"golden-{name}"] for name in built.shape_inputs},
         output_names=names,
     )
+
+
+def _as_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """A floating input as the fp32 reference model takes it; others unchanged."""
+    return tensor.float() if tensor.is_floating_point() else tensor

@@ -85,7 +85,7 @@ def test_compose_names_key_and_suggestion_when_key_is_misspelled() -> None:
         ("compile.min_block_size=abc", "compile.min_block_size"),
         ("model.inputs.0.dtype=int8", "expected one of [float32, float16, int32, int64]"),
         ("backend.kind=onnx", "expected one of [auto, tensorrt, export]"),
-        ("precision=fp8", "available: fp16, fp32"),
+        ("precision=fp6", "available: bf16, fp16, fp32, fp4, fp8, int4, int8, int8_weight_only"),
         ("runtime=fast", "available: cudagraphs, dynamic, preallocated, standard"),
     ],
 )

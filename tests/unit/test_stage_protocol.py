@@ -30,6 +30,7 @@ def test_schema_marks_every_top_level_field_with_what_it_decides_when_declared()
         "precision",
         "backend",
         "compile",
+        "calibration",
     ]
 
 

@@ -28,6 +28,7 @@ from pipeline import load_bundle
 from pipeline.models import make_inputs
 from pipeline.runtime.engines import find_engines
 from pipeline.runtime.policy import RuntimeCacheMode
+from pipeline.runtime.rtx_runner import is_runner
 from pipeline.timing import compare_latency
 
 
@@ -37,10 +38,11 @@ def main() -> None:
     )
     parser.add_argument("bundle")
     parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--runtime", help="a policy preset to load with instead of the recorded one")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
 
-    loaded = load_bundle(args.bundle)
+    loaded = load_bundle(args.bundle, runtime=args.runtime)
     policy = loaded.policy
     inputs = make_inputs(loaded.specs, 0, loaded.precision, loaded.device)
     context = loaded.backend.call_context(policy)
@@ -66,6 +68,10 @@ def main() -> None:
         calls["execute_engine op alone"] = lambda: under_policy_op(engine, inputs, context)
     runner = loaded.load_report.get("engines", {}).get("runner", "")
     print(f"engines run on: {runner}")
+    runners = find_engines(loaded.module, is_runner)
+    if len(runners) == 1:
+        runner_engine = runners[0].engine
+        calls["own runner alone"] = lambda: runner_engine.execute(list(inputs))
     if not engines:  # the own runner: the C++ runtime's model and op beside it
         cpp = load_bundle(args.bundle, runtime=replace(policy, runtime_cache=RuntimeCacheMode.off))
         cpp_context = cpp.backend.call_context(cpp.policy)

@@ -115,11 +115,16 @@ class RuntimeConfig:
         }
 
     def rtx_settings(self) -> dict[str, Any]:
-        """The TensorRT-RTX-only fields this policy sets explicitly (name -> value)."""
+        """The TensorRT-RTX-only fields this policy sets explicitly (name -> value).
+
+        ``runtime_cache=off`` is not among them: it asks for nothing, so every engine can honour it
+        (Torch-TensorRT's C++ runtime, standard TensorRT)."""
         return {
             name: getattr(self, name).value
             for name, unset in RTX_FIELDS.items()
-            if getattr(self, name) is not None and getattr(self, name) != unset
+            if getattr(self, name) is not None
+            and getattr(self, name) != unset
+            and not (name == "runtime_cache" and self.runtime_cache is RuntimeCacheMode.off)
         }
 
     def is_default(self) -> bool:

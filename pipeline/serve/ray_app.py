@@ -32,7 +32,13 @@ from typing import Any
 from pipeline.errors import PipelineError
 from pipeline.runtime import open_bundle
 from pipeline.runtime.archive import release_unpacked
-from pipeline.serve.client import decode_tensor, encode_tensor
+from pipeline.serve.client import (
+    HEADER_LENGTH,
+    decode_binary_request,
+    decode_tensor,
+    encode_binary_answer,
+    encode_tensor,
+)
 from pipeline.serve.serving import Outcome, ServedBundle
 from pipeline.serve.triton_config import read_golden_shapes, triton_config, v2_metadata
 
@@ -78,18 +84,23 @@ class BundleReplica:
         if request.method == "GET" and path in (model_path, f"{model_path}/versions/1"):
             return JSONResponse(self.metadata)
         if request.method == "POST" and path in (f"{model_path}/infer", f"{model_path}/versions/1/infer"):
-            return await self._infer(await request.body())
+            header_length = request.headers.get(HEADER_LENGTH)
+            return await self._infer(await request.body(), header_length)
         return JSONResponse(
             {"error": f"no route {request.method} {path}; model: {self.name}"}, status_code=404
         )
 
-    async def _infer(self, body: bytes) -> Any:
-        from starlette.responses import JSONResponse
+    async def _infer(self, body: bytes, header_length: str | None = None) -> Any:
+        """A v2 infer request, JSON or in Triton's binary tensor extension (answered the same way)."""
+        from starlette.responses import JSONResponse, Response
 
         try:
-            payload = json.loads(body)
-            entries = payload["inputs"]
-            inputs = dict(decode_tensor(entry) for entry in entries)
+            if header_length is not None:
+                inputs = decode_binary_request(body, int(header_length))
+            else:
+                payload = json.loads(body)
+                entries = payload["inputs"]
+                inputs = dict(decode_tensor(entry) for entry in entries)
         except (ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": f"malformed v2 request: {exc}"}, status_code=400)
         # serve.batch turns one call per request into one call per batch of requests.
@@ -97,6 +108,11 @@ class BundleReplica:
         outcome: Outcome = await batched(inputs)
         if outcome.error is not None:
             return JSONResponse({"error": outcome.error}, status_code=400 if outcome.invalid else 500)
+        if header_length is not None:
+            answer, length = encode_binary_answer(self.name, outcome.outputs)
+            return Response(
+                answer, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)}
+            )
         return JSONResponse(
             {
                 "model_name": self.name,

@@ -30,7 +30,7 @@ from pipeline.runtime.policy import (
     as_policy,
 )
 from pipeline.runtime.rtx_runner import RunnerSettings, SharedRuntimeCache
-from pipeline.runtime.tensorrt import cache_decision, choose_runner
+from pipeline.runtime.tensorrt import cache_decision, choose_runner, rtx_settings_refused
 
 CPU = torch.device("cpu")
 HOST = {"tensorrt_build": "tensorrt-rtx", "tensorrt": "1.4.0.76", "cuda": "13.0", "sm": "9.0"}
@@ -375,6 +375,16 @@ def test_choose_runner_refuses_rtx_settings_in_one_line_when_tensorrt_is_standar
     ) as info:
         choose_runner({**HOST_211, "tensorrt_build": "tensorrt"}, policy, artifact(), True)
     assert "\n" not in str(info.value)
+
+
+def test_cpp_runtime_accepts_runtime_cache_off_when_engines_run_there() -> None:
+    off = RuntimeConfig(runtime_cache=RuntimeCacheMode.off)
+    assert off.rtx_settings() == {}
+    own, why = choose_runner({**HOST_211, "tensorrt_build": "tensorrt"}, off, artifact(), True)
+    assert not own and why == "standard TensorRT engines"
+    own, why = choose_runner(HOST_211, off, artifact(), True)
+    assert not own and "runtime_cache=off" in why
+    assert rtx_settings_refused(off, "the engines run on the C++ runtime") is None
 
 
 def test_policy_record_round_trips_through_json_when_rtx_fields_are_set() -> None:

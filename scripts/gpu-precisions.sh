@@ -40,7 +40,9 @@ stages='stages=[build,compile,serialize,reload,verify,bench,package]'
 build() {  # model precision
   local start log status line
   start=$(date +%s); log="$art/logs/$1-$2.log"; mkdir -p "$art/logs"
-  timeout -k 5 "${BUILD_LIMIT:-150}" python3 -m pipeline model="$1" precision="$2" runtime=preallocated "$stages" \
+  # A fresh extensions folder per build: a build killed while ModelOpt tried its CUDA extension
+  # leaves torch's build lock behind, and the next build would wait on it forever (seen on the H200).
+  TORCH_EXTENSIONS_DIR=$(mktemp -d) timeout -k 5 "${BUILD_LIMIT:-150}" python3 -m pipeline model="$1" precision="$2" runtime=preallocated "$stages" \
     bench.baselines=[] bench.warmup=20 bench.iterations=100 bench.rounds=2 calibration.samples=32 \
     artifacts_dir="$art" hydra.run.dir="$art/runs/$1-$2" >"$log" 2>&1
   status=$?

@@ -19,16 +19,28 @@ from torch import nn
 from pipeline.backends.base import Backend, CompiledModel, RefitReport, RefitRequest, SavedArtifact
 from pipeline.backends.exported import dynamic_shapes
 from pipeline.config.schema import CompileConfig, InputSpec, PipelineConfig, Precision
-from pipeline.errors import ConfigError
+from pipeline.errors import BackendUnavailableError, ConfigError
 from pipeline.models.inputs import torch_dtype
 from pipeline.quantization.calibrate import export_mode
 from pipeline.runtime.engine_graph import EngineDescription, EngineRecord, split_engines
 from pipeline.runtime.engines import find_engines
-from pipeline.runtime.tensorrt import TensorRTRuntime, engine_index, rtx_settings_refused
+from pipeline.runtime.tensorrt import (
+    TensorRTRuntime,
+    engine_index,
+    rtx_settings_refused,
+    runtime_library_loaded_alone,
+)
 from pipeline.timing import Stopwatch
 
 
 def _torch_tensorrt() -> Any:
+    if runtime_library_loaded_alone():
+        # Its import would load the full library and register the engine operators again: the
+        # process aborts in C++ (seen on the H200), so say it here instead.
+        raise BackendUnavailableError(
+            "torch_tensorrt cannot be imported after a TensorRT bundle was loaded in this process "
+            "(its runtime library is in already); build first, or build in another process"
+        )
     import torch_tensorrt
 
     return torch_tensorrt

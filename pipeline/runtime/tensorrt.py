@@ -18,6 +18,7 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import platform
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -55,6 +56,23 @@ CPP_RUNTIME = "Torch-TensorRT C++ runtime (execute_engine)"
 LOAD_DETAILS = "_pipeline_load_details"
 
 _load_lock = threading.Lock()
+# Set once this module loaded the runtime library itself (not through ``import torch_tensorrt``).
+_runtime_library_loaded = False
+
+
+def runtime_library_loaded_alone() -> bool:
+    """True when this process registered the engine operators from the runtime library alone:
+    ``import torch_tensorrt`` would then register them a second time, which aborts the process."""
+    return _runtime_library_loaded and "torch_tensorrt" not in sys.modules
+
+
+def installed_tensorrt_build() -> str:
+    """Which TensorRT build the installed Torch-TensorRT belongs to (``tensorrt-rtx``,
+    ``tensorrt`` or ``unknown``), from package metadata: nothing is loaded."""
+    for distribution, tensorrt_build in TORCH_TENSORRT_DISTRIBUTIONS:
+        if _distribution_version(distribution) is not None:
+            return tensorrt_build
+    return "unknown"
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -97,6 +115,8 @@ def load_runtime() -> None:
                 "torch_tensorrt is not installed (pip install torch-tensorrt, or torch-tensorrt-rtx for "
                 f"TensorRT-RTX bundles): its {RUNTIME_LIBRARY} runs the engines"
             )
+        global _runtime_library_loaded
+        _runtime_library_loaded = True
         try:
             torch.ops.load_library(str(library))
         except OSError:

@@ -25,7 +25,7 @@ from pipeline.runtime.format import (
 )
 from pipeline.runtime.loader import verify_loaded
 from pipeline.runtime.policy import KernelSpecialization, RuntimeConfig, runtime_preset
-from pipeline.runtime.tensorrt import OWN_RUNNER, runtime_environment
+from pipeline.runtime.tensorrt import OWN_RUNNER, installed_tensorrt_build
 from tests.gpu.probe import probe_in_fresh_process
 from tests.gpu.test_concurrency import CALLS, THREADS, hammer
 from tests.gpu.test_tensorrt_bundles import MODELS, RUNTIMES, build
@@ -34,7 +34,9 @@ from tests.helpers import flip_byte
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if runtime_environment().get("tensorrt_build") != "tensorrt-rtx":
+    # From package metadata: loading the runtime library before the first build would make the
+    # build's `import torch_tensorrt` impossible in this process.
+    if installed_tensorrt_build() != "tensorrt-rtx":
         pytest.skip("the own runner and runtime caches are TensorRT-RTX's")
     return tmp_path_factory.mktemp("gpu-rtx-runner")
 

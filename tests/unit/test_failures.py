@@ -93,3 +93,20 @@ def test_run_pipeline_raises_keyboard_interrupt_naming_stage_when_interrupted(
     with pytest.raises(KeyboardInterrupt) as caught:
         run(tmp_path, "model=tiny_cnn")
     assert isinstance(caught.value, StageInterrupted) and caught.value.stage == "compile"
+
+
+def test_tensorrt_backend_says_why_in_one_line_when_torch_tensorrt_is_imported_after_a_bundle_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from pipeline.backends import tensorrt as backend
+    from pipeline.errors import BackendUnavailableError
+    from pipeline.runtime import tensorrt as runtime
+
+    monkeypatch.delitem(sys.modules, "torch_tensorrt", raising=False)
+    monkeypatch.setattr(runtime, "_runtime_library_loaded", True)
+    with pytest.raises(
+        BackendUnavailableError, match="cannot be imported after a TensorRT bundle was loaded"
+    ):
+        backend._torch_tensorrt()

@@ -67,7 +67,7 @@ BENCH_STAGES := stages=[build,compile,serialize,reload,verify,bench,package]
 # The second seed's scenario (ResNet-152 x100); BENCH_RESNET=resnet50 is the quick variant (x64).
 BENCH_RESNET ?= resnet152
 ARTIFACTS ?= artifacts
-bench: ## GPU: the two seed scenarios (BERT fp16 1x128 policies; ResNet-152 x100 standard vs dynamic), cold starts, report
+bench: ## GPU: the two seed scenarios (BERT fp16 1x128 policies; ResNet-152 x100 standard vs dynamic), cold starts with and without the runtime cache, report
 	$(GPU_PY) -m pipeline model=bert precision=fp16 runtime=preallocated $(BENCH_STAGES) \
 		bench.policies=[standard,preallocated,cudagraphs] artifacts_dir=$(ARTIFACTS) $(ARGS)
 	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=standard $(BENCH_STAGES) artifacts_dir=$(ARTIFACTS) $(ARGS)
@@ -75,6 +75,8 @@ bench: ## GPU: the two seed scenarios (BERT fp16 1x128 policies; ResNet-152 x100
 		artifacts_dir=$(ARTIFACTS) $(ARGS)
 	for bundle in $(ARTIFACTS)/bundles/bert-fp16-preallocated-* $(ARTIFACTS)/bundles/$(BENCH_RESNET)-fp32-standard-*; do \
 		$(GPU_PY) -m pipeline.bundle coldstart $$bundle --json $(ARTIFACTS)/coldstart/$$(basename $$bundle).json || exit 1; \
+		$(GPU_PY) -m pipeline.bundle coldstart $$bundle --runtime-cache off \
+			--json $(ARTIFACTS)/coldstart/$$(basename $$bundle)-cache-off.json || exit 1; \
 	done
 	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
 

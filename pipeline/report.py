@@ -398,7 +398,7 @@ def cold_start_bars(measured: ColdStarts) -> list[Bar]:
     bars = []
     for manifest, figures in measured:
         policy = manifest.runtime["policy"]["name"]
-        label = f"{manifest.model_name} {manifest.precision} {policy}"
+        label = f"{manifest.model_name} {manifest.precision} {policy}{cache_note(figures)}"
         seconds = [run["process_to_first_output_s"] for run in figures["runs"]]
         median = figures["median"]["process_to_first_output_s"]
         bars.append(Bar(f"{label}: cold start", median, min(seconds), max(seconds), f"bundle {policy}"))
@@ -579,6 +579,17 @@ def precision_markdown(rows: list[PrecisionRow]) -> str:
 COLD_START_DIR = "coldstart"
 
 
+def cache_note(figures: dict[str, Any]) -> str:
+    """`` (runtime cache off)`` for a cold start measured with ``--runtime-cache off``, else ''."""
+    return " (runtime cache off)" if figures.get("runtime_cache") == "off" else ""
+
+
+def cache_outcome(figures: dict[str, Any]) -> str:
+    """What the first measured process's load report said of the runtime cache ('' if nothing)."""
+    runs = figures.get("runs") or [{}]
+    return str((runs[0].get("engines") or {}).get("runtime_cache", ""))
+
+
 def cold_start_markdown(measured: ColdStarts) -> str:
     """A table of ``DIR/coldstart/*.json`` (``python -m pipeline.bundle coldstart --json``), each
     beside the compile time recorded in its bundle's manifest (measured in the same run)."""
@@ -589,7 +600,9 @@ def cold_start_markdown(measured: ColdStarts) -> str:
         total = median["process_to_first_output_s"]
         rows.append(
             [
-                f"{manifest.model_name} {manifest.precision} {manifest.runtime['policy']['name']}",
+                f"{manifest.model_name} {manifest.precision} {manifest.runtime['policy']['name']}"
+                + cache_note(figures),
+                cache_outcome(figures) or "-",
                 f"{median['import_torch_s'] + median['cuda_init_s']:.2f}",
                 f"{median['load_bundle_s']:.2f}",
                 f"{median['first_call_s']:.3f}",
@@ -602,6 +615,7 @@ def cold_start_markdown(measured: ColdStarts) -> str:
         return ""
     header = [
         "bundle",
+        "runtime cache (load report)",
         "import torch + CUDA init (s)",
         "load_bundle (s)",
         "first call (s)",

@@ -195,3 +195,39 @@ def test_rebuild_command_builds_the_same_engines_when_the_policy_preset_carries_
     rebuilt = OmegaConf.to_container(compose(arguments), enum_to_str=True)
     assert isinstance(rebuilt, dict)
     assert rebuilt["compile"] == config["compile"] and rebuilt["runtime"]["name"] == rebuilt_for
+
+
+def test_cold_start_table_says_which_runs_had_no_runtime_cache_when_measured_both_ways() -> None:
+    from pipeline.report import cold_start_markdown
+
+    manifest = sample_manifest(
+        model_name="bert",
+        precision="fp16",
+        runtime={"policy": {"name": "preallocated"}},
+        timings={"compile": 20.0},
+    )
+
+    def figures(cache: str | None, outcome: str, seconds: float) -> dict[str, Any]:
+        median = {
+            "import_torch_s": 1.5,
+            "cuda_init_s": 0.3,
+            "load_bundle_s": seconds - 1.9,
+            "first_call_s": 0.03,
+            "process_to_first_output_s": seconds,
+        }
+        found: dict[str, Any] = {"runs": [{"engines": {"runtime_cache": outcome}}], "median": median}
+        if cache is not None:
+            found["runtime_cache"] = cache
+        return found
+
+    table = cold_start_markdown(
+        [
+            (manifest, figures(None, "hit", 2.4)),
+            (manifest, figures("off", "miss: runtime.runtime_cache=off", 11.0)),
+        ]
+    )
+    rows = [line for line in table.splitlines() if line.startswith("| bert")]
+    assert rows[0].startswith("| bert fp16 preallocated | hit | 1.80 | 0.50 |")
+    assert rows[1].startswith(
+        "| bert fp16 preallocated (runtime cache off) | miss: runtime.runtime_cache=off |"
+    )

@@ -1,0 +1,53 @@
+"""One bundle in several fresh processes: how much its latency differs from process to process.
+
+    python scripts/process_spread.py BUNDLE [--processes 5] [--iterations 500] [--json OUT]
+
+Each process runs ``python -m pipeline.bundle bench BUNDLE`` (load with the recorded policy, warm
+up, time the loaded model); the medians side by side and slowest / fastest. TensorRT-RTX picks
+kernels when an engine's context is created; a runtime cache from the build fixes them, so with
+the cache the spread between processes should shrink (README, TensorRT-RTX section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("bundle")
+    parser.add_argument("--processes", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--runtime", help="runtime preset to load with (default: the recorded one)")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    medians = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index in range(args.processes):
+            report = Path(scratch) / f"{index}.json"
+            command = [sys.executable, "-m", "pipeline.bundle", "bench", args.bundle, "--json", str(report)]
+            command += ["--iterations", str(args.iterations)]
+            command += ["--runtime", args.runtime] if args.runtime else []
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            latency = json.loads(report.read_text())["latency"]["loaded"]
+            medians.append(float(latency["median_ms"]))
+            print(f"process {index + 1}: median {medians[-1]:.3f} ms", flush=True)
+    result = {
+        "bundle": args.bundle,
+        "medians_ms": medians,
+        "slowest_over_fastest": round(max(medians) / min(medians), 3),
+    }
+    print(f"slowest / fastest median: {result['slowest_over_fastest']:.3f} over {args.processes} processes")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

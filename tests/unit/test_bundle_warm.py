@@ -13,9 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from pipeline.bundle import __main__ as bundle_tool
-from pipeline.bundle.warm import copy_bundle, warm_directory_name, warm_refusal, write_runtime_cache
+from pipeline.bundle.warm import (
+    copy_bundle,
+    warm_bundle,
+    warm_directory_name,
+    warm_refusal,
+    write_runtime_cache,
+)
 from pipeline.errors import BundleError
 from pipeline.runtime.base import SavedArtifact
 from pipeline.runtime.engine_graph import EngineRecord
@@ -25,6 +32,7 @@ from pipeline.runtime.format import (
     Manifest,
     describe_files,
     read_manifest,
+    write_manifest,
 )
 from pipeline.runtime.loader import open_bundle
 from pipeline.runtime.policy import RuntimeConfig
@@ -165,3 +173,17 @@ def test_write_runtime_cache_refuses_when_the_cache_is_empty(bundle_copy: Path, 
     with pytest.raises(BundleError, match="runtime cache is empty"):
         write_runtime_cache(target, b"", KEY)
     assert tree_digest(target) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a host without a GPU")
+def test_warm_bundle_refuses_in_one_line_and_writes_nothing_when_no_gpu_is_visible(
+    bundle_copy: Path,
+) -> None:
+    manifest = read_manifest(bundle_copy)
+    manifest.backend, manifest.environment = "tensorrt", BUILT_ON  # an unsigned copy, rewritten
+    write_manifest(bundle_copy, manifest)
+    before, siblings = tree_digest(bundle_copy), set(bundle_copy.parent.iterdir())
+    with pytest.raises(BundleError, match="no CUDA GPU is visible") as refused:
+        warm_bundle(bundle_copy)
+    assert "\n" not in str(refused.value)
+    assert tree_digest(bundle_copy) == before and set(bundle_copy.parent.iterdir()) == siblings

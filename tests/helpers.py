@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -168,3 +169,11 @@ def dict_output_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
     """Factory for ``model.architecture._target_=tests.helpers.dict_output_model``."""
     torch.manual_seed(weights.seed)
     return DictOutputModel().eval()
+
+
+def tree_digest(root: Path) -> str:
+    """One sha256 over every file's relative path and bytes under ``root``."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

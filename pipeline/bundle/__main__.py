@@ -1,4 +1,4 @@
-"""``python -m pipeline.bundle {pack,inspect,verify,bench,coldstart,keygen,sign,gc}``: tools for bundles."""
+"""``python -m pipeline.bundle {pack,inspect,verify,bench,coldstart,warm,keygen,sign,gc}``: bundle tools."""
 
 from __future__ import annotations
 
@@ -100,6 +100,26 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+def _warm(path: str, out: str | None, key: str | None, device: str | None) -> None:
+    """Warm a bundle; the bundle to deploy goes to stdout, what happened to stderr."""
+    from pipeline.bundle.warm import warm_bundle
+
+    result = warm_bundle(path, out, Path(key).read_bytes() if key else None, device)
+    key_text = ", ".join(f"{k}={v}" for k, v in sorted(result.cache_key.items()))
+    if not result.written:
+        console.print(f"{path}: its runtime cache already matches this host ({key_text}); nothing written")
+    else:
+        console.print(f"runtime cache: {result.cache_bytes} bytes for {key_text}")
+        console.print(f"verification of the warmed copy: {result.verification}")
+        console.print(f"load report: {json.dumps(result.load_engines, sort_keys=True)}")
+        if not result.signed:
+            console.print(
+                "[yellow]unsigned[/]: hosts that require signatures refuse it "
+                "(python -m pipeline.bundle sign PATH --key KEY, or warm with --key)"
+            )
+    print(result.path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.bundle", description=__doc__)
@@ -137,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("auto", "on", "off"),
         help="replace the recorded policy's runtime_cache (off: kernels compile at load; bundle directories)",
     )
+    warm = commands.add_parser(
+        "warm", help="write a verified copy of a TensorRT-RTX bundle with a runtime cache for this host"
+    )
+    warm.add_argument("path")
+    warm.add_argument("--out", help="directory to write (new; default: beside the source, -warm-sm<SM>)")
+    warm.add_argument("--key", help="ed25519 private key (PEM) to sign the copy with (default: unsigned)")
+    warm.add_argument("--device", help="GPU to warm for, e.g. cuda:1 (default: the current one)")
     keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing bundles")
     keygen.add_argument("private", help="private key file to write (PEM, mode 600)")
     keygen.add_argument("public", help="public key file to write (PEM): give it to hosts to trust")
@@ -162,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(summary_table(rows, title=f"cold start (median of {args.repeats}) {args.path}"))
             if args.json_path:
                 _write_json(Path(args.json_path), figures)
+        elif args.command == "warm":
+            _warm(args.path, args.out, args.key, args.device)
         elif args.command == "keygen":
             generate_key_pair(Path(args.private), Path(args.public))
             print(args.public)

@@ -3,7 +3,8 @@
 Reuses the suite's bundles (tests/gpu/test_tensorrt_bundles.py builds them once): the cache the
 verify stage shipped is hit in a fresh process, missed (with its reason) in a copy without it or
 with its key altered, and refused when tampered; the new policy fields come back in a fresh
-process; the runner gives golden outputs under every policy and under the concurrency hammer.
+process; the runner gives golden outputs under every policy and under the concurrency hammer;
+`python -m pipeline.bundle warm` makes a copy whose cache (made here) hits in a fresh process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from pipeline import load_bundle
+from pipeline.bundle.warm import WARM_SUFFIX, warm_bundle
 from pipeline.errors import BundleError
 from pipeline.runtime.format import (
     RUNTIME_CACHE_NAME,
@@ -26,10 +28,11 @@ from pipeline.runtime.format import (
 from pipeline.runtime.loader import verify_loaded
 from pipeline.runtime.policy import KernelSpecialization, RuntimeConfig, runtime_preset
 from pipeline.runtime.tensorrt import OWN_RUNNER, installed_tensorrt_build
+from pipeline.runtime.trust import generate_key_pair
 from tests.gpu.probe import probe_in_fresh_process
 from tests.gpu.test_concurrency import CALLS, THREADS, hammer
 from tests.gpu.test_tensorrt_bundles import MODELS, RUNTIMES, build
-from tests.helpers import flip_byte
+from tests.helpers import flip_byte, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +144,31 @@ def test_cpp_runtime_still_runs_the_bundle_when_runtime_cache_is_off(artifacts: 
         assert model.load_report["engines"]["runner"] != OWN_RUNNER
         assert verify_loaded(model).passed
     torch.cuda.synchronize()
+
+
+def test_bundle_warm_writes_a_copy_whose_cache_hits_in_a_fresh_process_when_the_cache_was_missing(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    source = copy_of(bundle_path(artifacts), tmp_path / "cold")
+    (source / RUNTIME_CACHE_NAME).unlink()
+    manifest = read_manifest(source)
+    manifest.runtime_cache = {}
+    manifest.files = describe_files(source)
+    write_manifest(source, manifest)
+    before = tree_digest(source)
+    generate_key_pair(tmp_path / "key.pem", tmp_path / "key.pub")
+
+    result = warm_bundle(source, private_key_pem=(tmp_path / "key.pem").read_bytes())
+
+    assert result.written and result.signed and result.cache_bytes > 0
+    assert result.path.parent == tmp_path and result.path.name.startswith("cold" + WARM_SUFFIX)
+    assert result.load_engines["runtime_cache"] == "hit", result.load_engines
+    assert tree_digest(source) == before
+    warmed = read_manifest(result.path)
+    assert warmed.runtime_cache["key"] == result.cache_key and warmed.bundle_id == manifest.bundle_id
+    report = probe_in_fresh_process(result.path, cwd=tmp_path)
+    assert report["load_report_engines"]["runner"] == OWN_RUNNER
+    assert report["load_report_engines"]["runtime_cache"] == "hit", report["load_report_engines"]
+    assert report["golden_passed"], report["golden"]
+    again = warm_bundle(result.path)  # its cache is for this host now: nothing to write
+    assert not again.written and again.path == result.path

@@ -23,7 +23,7 @@ def test_bundle_help_names_every_command_when_described(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         bundle_tool.main(["--help"])
     description = capsys.readouterr().out.split("\n\n")[1]  # the paragraph after the usage line
-    commands = ["pack", "inspect", "verify", "bench", "coldstart", "keygen", "sign", "gc"]
+    commands = ["pack", "inspect", "verify", "bench", "coldstart", "warm", "keygen", "sign", "gc"]
     assert all(command in description for command in commands), description
 
 

@@ -197,11 +197,18 @@ def describe_files(root: Path) -> list[FileEntry]:
 
 def read_manifest(root: Path) -> Manifest:
     """Read and parse ``root/manifest.json`` (nothing else is read)."""
+    return read_manifest_as_written(root)[0]
+
+
+def read_manifest_as_written(root: Path) -> tuple[Manifest, bytes]:
+    """:func:`read_manifest`, and the bytes it was parsed from: a signature covers those bytes,
+    not this version's serialization of them (a bundle made before a field was added lacks it)."""
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{root}: no {MANIFEST_NAME}; not a bundle")
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BundleError(f"{MANIFEST_NAME}: not UTF-8 text (modified or corrupt)") from None
     manifest = Manifest.from_json(text)
@@ -210,7 +217,7 @@ def read_manifest(root: Path) -> Manifest:
     # before a field was added (read with its default) is not a modified one.
     if canonical_json(json.loads(text)) != text:
         raise BundleError(f"{MANIFEST_NAME}: not in canonical form (modified)")
-    return manifest
+    return manifest, raw
 
 
 def canonical_json(data: dict[str, Any]) -> str:

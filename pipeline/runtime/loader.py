@@ -30,7 +30,7 @@ from pipeline.runtime.format import (
     check_files,
     golden_sets,
     output_names,
-    read_manifest,
+    read_manifest_as_written,
 )
 from pipeline.runtime.loaded import LoadedModel, resolve_device
 from pipeline.runtime.policy import RuntimeConfig, as_policy
@@ -85,11 +85,10 @@ def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> tuple[Pat
     """
     root = _as_directory(Path(path))
     try:
-        manifest = read_manifest(root)
+        manifest, manifest_bytes = read_manifest_as_written(root)
         files = check_files(root, manifest, saved_artifact(manifest).files)
-        # The manifest is byte-exact canonical JSON, so its serialization is the bytes that were read.
         policy = trust if trust is not None else TrustPolicy.from_environment()
-        check_signature(root, policy, manifest.to_json().encode("utf-8"))
+        check_signature(root, policy, manifest_bytes)  # over the bytes read, as they were signed
     except BaseException:
         release_unpacked(root)
         raise

@@ -274,8 +274,14 @@ class LoadedModel:
         """
         policy = as_policy(runtime)
         with self._lock:
+            # Engines drop graphs, buffers and memory that calls still queued on the GPU may use.
+            self._wait_for_last_call()
             self.policy_report = self._apply(policy, previous=self.policy)
         return self.policy_report
+
+    def _wait_for_last_call(self) -> None:
+        if self._last_call_done is not None:
+            self._last_call_done.synchronize()
 
     def _apply(self, policy: RuntimeConfig, previous: RuntimeConfig | None) -> PolicyReport:
         module = self._open_module()
@@ -296,7 +302,10 @@ class LoadedModel:
 
         Other threads' calls wait until the block ends."""
         with self._lock, self.backend.hold_resources(self._open_module(), self.policy):
-            yield
+            try:
+                yield
+            finally:
+                self._wait_for_last_call()  # before the held memory goes back: calls may still use it
 
     def __call__(self, *inputs: torch.Tensor, **named: torch.Tensor) -> ModelOutputs:
         """Run the model on ``inputs`` (checked first; inputs may also be given by their declared
@@ -352,8 +361,7 @@ class LoadedModel:
                 return
             self.module = None
             self._call_context = nullcontext()
-            if self._last_call_done is not None:
-                self._last_call_done.synchronize()
+            self._wait_for_last_call()
         gc.collect()  # graph modules hold reference cycles; engines free their memory when collected
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -16,9 +16,9 @@ when the caller is on the legacy default stream). On top of it, per policy:
   shapes, on its stream; every call still returns tensors of its own;
 * dynamic allocation: the context's execution memory comes from torch's caching allocator per
   call (``USER_MANAGED``), sized for the call's shapes, and is released after it;
-* CUDA graphs: one ``torch.cuda.CUDAGraph`` per input-shape signature, captured on a side stream
-  after one uncaptured run, replayed with inputs copied into its static buffers and its outputs
-  copied out into tensors of the call's own;
+* CUDA graphs: one ``torch.cuda.CUDAGraph``, recorded again when the input shapes change,
+  captured on a side stream after one uncaptured run, replayed with inputs copied into its static
+  buffers and its outputs copied out into tensors of the call's own;
 * TensorRT-RTX's own settings: kernel specialization, its CUDA-graph strategy, the runtime cache
   shared by every engine of a model.
 
@@ -342,6 +342,10 @@ class RtxEngineRunner:
     ) -> list[torch.Tensor]:
         captured = self._graphs.get(signature)
         if captured is None:
+            # One graph at a time, recorded again when the shapes change (as Torch-TensorRT does):
+            # graphs kept per shape would grow without bound under dynamic shapes, and all of them
+            # would share the one execution context, whose shapes the last capture set.
+            self._graphs.clear()
             captured = self._capture(context, inputs, caller)
             self._graphs[signature] = captured
         for buffer, tensor in zip(captured.inputs, inputs, strict=True):

@@ -17,7 +17,8 @@ import torch
 from pipeline.errors import BundleError, InputValidationError
 from pipeline.runtime import LoadedBundle, load_bundle, verify_loaded
 from pipeline.runtime.loaded import InputChecker
-from pipeline.serve.triton_config import output_name
+from pipeline.runtime.types import torch_dtype
+from pipeline.serve.triton_config import BF16_NOT_SERVED, output_name
 
 #: One request's inputs (or outputs) by name.
 Tensors = Mapping[str, np.ndarray]
@@ -53,6 +54,11 @@ class ServedBundle:
         """Load ``bundle`` on ``device`` with its recorded runtime policy and run its golden
         check; raises :class:`BundleError` (the model must not report ready) if it fails."""
         loaded = load_bundle(bundle, device=device)
+        dtypes = [str(entry.get("dtype", "")) for entry in loaded.manifest.outputs]
+        dtypes += [str(torch_dtype(spec.dtype, loaded.precision)) for spec in loaded.specs]
+        if any("bfloat16" in dtype for dtype in dtypes):
+            loaded.close()
+            raise BundleError(BF16_NOT_SERVED)
         try:
             report = verify_loaded(loaded)
         except BaseException:

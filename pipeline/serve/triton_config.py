@@ -40,7 +40,6 @@ class InstanceKind(str, Enum):
 _TRITON_TYPES: dict[str, str] = {
     "float32": "FP32",
     "float16": "FP16",
-    "bfloat16": "BF16",
     "float64": "FP64",
     "int8": "INT8",
     "int16": "INT16",
@@ -51,9 +50,18 @@ _TRITON_TYPES: dict[str, str] = {
 }
 
 
+#: Why a bundle with bfloat16 inputs or outputs is refused by the servers (one line).
+BF16_NOT_SERVED = (
+    "bfloat16 tensors cannot be served yet: requests and answers travel as numpy arrays (Triton's "
+    "Python backend, Ray Serve), and numpy has no bfloat16; serve an fp16 or fp32 bundle"
+)
+
+
 def v2_datatype(torch_name: str) -> str:
     """KServe v2 datatype (``FP32``) of a torch dtype name (``float32`` or ``torch.float32``)."""
     name = torch_name.removeprefix("torch.")
+    if name == "bfloat16":
+        raise BundleError(BF16_NOT_SERVED)
     try:
         return _TRITON_TYPES[name]
     except KeyError:

@@ -12,7 +12,7 @@ from pipeline.errors import BundleError
 from pipeline.runtime import load_bundle
 from pipeline.serve.serving import ServedBundle
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import flip_byte
+from tests.helpers import flip_byte, run
 
 
 def ids(batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
@@ -64,3 +64,19 @@ def test_served_bundle_refuses_to_load_when_bundle_is_tampered(bundle_copy: Path
     flip_byte(bundle_copy / "model" / "model.pt2")
     with pytest.raises(BundleError, match=r"model/model\.pt2: sha256 does not match"):
         ServedBundle.load(bundle_copy)
+
+
+def test_served_bundle_and_triton_export_refuse_in_one_line_when_bundle_is_bf16(
+    session_artifacts: Path, tmp_path: Path
+) -> None:
+    from pipeline.serve import export_triton
+    from pipeline.serve.triton_config import BF16_NOT_SERVED
+
+    result = run(session_artifacts, "model=tiny_bert", "precision=bf16")
+    assert result.bundle is not None
+    with pytest.raises(BundleError) as served:
+        ServedBundle.load(result.bundle.path)
+    with pytest.raises(BundleError) as exported:
+        export_triton(result.bundle.path, tmp_path / "models")
+    assert str(served.value) == str(exported.value) == BF16_NOT_SERVED
+    assert not (tmp_path / "models" / "tiny_bert").exists()

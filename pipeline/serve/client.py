@@ -91,7 +91,7 @@ def encode_binary_request(
     returns the body and the header's length."""
     tensors, blobs = [], []
     for name, value in inputs.items():
-        array = np.ascontiguousarray(value)
+        array = _little_endian(value)
         datatype = _V2_TYPES.get(array.dtype.name)
         if datatype is None:
             raise ValueError(f"input '{name}': dtype {array.dtype} has no KServe v2 datatype")
@@ -125,7 +125,7 @@ def decode_binary_answer(payload: bytes, header_length: int | None) -> dict[str,
             name, array = decode_tensor(entry)
         else:
             name = entry["name"]
-            dtype = np.dtype(_NUMPY_TYPES[entry["datatype"]])
+            dtype = np.dtype(_NUMPY_TYPES[entry["datatype"]]).newbyteorder("<")
             array = np.frombuffer(payload, dtype=dtype, count=size // dtype.itemsize, offset=offset)
             array = array.reshape(entry["shape"])
             offset += size
@@ -141,31 +141,48 @@ def decode_binary_request(body: bytes, header_length: int) -> dict[str, np.ndarr
         entries = header["inputs"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed binary request header ({exc})") from None
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ValueError("malformed binary request header: 'inputs' must be a list of tensors")
     offset, inputs = header_length, {}
     for entry in entries:
-        size = entry.get("parameters", {}).get("binary_data_size") if isinstance(entry, dict) else None
+        parameters = entry.get("parameters") or {}
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         if size is None:
             name, array = decode_tensor(entry)
         else:
             name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
             if datatype not in _NUMPY_TYPES or not isinstance(shape, list):
                 raise ValueError(f"input '{name}': datatype or shape missing or not supported")
-            dtype = np.dtype(_NUMPY_TYPES[datatype])
-            if size != int(np.prod(shape)) * dtype.itemsize or offset + size > len(body):
+            dtype = np.dtype(_NUMPY_TYPES[datatype]).newbyteorder("<")  # the extension is little-endian
+            if (
+                not isinstance(size, int)
+                or size != int(np.prod(shape)) * dtype.itemsize
+                or offset + size > len(body)
+            ):
                 raise ValueError(f"input '{name}': {size} bytes do not hold shape {shape} of {datatype}")
             array = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(
                 shape
             )
             offset += size
         inputs[str(name)] = array
+    if offset != len(body):
+        raise ValueError(f"{len(body) - offset} bytes after the last tensor of the binary request")
     return inputs
+
+
+def _little_endian(value: np.ndarray) -> np.ndarray:
+    """``value`` contiguous and little-endian, as the binary tensor extension carries it."""
+    array = np.ascontiguousarray(value)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array
 
 
 def encode_binary_answer(model: str, outputs: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
     """A v2 answer with every output as raw bytes (Triton's binary extension); body and header length."""
     tensors, blobs = [], []
     for name, value in outputs.items():
-        array = np.ascontiguousarray(value)
+        array = _little_endian(value)
         blob = array.tobytes()
         blobs.append(blob)
         tensors.append(
@@ -264,20 +281,25 @@ class ServeClient:
     def _send_kept_alive(
         self, method: str, path: str, data: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes, dict[str, str]]:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            parts = urllib.parse.urlsplit(self.url)
-            connection = http.client.HTTPConnection(
-                parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout_s
-            )
-            self._local.connection = connection
-        try:
-            connection.request(method, path, body=data, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException):
-            self.close()  # the next request connects again
-            raise
+        parts = urllib.parse.urlsplit(self.url)
+        target = parts.path.rstrip("/") + path
+        for attempt in (1, 2):
+            connection = getattr(self._local, "connection", None)
+            reused = connection is not None
+            if connection is None:
+                kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+                connection = kind(parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout_s)
+                self._local.connection = connection
+            try:
+                connection.request(method, target, body=data, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()  # the next request connects again
+                # A kept connection the server closed while idle: send once more on a new one.
+                if not (reused and attempt == 1 and isinstance(exc, http.client.RemoteDisconnected)):
+                    raise
         if response.status >= 400:
             raise _refusal(response.status, payload)
         return int(response.status), payload, {k.lower(): v for k, v in response.getheaders()}

@@ -101,7 +101,7 @@ class BundleReplica:
                 payload = json.loads(body)
                 entries = payload["inputs"]
                 inputs = dict(decode_tensor(entry) for entry in entries)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"malformed v2 request: {exc}"}, status_code=400)
         # serve.batch turns one call per request into one call per batch of requests.
         batched: Any = self._infer_batch

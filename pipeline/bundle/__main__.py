@@ -16,7 +16,7 @@ from pipeline.bundle.pack import Compression, pack_bundle
 from pipeline.bundle.store import BundleStore
 from pipeline.config.schema import BenchConfig
 from pipeline.console import console, summary_table
-from pipeline.errors import PipelineError
+from pipeline.errors import BundleError, PipelineError
 from pipeline.runtime.format import Manifest
 from pipeline.runtime.loader import open_bundle, verify_bundle
 from pipeline.runtime.policy import RuntimeConfig
@@ -104,7 +104,11 @@ def _warm(path: str, out: str | None, key: str | None, device: str | None) -> No
     """Warm a bundle; the bundle to deploy goes to stdout, what happened to stderr."""
     from pipeline.bundle.warm import warm_bundle
 
-    result = warm_bundle(path, out, Path(key).read_bytes() if key else None, device)
+    try:
+        key_pem = Path(key).read_bytes() if key else None
+    except OSError as exc:
+        raise BundleError(f"--key {key}: {exc.strerror or exc}") from None
+    result = warm_bundle(path, out, key_pem, device)
     key_text = ", ".join(f"{k}={v}" for k, v in sorted(result.cache_key.items()))
     if not result.written:
         console.print(f"{path}: its runtime cache already matches this host ({key_text}); nothing written")

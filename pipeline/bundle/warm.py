@@ -59,7 +59,7 @@ from pipeline.runtime.loader import (
     verify_loaded,
 )
 from pipeline.runtime.policy import RuntimeCacheMode, RuntimeConfig
-from pipeline.runtime.trust import TrustPolicy, sign_bundle
+from pipeline.runtime.trust import TrustPolicy, sign_bundle, signing_key
 from pipeline.runtime.types import BackendKind
 
 RTX_BUILD = "tensorrt-rtx"
@@ -187,7 +187,9 @@ def warm_bundle(
     runtime cache for this host, at ``out`` (default: beside the source, ``-warm-sm<SM>``), signed
     with ``private_key_pem`` if given. The source is only read. Raises :class:`BundleError` with one
     line when the bundle cannot be warmed here, or the target exists."""
-    source = Path(source)
+    if private_key_pem is not None:
+        signing_key(private_key_pem)  # a bad key is said now, not after the kernels compiled
+    source = Path(source).resolve()
     root, manifest, _ = open_bundle(source, trust)
     try:
         return _warm_opened(source, root, manifest, out, private_key_pem, device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import BundleError
 from pipeline.runtime.format import MANIFEST_NAME, SIGNATURE_NAME
@@ -57,14 +58,30 @@ def generate_key_pair(private_path: Path, public_path: Path) -> None:
     )
 
 
-def sign_bundle(root: Path, private_key_pem: bytes) -> Path:
-    """Sign ``root/manifest.json`` with an ed25519 private key; write ``manifest.sig``."""
+def signing_key(private_key_pem: bytes) -> Any:
+    """The ed25519 private key in ``private_key_pem``; :class:`BundleError` (one line) if it is
+    not one (another kind of key, encrypted, not PEM)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    key = load_pem_private_key(private_key_pem, password=None)
+    try:
+        key = load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"signing key: not an unencrypted PEM private key ({one_line(exc)})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise BundleError("signing key is not an ed25519 private key")
+    return key
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's first line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def sign_bundle(root: Path, private_key_pem: bytes) -> Path:
+    """Sign ``root/manifest.json`` with an ed25519 private key; write ``manifest.sig``."""
+    key = signing_key(private_key_pem)
     signature = root / SIGNATURE_NAME
     signature.write_bytes(key.sign((root / MANIFEST_NAME).read_bytes()))
     return signature

@@ -8,6 +8,7 @@ the copy, with bytes standing in for a real cache.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,27 @@ def test_warm_bundle_refuses_in_one_line_and_writes_nothing_when_no_gpu_is_visib
         warm_bundle(bundle_copy)
     assert "\n" not in str(refused.value)
     assert tree_digest(bundle_copy) == before and set(bundle_copy.parent.iterdir()) == siblings
+
+
+@pytest.mark.parametrize(
+    ("key_file", "message"),
+    [
+        ("missing.pem", "--key .*missing.pem: No such file or directory"),
+        ("public.pem", "signing key: not an unencrypted PEM private key"),
+    ],
+)
+def test_bundle_warm_says_what_is_wrong_with_the_key_before_any_work_when_the_key_is_bad(
+    cnn_bundle: PublishedBundle,
+    key_pair: tuple[bytes, bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key_file: str,
+    message: str,
+) -> None:
+    (tmp_path / "public.pem").write_bytes(key_pair[1])
+    siblings = set(cnn_bundle.path.parent.iterdir())
+    assert bundle_tool.main(["warm", str(cnn_bundle.path), "--key", str(tmp_path / key_file)]) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+    assert set(cnn_bundle.path.parent.iterdir()) == siblings

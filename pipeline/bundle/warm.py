@@ -44,6 +44,7 @@ from pipeline.runtime.format import (
     RUNTIME_CACHE_NAME,
     SIGNATURE_NAME,
     Manifest,
+    check_files,
     describe_files,
     read_manifest,
     write_manifest,
@@ -233,6 +234,11 @@ def _warm_opened(
     try:
         copy = staging / "bundle"
         copy_bundle(root, copy)
+        # What was copied must be what open_bundle verified (the source may be shared storage
+        # that changes meanwhile): the same manifest, every file with the sha256 it lists.
+        if read_manifest(copy) != manifest:
+            raise BundleError(f"{source}: the manifest changed while it was copied; nothing written")
+        check_files(copy, manifest, ())
         cache = _compile_cache(copy, warming_policy(policy), str(target_device))
         write_runtime_cache(copy, cache, key, private_key_pem)
         signed = private_key_pem is not None

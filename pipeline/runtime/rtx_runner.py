@@ -58,7 +58,7 @@ def tensorrt_rtx() -> ModuleType:
     with _import_lock:
         try:
             return importlib.import_module(RTX_MODULE)
-        except ImportError as exc:
+        except (ImportError, OSError) as exc:
             raise BackendUnavailableError(
                 f"TensorRT-RTX runtime settings need its Python bindings ({RTX_MODULE}): {exc}"
             ) from None
@@ -275,12 +275,9 @@ class RtxEngineRunner:
         caller = current_stream(self.device)
         if self.settings.cuda_graphs:
             return self._replay(context, tensors, signature, caller)
-        for name, tensor in zip(self.input_names, tensors, strict=True):
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
+        self._bind_inputs(context, tensors)
         outputs = self._outputs_for(context, signature, caller)
-        for name, tensor in zip(self.output_names, outputs, strict=True):
-            context.set_tensor_address(name, tensor.data_ptr())
+        self._bind_outputs(context, outputs)
         memory = self._device_memory(context) if self.settings.dynamic_allocation else None
         stream = self._launch_stream(caller)
         if stream is not caller:
@@ -293,6 +290,23 @@ class RtxEngineRunner:
         if self.settings.pre_allocated_outputs:
             self._next_outputs = (signature, caller.cuda_stream, self._allocate(context))
         return outputs
+
+    def _bind_inputs(self, context: Any, inputs: Sequence[torch.Tensor]) -> None:
+        for name, tensor in zip(self.input_names, inputs, strict=True):
+            if not context.set_input_shape(name, tuple(tensor.shape)):
+                raise RuntimeError(
+                    f"engine {self.name}: input {name!r} of shape {tuple(tensor.shape)} is outside the "
+                    "shapes the engine was built for"
+                )
+            self._bind(context, name, tensor)
+
+    def _bind_outputs(self, context: Any, outputs: Sequence[torch.Tensor]) -> None:
+        for name, tensor in zip(self.output_names, outputs, strict=True):
+            self._bind(context, name, tensor)
+
+    def _bind(self, context: Any, name: str, tensor: torch.Tensor) -> None:
+        if not context.set_tensor_address(name, tensor.data_ptr()):
+            raise RuntimeError(f"engine {self.name}: TensorRT-RTX refused the address of tensor {name!r}")
 
     def _launch_stream(self, caller: Any) -> Any:
         # TensorRT synchronizes around launches on the legacy default stream: use a side stream.
@@ -355,12 +369,9 @@ class RtxEngineRunner:
 
     def _capture(self, context: Any, inputs: list[torch.Tensor], caller: torch.cuda.Stream) -> _CapturedCall:
         static_inputs = [t.clone() for t in inputs]
-        for name, tensor in zip(self.input_names, static_inputs, strict=True):
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
+        self._bind_inputs(context, static_inputs)
         static_outputs = self._allocate(context)
-        for name, tensor in zip(self.output_names, static_outputs, strict=True):
-            context.set_tensor_address(name, tensor.data_ptr())
+        self._bind_outputs(context, static_outputs)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(caller)
         with torch.cuda.stream(side):

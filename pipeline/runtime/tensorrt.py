@@ -278,6 +278,14 @@ def choose_runner(
     return True, f"TensorRT-RTX with Torch-TensorRT {version} (< 2.13: no runtime config in its C++ runtime)"
 
 
+def _imports(load: Any) -> bool:
+    try:
+        load()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
 def cache_decision(
     artifact: SavedArtifact, environment: dict[str, str], policy: RuntimeConfig
 ) -> tuple[bool, str]:
@@ -317,7 +325,9 @@ class TensorRTRuntime(ModelRuntime):
         bundle's runtime cache was used."""
         policy = policy or RuntimeConfig()
         environment = runtime_environment(device)
-        importable = importlib.util.find_spec(rtx_runner.RTX_MODULE) is not None
+        # Imported, not just found: bindings that are present but fail to import (another CUDA,
+        # missing libraries) leave the engines to the C++ runtime instead of failing the load.
+        importable = environment.get("tensorrt_build") == RTX_BUILD and _imports(rtx_runner.tensorrt_rtx)
         own, reason = choose_runner(environment, policy, artifact, importable)
         if own:
             return self._load_with_runner(artifact, files, device, policy, environment, reason)

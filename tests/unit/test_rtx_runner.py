@@ -297,6 +297,16 @@ def test_runner_refuses_a_wrong_input_count_when_called(fake_trt: Any) -> None:
         runner().execute(inputs()[:1])
 
 
+def test_runner_says_which_input_is_out_of_range_when_tensorrt_refuses_its_shape(
+    fake_trt: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeContext, "set_input_shape", lambda self, name, shape: False)
+    with pytest.raises(
+        RuntimeError, match=r"input '.*' of shape \(.*\) is outside the shapes the engine was built for"
+    ):
+        runner().execute(inputs())
+
+
 def test_shared_cache_is_loaded_once_and_set_on_every_engine_when_engines_share_it(fake_trt: Any) -> None:
     cache = SharedRuntimeCache(b"good")
     first, second = runner(cache=cache), runner(cache=cache)

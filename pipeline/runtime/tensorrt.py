@@ -69,10 +69,17 @@ def runtime_library_loaded_alone() -> bool:
 def installed_tensorrt_build() -> str:
     """Which TensorRT build the installed Torch-TensorRT belongs to (``tensorrt-rtx``,
     ``tensorrt`` or ``unknown``), from package metadata: nothing is loaded."""
+    return installed_torch_tensorrt()[0]
+
+
+def installed_torch_tensorrt() -> tuple[str, str]:
+    """The installed Torch-TensorRT's TensorRT build and its version (``unknown`` each when it
+    is not installed), from package metadata."""
     for distribution, tensorrt_build in TORCH_TENSORRT_DISTRIBUTIONS:
-        if _distribution_version(distribution) is not None:
-            return tensorrt_build
-    return "unknown"
+        found = _distribution_version(distribution)
+        if found is not None:
+            return tensorrt_build, found[1]
+    return "unknown", "unknown"
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -158,12 +165,7 @@ def runtime_environment(device: torch.device | None = None) -> dict[str, str]:
     """What decides whether TensorRT engines load here: Torch-TensorRT and TensorRT builds and
     versions, the runtime ABI, CUDA, the GPU (``device``, default the current one) and its SM,
     the platform."""
-    build, torch_tensorrt_version = "unknown", "unknown"
-    for distribution, tensorrt_build in TORCH_TENSORRT_DISTRIBUTIONS:
-        found = _distribution_version(distribution)
-        if found is not None:
-            build, torch_tensorrt_version = tensorrt_build, found[1]
-            break
+    build, torch_tensorrt_version = installed_torch_tensorrt()
     tensorrt = _distribution_version(*TENSORRT_DISTRIBUTIONS.get(build, ()))
     load_runtime()
     major, minor = torch.cuda.get_device_capability(device)

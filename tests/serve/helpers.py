@@ -11,6 +11,9 @@ import numpy as np
 
 from tests.helpers import REPO, subprocess_env
 
+#: How long before SIGTERM a request must have started to count as received by the server.
+CONNECT_MARGIN_S = 0.2
+
 
 def bert_request(batch: int, seq: int, other_seq: int | None = None) -> dict[str, np.ndarray]:
     return {

@@ -18,7 +18,7 @@ import pytest
 from pipeline.serve import ServeClient, check_server
 from pipeline.serve.client import RequestError
 from pipeline.stages.package import PublishedBundle
-from tests.serve.helpers import alive, bert_request, descendants, start_cli, wait_for_line
+from tests.serve.helpers import CONNECT_MARGIN_S, alive, bert_request, descendants, start_cli, wait_for_line
 
 pytestmark = pytest.mark.ray
 
@@ -98,7 +98,8 @@ def test_ray_serve_exits_and_leaves_no_process_when_sigterm_arrives_during_reque
     ray_server: RayServer,
 ) -> None:
     client = ServeClient(ray_server.url, timeout_s=60)
-    outcomes: list[str] = []
+    # (start, end, outcome) of every request; each thread stops at 100 requests or 30 s.
+    results: list[tuple[float, float, str]] = []
     stop_sending = threading.Event()
     deadline = time.monotonic() + 30
 
@@ -106,11 +107,15 @@ def test_ray_serve_exits_and_leaves_no_process_when_sigterm_arrives_during_reque
         for _ in range(100):
             if stop_sending.is_set() or time.monotonic() > deadline:
                 return
+            started = time.monotonic()
             try:
                 client.infer("tiny_bert_dynamic", bert_request(4, 16))
-                outcomes.append("ok")
-            except (RequestError, OSError) as exc:
-                outcomes.append(str(exc))
+                outcome = "ok"
+            except RequestError as exc:
+                outcome = f"HTTP {exc.status}: {exc.message}"
+            except OSError as exc:
+                outcome = f"connection: {exc}"
+            results.append((started, time.monotonic(), outcome))
 
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for thread in threads:
@@ -125,6 +130,11 @@ def test_ray_serve_exits_and_leaves_no_process_when_sigterm_arrives_during_reque
         thread.join(timeout=60)
     assert process.returncode == 0  # type: ignore[attr-defined]
     assert time.monotonic() - sigterm_at < 30
-    assert outcomes and set(outcomes) == {"ok"}, outcomes
+    # As with Triton: a request the client started just before the signal may reach the proxy
+    # only after it and be closed at the door; requests sent earlier were in the server.
+    reached = sigterm_at - CONNECT_MARGIN_S
+    racing = {outcome for started, _, outcome in results if reached <= started}
+    assert {outcome for started, _, outcome in results if started < reached} == {"ok"}, results
+    assert all(o == "ok" or o.startswith("connection:") for o in racing), racing
     time.sleep(2)  # Ray's workers leave with their raylet
     assert not [pid for pid in ray_server.children if alive(pid)]

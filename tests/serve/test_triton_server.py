@@ -27,6 +27,7 @@ from pipeline.serve.server import TritonServer
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import cli, flip_byte
 from tests.serve.helpers import (
+    CONNECT_MARGIN_S,
     alive,
     bert_request,
     descendants,
@@ -118,9 +119,6 @@ def test_serve_client_binary_answers_equal_json_answers_when_connection_is_kept_
     finally:
         binary_client.close()
 
-
-#: How long before SIGTERM a request must have started to count as received by the server.
-CONNECT_MARGIN_S = 0.2
 
 BAD_INPUTS = {
     "unknown name": (

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import tempfile
@@ -38,7 +39,7 @@ from pipeline.models.inputs import make_inputs
 from pipeline.runtime import load_bundle
 from pipeline.serve import ServeClient, export_triton
 from pipeline.serve.server import TritonServer
-from pipeline.serve.serving import ServedBundle
+from pipeline.serve.serving import PROFILE_VARIABLE, ServedBundle
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -88,7 +89,12 @@ def latency(bundle: Path, requests: int, warmup: int = 50) -> dict[str, Any]:
 
     result: dict[str, Any] = {"bundle": bundle.name, "requests": requests}
     with tempfile.TemporaryDirectory() as workdir:
-        server, name = started_server(bundle, Path(workdir))
+        # The server's model times its phases (logged when it unloads); this process's does not.
+        os.environ[PROFILE_VARIABLE] = "1"
+        try:
+            server, name = started_server(bundle, Path(workdir))
+        finally:
+            del os.environ[PROFILE_VARIABLE]
         try:
             client = ServeClient(server.url, keep_alive=True)
             answer = client.infer_binary(name, on_host)
@@ -129,6 +135,9 @@ def latency(bundle: Path, requests: int, warmup: int = 50) -> dict[str, Any]:
             client.close()
         finally:
             server.stop()
+        log = (Path(workdir) / "tritonserver.log").read_text(errors="replace")
+        profiles = re.findall(r"serving profile over [^\"\n]*", log)  # Triton quotes the message
+        result["backend_profile"] = profiles[-1] if profiles else "not logged"
     for label, values in samples.items():
         result[label] = percentiles(values)
     for baseline in ("in_process_gpu", "in_process_host"):

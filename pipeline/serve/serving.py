@@ -7,6 +7,8 @@ message) and runs the good ones of a batch together where the model batches.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,35 @@ class Outcome:
     invalid: bool = False
 
 
+#: What a request's time in the model's server goes to: host checks and the copy in; the model;
+#: the copy out to host arrays.
+PHASES = ("inputs", "model", "outputs")
+
+
+#: Set (to anything but 0) to time where each request's time goes in the server's model
+#: (``ServedBundle.profile``; the Triton backend logs it when the model unloads).
+PROFILE_VARIABLE = "PIPELINE_SERVE_PROFILE"
+
+
+@dataclass
+class Profile:
+    """Seconds spent per phase over ``requests`` requests (a GPU sync after each model call, so
+    that the model's time is its own; only while profiling)."""
+
+    requests: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+
+    def add(self, phase: str, seconds: float) -> None:
+        """Count ``seconds`` to ``phase``."""
+        self.seconds[phase] += seconds
+
+    def summary(self) -> str:
+        """Mean milliseconds per request of each phase, on one line."""
+        each = max(self.requests, 1)
+        phases = ", ".join(f"{name} {1e3 * total / each:.3f} ms" for name, total in self.seconds.items())
+        return f"serving profile over {self.requests} requests (mean per request): {phases}"
+
+
 class ServedBundle:
     """A loaded, golden-checked bundle that answers batches of requests."""
 
@@ -48,6 +79,7 @@ class ServedBundle:
         self.input_names = [spec.name for spec in loaded.specs]
         # Requests arrive as host arrays: checked on the host, then moved to the model's device.
         self._check = InputChecker(loaded.specs, loaded.precision, torch.device("cpu"))
+        self.profile: Profile | None = Profile() if os.environ.get(PROFILE_VARIABLE, "0") != "0" else None
 
     @classmethod
     def load(cls, bundle: str | Path, device: str | None = None, batching: bool = False) -> ServedBundle:
@@ -74,11 +106,15 @@ class ServedBundle:
         shapes run as one call when the model batches."""
         outcomes: list[Outcome | None] = [None] * len(requests)
         valid: list[Checked] = []
+        started = time.perf_counter()
         for index, request in enumerate(requests):
             try:
                 valid.append((index, self._checked(request)))
             except InputValidationError as exc:
                 outcomes[index] = Outcome(error=one_line(exc), invalid=True)
+        if self.profile is not None:
+            self.profile.requests += len(requests)
+            self.profile.add("inputs", time.perf_counter() - started)
         for group in self._groups(valid):
             try:
                 answers = self._call(group)
@@ -121,10 +157,9 @@ class ServedBundle:
     def _call(self, group: list[Checked]) -> list[Outcome]:
         # Inputs were checked on the host (values too): the model does not read them back again.
         if len(group) == 1:
-            outputs = self.loaded.call_checked_on_host(group[0][1])
-            return [Outcome(outputs=self._to_numpy(outputs))]
+            return [Outcome(outputs=self._to_numpy(self._model(group[0][1])))]
         stacked = [torch.cat(column) for column in zip(*(inputs for _, inputs in group), strict=True)]
-        answers = self._to_numpy(self.loaded.call_checked_on_host(stacked))  # one copy per output
+        answers = self._to_numpy(self._model(stacked))  # one copy per output
         sizes = [inputs[0].shape[0] for _, inputs in group]
         bounds = np.cumsum(sizes)[:-1]
         pieces = {name: np.split(value, bounds) for name, value in answers.items()}
@@ -133,11 +168,25 @@ class ServedBundle:
             for position in range(len(group))
         ]
 
+    def _model(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if self.profile is None:
+            return self.loaded.call_checked_on_host(inputs)
+        started = time.perf_counter()
+        outputs = self.loaded.call_checked_on_host(inputs)
+        if self.loaded.device.type == "cuda":
+            torch.cuda.synchronize(self.loaded.device)
+        self.profile.add("model", time.perf_counter() - started)
+        return outputs
+
     def _to_numpy(self, outputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-        return {
+        started = time.perf_counter()
+        arrays = {
             name: tensor.detach().cpu().contiguous().numpy()
             for name, tensor in zip(self.output_names, outputs, strict=True)
         }
+        if self.profile is not None:
+            self.profile.add("outputs", time.perf_counter() - started)
+        return arrays
 
 
 def one_line(exc: BaseException) -> str:

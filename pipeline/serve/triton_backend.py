@@ -64,4 +64,6 @@ class TritonPythonModel:
         """Free the model when Triton unloads it."""
         served = getattr(self, "served", None)
         if served is not None:
+            if served.profile is not None:
+                self._pb.Logger.log_info(served.profile.summary())
             served.close()

@@ -80,3 +80,24 @@ def test_served_bundle_and_triton_export_refuse_in_one_line_when_bundle_is_bf16(
         export_triton(result.bundle.path, tmp_path / "models")
     assert str(served.value) == str(exported.value) == BF16_NOT_SERVED
     assert not (tmp_path / "models" / "tiny_bert").exists()
+
+
+def test_served_bundle_times_each_phase_of_its_requests_when_profiling_is_on(
+    dynamic_bert_bundle: PublishedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.serve.serving import PHASES, PROFILE_VARIABLE
+
+    quiet = ServedBundle.load(dynamic_bert_bundle.path, batching=True)
+    assert quiet.profile is None  # off unless asked for: no sync added to the model's calls
+    quiet.close()
+    monkeypatch.setenv(PROFILE_VARIABLE, "1")
+    served = ServedBundle.load(dynamic_bert_bundle.path, batching=True)
+    assert served.profile is not None
+    served.run([ids(1, 12, seed=1), ids(2, 12, seed=2)])
+    served.run([ids(1, 16, seed=3)])
+    assert served.profile.requests == 3
+    assert all(served.profile.seconds[phase] > 0 for phase in PHASES)
+    summary = served.profile.summary()
+    assert summary.startswith("serving profile over 3 requests (mean per request): inputs ")
+    assert ", model " in summary and ", outputs " in summary
+    served.close()

@@ -27,7 +27,6 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,18 +116,18 @@ def latency(bundle: Path, requests: int, warmup: int = 50) -> dict[str, Any]:
             # Interleaved, so that every way sees the GPU in the same state (clocks, other work).
             samples: dict[str, list[float]] = {label: [] for label in calls}
             counters = (*SERVER_TIMES, "nv_inference_request_success")
-            before = {key: metric(server.metrics_url, key, name) for key in counters}
+            before = {key: server.metric(key, name) for key in counters}
             for _ in range(requests):
                 for label, call in calls.items():
                     start = time.perf_counter()
                     call()
                     samples[label].append(time.perf_counter() - start)
             success = "nv_inference_request_success"
-            count = metric(server.metrics_url, success, name) - before[success]
+            count = server.metric(success, name) - before[success]
             # Where a request's time went inside the server (Triton's cumulative counters, in us).
             result["server_mean_ms"] = {
                 key.removeprefix("nv_inference_").removesuffix("_duration_us"): round(
-                    (metric(server.metrics_url, key, name) - before[key]) / 1e3 / max(count, 1), 4
+                    (server.metric(key, name) - before[key]) / 1e3 / max(count, 1), 4
                 )
                 for key in SERVER_TIMES
             }
@@ -156,13 +155,6 @@ SERVER_TIMES = (
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
 )
-
-
-def metric(url: str, name: str, model: str) -> float:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
 
 
 def throughput(
@@ -213,11 +205,11 @@ def batching(bundle: Path, seconds: float, clients: int) -> dict[str, Any]:
             client.close()
             runs = (("serial", 1), ("concurrent", clients))
             for label, threads in runs:
-                inferences = metric(server.metrics_url, "nv_inference_count", name)
-                executions = metric(server.metrics_url, "nv_inference_exec_count", name)
+                inferences = server.metric("nv_inference_count", name)
+                executions = server.metric("nv_inference_exec_count", name)
                 rate = throughput(client, name, request, threads, seconds)
-                inferences = metric(server.metrics_url, "nv_inference_count", name) - inferences
-                executions = metric(server.metrics_url, "nv_inference_exec_count", name) - executions
+                inferences = server.metric("nv_inference_count", name) - inferences
+                executions = server.metric("nv_inference_exec_count", name) - executions
                 result[label] = {
                     "clients": threads,
                     "requests_per_s": round(rate, 1),

@@ -89,27 +89,19 @@ def encode_binary_request(
     """A v2 request in Triton's binary tensor data extension: the JSON header (each input's
     ``binary_data_size``, every output asked for as binary) followed by the inputs' raw bytes;
     returns the body and the header's length."""
-    tensors, blobs = [], []
-    for name, value in inputs.items():
-        array = _little_endian(value)
-        datatype = _V2_TYPES.get(array.dtype.name)
-        if datatype is None:
-            raise ValueError(f"input '{name}': dtype {array.dtype} has no KServe v2 datatype")
-        blob = array.tobytes()
-        blobs.append(blob)
-        tensors.append(
-            {
-                "name": name,
-                "shape": list(array.shape),
-                "datatype": datatype,
-                "parameters": {"binary_data_size": len(blob)},
-            }
-        )
+    tensors, blobs = _pack_tensors(inputs, "input")
     header: dict[str, Any] = {"inputs": tensors, "parameters": {"binary_data_output": True}}
     if outputs:
         header["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
     head = json.dumps(header).encode()
-    return head + b"".join(blobs), len(head)
+    return head + blobs, len(head)
+
+
+def encode_binary_answer(model: str, outputs: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
+    """A v2 answer with every output as raw bytes (Triton's binary extension); body and header length."""
+    tensors, blobs = _pack_tensors(outputs, "output")
+    head = json.dumps({"model_name": model, "model_version": "1", "outputs": tensors}).encode()
+    return head + blobs, len(head)
 
 
 def decode_binary_answer(payload: bytes, header_length: int | None) -> dict[str, np.ndarray]:
@@ -118,19 +110,7 @@ def decode_binary_answer(payload: bytes, header_length: int | None) -> dict[str,
         answer = json.loads(payload)
         return dict(decode_tensor(entry) for entry in answer.get("outputs", []))
     answer = json.loads(payload[:header_length])
-    offset, outputs = header_length, {}
-    for entry in answer.get("outputs", []):
-        size = entry.get("parameters", {}).get("binary_data_size")
-        if size is None:
-            name, array = decode_tensor(entry)
-        else:
-            name = entry["name"]
-            dtype = np.dtype(_NUMPY_TYPES[entry["datatype"]]).newbyteorder("<")
-            array = np.frombuffer(payload, dtype=dtype, count=size // dtype.itemsize, offset=offset)
-            array = array.reshape(entry["shape"])
-            offset += size
-        outputs[name] = array
-    return outputs
+    return _unpack_tensors(answer.get("outputs", []), payload, header_length, "output")[0]
 
 
 def decode_binary_request(body: bytes, header_length: int) -> dict[str, np.ndarray]:
@@ -143,8 +123,41 @@ def decode_binary_request(body: bytes, header_length: int) -> dict[str, np.ndarr
         raise ValueError(f"malformed binary request header ({exc})") from None
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise ValueError("malformed binary request header: 'inputs' must be a list of tensors")
-    offset, inputs = header_length, {}
+    inputs, end = _unpack_tensors(entries, body, header_length, "input")
+    if end != len(body):
+        raise ValueError(f"{len(body) - end} bytes after the last tensor of the binary request")
+    return inputs
+
+
+def _pack_tensors(arrays: Mapping[str, np.ndarray], kind: str) -> tuple[list[dict[str, Any]], bytes]:
+    """Header entries (``binary_data_size`` each) and the raw little-endian bytes of ``arrays``."""
+    tensors, blobs = [], []
+    for name, value in arrays.items():
+        array = _little_endian(value)
+        datatype = _V2_TYPES.get(array.dtype.name)
+        if datatype is None:
+            raise ValueError(f"{kind} '{name}': dtype {array.dtype} has no KServe v2 datatype")
+        blob = array.tobytes()
+        blobs.append(blob)
+        tensors.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+    return tensors, b"".join(blobs)
+
+
+def _unpack_tensors(
+    entries: list[dict[str, Any]], payload: bytes, offset: int, kind: str
+) -> tuple[dict[str, np.ndarray], int]:
+    """The arrays ``entries`` describe, raw bytes read from ``payload`` from ``offset`` on (JSON
+    ``data`` where an entry has no ``binary_data_size``); and the offset after the last one."""
+    arrays = {}
     for entry in entries:
+        name: object
         parameters = entry.get("parameters") or {}
         size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         if size is None:
@@ -152,22 +165,19 @@ def decode_binary_request(body: bytes, header_length: int) -> dict[str, np.ndarr
         else:
             name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
             if datatype not in _NUMPY_TYPES or not isinstance(shape, list):
-                raise ValueError(f"input '{name}': datatype or shape missing or not supported")
+                raise ValueError(f"{kind} '{name}': datatype or shape missing or not supported")
             dtype = np.dtype(_NUMPY_TYPES[datatype]).newbyteorder("<")  # the extension is little-endian
             if (
                 not isinstance(size, int)
                 or size != int(np.prod(shape)) * dtype.itemsize
-                or offset + size > len(body)
+                or offset + size > len(payload)
             ):
-                raise ValueError(f"input '{name}': {size} bytes do not hold shape {shape} of {datatype}")
-            array = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(
-                shape
-            )
+                raise ValueError(f"{kind} '{name}': {size} bytes do not hold shape {shape} of {datatype}")
+            count = size // dtype.itemsize
+            array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
             offset += size
-        inputs[str(name)] = array
-    if offset != len(body):
-        raise ValueError(f"{len(body) - offset} bytes after the last tensor of the binary request")
-    return inputs
+        arrays[str(name)] = array
+    return arrays, offset
 
 
 def _little_endian(value: np.ndarray) -> np.ndarray:
@@ -176,25 +186,6 @@ def _little_endian(value: np.ndarray) -> np.ndarray:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return array
-
-
-def encode_binary_answer(model: str, outputs: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
-    """A v2 answer with every output as raw bytes (Triton's binary extension); body and header length."""
-    tensors, blobs = [], []
-    for name, value in outputs.items():
-        array = _little_endian(value)
-        blob = array.tobytes()
-        blobs.append(blob)
-        tensors.append(
-            {
-                "name": name,
-                "shape": list(array.shape),
-                "datatype": _V2_TYPES[array.dtype.name],
-                "parameters": {"binary_data_size": len(blob)},
-            }
-        )
-    head = json.dumps({"model_name": model, "model_version": "1", "outputs": tensors}).encode()
-    return head + b"".join(blobs), len(head)
 
 
 @dataclass

@@ -24,6 +24,7 @@ import sys
 import sysconfig
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,6 +218,15 @@ class TritonServer:
         if not lines:
             lines = [line for line in self.log_tail if line[:1] == "E"] or list(self.log_tail)[-3:]
         return " | ".join(line.strip() for line in lines[-3:]) or "no log output"
+
+    def metric(self, name: str, model: str) -> float:
+        """One of Triton's Prometheus counters for ``model`` (e.g. ``nv_inference_exec_count``)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.MULTILINE)
+        if match is None:
+            raise ServeError(f"{name} for model {model} is not in the server's metrics")
+        return float(match.group(1))
 
     def metadata(self, model: str) -> dict[str, Any]:
         """The model's KServe v2 metadata."""

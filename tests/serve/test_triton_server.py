@@ -7,11 +7,9 @@ test; nothing is sent anywhere but the loopback.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,15 +55,6 @@ def server(
     yield running
     running.stop()
     log.close()
-
-
-def metric(server: TritonServer, name: str, model: str) -> float:
-    """One counter of Triton's Prometheus metrics for ``model``."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.MULTILINE)
-    assert match is not None, f"{name} for {model} not in metrics"
-    return float(match.group(1))
 
 
 @pytest.mark.parametrize("bundle_fixture", ["cnn_bundle", "dynamic_bert_bundle"])
@@ -167,8 +156,8 @@ def test_triton_server_gives_each_caller_its_own_answer_when_16_threads_send_64_
     images = [(rng.random((1, 3, 32, 32)) * (1 + i)).astype(np.float32) for i in range(64)]
     with load_bundle(cnn_bundle.path) as reference:
         expected = [reference(torch.from_numpy(x))[0].numpy() for x in images]
-    executions = metric(server, "nv_inference_exec_count", "tiny_cnn")
-    successes = metric(server, "nv_inference_request_success", "tiny_cnn")
+    executions = server.metric("nv_inference_exec_count", "tiny_cnn")
+    successes = server.metric("nv_inference_request_success", "tiny_cnn")
     answers: dict[int, np.ndarray] = {}
     errors: list[str] = []
     client = ServeClient(server.url, timeout_s=60)
@@ -198,12 +187,12 @@ def test_triton_server_gives_each_caller_its_own_answer_when_16_threads_send_64_
     # Triton counts a request after its answer is sent: the last ones may show a moment later.
     counted = time.monotonic() + 10
     while (
-        metric(server, "nv_inference_request_success", "tiny_cnn") - successes < 64
+        server.metric("nv_inference_request_success", "tiny_cnn") - successes < 64
         and time.monotonic() < counted
     ):
         time.sleep(0.1)
-    requests_done = metric(server, "nv_inference_request_success", "tiny_cnn") - successes
-    executions_done = metric(server, "nv_inference_exec_count", "tiny_cnn") - executions
+    requests_done = server.metric("nv_inference_request_success", "tiny_cnn") - successes
+    executions_done = server.metric("nv_inference_exec_count", "tiny_cnn") - executions
     assert requests_done == 64
     assert executions_done < requests_done  # the dynamic batcher stacked requests
 

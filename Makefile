@@ -10,7 +10,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-sweep bench-precisions bench-refit report lint typecheck check clean
+.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-bert bench-resnet bench-sweep bench-precisions bench-refit report lint typecheck check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,18 +67,28 @@ BENCH_STAGES := stages=[build,compile,serialize,reload,verify,bench,package]
 # The second seed's scenario (ResNet-152 x100); BENCH_RESNET=resnet50 is the quick variant (x64).
 BENCH_RESNET ?= resnet152
 ARTIFACTS ?= artifacts
-bench: ## GPU: the two seed scenarios (BERT fp16 1x128 policies; ResNet-152 x100 standard vs dynamic), cold starts with and without the runtime cache, report
-	$(GPU_PY) -m pipeline model=bert precision=fp16 runtime=preallocated $(BENCH_STAGES) \
-		bench.policies=[standard,preallocated,cudagraphs] artifacts_dir=$(ARTIFACTS) $(ARGS)
-	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=standard $(BENCH_STAGES) artifacts_dir=$(ARTIFACTS) $(ARGS)
-	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=dynamic $(BENCH_STAGES) bench.baselines=[fresh] \
-		artifacts_dir=$(ARTIFACTS) $(ARGS)
-	for bundle in $(ARTIFACTS)/bundles/bert-fp16-preallocated-* $(ARTIFACTS)/bundles/$(BENCH_RESNET)-fp32-standard-*; do \
+bench: bench-bert bench-resnet ## GPU: the two seed scenarios (BERT fp16 1x128 policies; ResNet-152 x100 standard vs dynamic), cold starts with and without the runtime cache, report
+	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
+
+# Process start to first output, with the bundle's runtime cache and without it (what a miss costs).
+define coldstarts
+	for bundle in $(1); do \
 		$(GPU_PY) -m pipeline.bundle coldstart $$bundle --json $(ARTIFACTS)/coldstart/$$(basename $$bundle).json || exit 1; \
 		$(GPU_PY) -m pipeline.bundle coldstart $$bundle --runtime-cache off \
 			--json $(ARTIFACTS)/coldstart/$$(basename $$bundle)-cache-off.json || exit 1; \
 	done
-	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
+endef
+
+bench-bert: ## GPU: the first seed's scenario alone (BERT fp16 1x128 under three policies) and its cold starts
+	$(GPU_PY) -m pipeline model=bert precision=fp16 runtime=preallocated $(BENCH_STAGES) \
+		bench.policies=[standard,preallocated,cudagraphs] artifacts_dir=$(ARTIFACTS) $(ARGS)
+	$(call coldstarts,$(ARTIFACTS)/bundles/bert-fp16-preallocated-*)
+
+bench-resnet: ## GPU: the second seed's scenario alone (BENCH_RESNET standard vs dynamic) and its cold starts
+	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=standard $(BENCH_STAGES) artifacts_dir=$(ARTIFACTS) $(ARGS)
+	$(GPU_PY) -m pipeline model=$(BENCH_RESNET) runtime=dynamic $(BENCH_STAGES) bench.baselines=[fresh] \
+		artifacts_dir=$(ARTIFACTS) $(ARGS)
+	$(call coldstarts,$(ARTIFACTS)/bundles/$(BENCH_RESNET)-fp32-standard-*)
 
 # Compile settings that change TensorRT's kernels, swept over BERT fp16 with Hydra multirun; every
 # bundle is benchmarked and the report marks the fastest per policy with the command that rebuilds it.

@@ -46,8 +46,17 @@ serve)
   static=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* $BUNDLES/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
   dynamic=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert_dynamic-fp16-* $BUNDLES/bundles/bert_dynamic-fp16-* 2>/dev/null | head -n 1)
   echo "bundles: $static $dynamic"
+  # Call by call and in blocks of 100 (the client process's own GPU calls then pause), and the
+  # same BERT under cudagraphs (fewer host-side launches in the server's model).
   python3 scripts/serve_bench.py latency "$static" --requests 600 --json "$OUT/serve-latency.json" \
     >"$OUT/serve-latency.log" 2>&1 || { tail -n 20 "$OUT/serve-latency.log"; status=1; }
+  python3 scripts/serve_bench.py latency "$static" --requests 600 --block 100 --json "$OUT/serve-latency-blocks.json" \
+    >"$OUT/serve-latency-blocks.log" 2>&1 || { tail -n 20 "$OUT/serve-latency-blocks.log"; status=1; }
+  graphs=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-cudagraphs-* 2>/dev/null | head -n 1)
+  if [ -n "$graphs" ]; then
+    python3 scripts/serve_bench.py latency "$graphs" --requests 600 --json "$OUT/serve-latency-cudagraphs.json" \
+      >"$OUT/serve-latency-cudagraphs.log" 2>&1 || { tail -n 20 "$OUT/serve-latency-cudagraphs.log"; status=1; }
+  fi
   python3 scripts/serve_bench.py batching "$dynamic" --seconds 8 --clients 32 --json "$OUT/serve-batching.json" \
     >"$OUT/serve-batching.log" 2>&1 || { tail -n 20 "$OUT/serve-batching.log"; status=1; }
   cat "$OUT"/serve-*.json 2>/dev/null

@@ -3,14 +3,18 @@
 # report under $OUT), then on the suite's own BERT bundles the per-call overhead
 # (scripts/reload_overhead.py; OVERHEAD=0 skips it) and the concurrency probe as shipped and with
 # each of the loader's two fixes undone (scripts/probe/concurrency_probe.py; PROBE=0 skips it), and
-# the cold start of the BERT bundle with and without its runtime cache (COLDSTART=0 skips it).
+# the cold start of the BERT bundle with and without its runtime cache (COLDSTART=0 skips it), and
+# its latency in 5 fresh processes (scripts/process_spread.py; SPREAD=0 skips it).
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 mkdir -p "$OUT"
 # shellcheck disable=SC1091
 source .gpu-wheelhouse/install.sh .gpu-wheelhouse >"$OUT/install.txt" 2>&1 || { cat "$OUT/install.txt"; exit 3; }
 export PYTHONUNBUFFERED=1 GPU_REPORT="$OUT/gpu-report.json"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+# Host facts that latency depends on: CPUs and NUMA nodes, the GPU's CPU affinity, a CUDA compiler.
+{ lscpu | grep -E "^(Model name|CPU\(s\)|NUMA|Socket)"; nvidia-smi topo -m; echo "nvcc: $(command -v nvcc || echo none)"; } \
+  >"$OUT/host.txt" 2>&1
 start=$(date +%s)
 timeout -k 5 "${GPU_SUITE_LIMIT:-450}" make test-gpu GPU_PY=python3 >"$OUT/test-gpu.log" 2>&1
 status=$?
@@ -38,6 +42,12 @@ if [ "${COLDSTART:-1}" = 1 ]; then
         "$OUT/coldstart-$cache.json" $cache 2>/dev/null
     done
   fi
+fi
+if [ "${SPREAD:-1}" = 1 ]; then
+  bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
+  [ -n "$bundle" ] && PYTHONPATH=".:$PYTHONPATH" python3 scripts/process_spread.py "$bundle" --processes 5 \
+    --iterations "${SPREAD_ITERATIONS:-300}" --json "$OUT/process-spread.json" 2>"$OUT/process-spread.err" \
+    | tail -n 6 || tail -n 5 "$OUT/process-spread.err"
 fi
 if [ "${PROBE:-1}" = 1 ]; then
   for policy in cudagraphs preallocated; do

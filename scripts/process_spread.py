@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--runtime", help="runtime preset to load with (default: the recorded one)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    medians = []
+    medians, device_medians = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for index in range(args.processes):
             report = Path(scratch) / f"{index}.json"
@@ -38,12 +38,21 @@ def main() -> None:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             latency = json.loads(report.read_text())["latency"]["loaded"]
             medians.append(float(latency["median_ms"]))
-            print(f"process {index + 1}: median {medians[-1]:.3f} ms", flush=True)
+            # The GPU's own time (CUDA events): if it spreads less than the wall-clock median, the
+            # host side (launches, waits) differs between processes, not the kernels.
+            device = latency.get("device_median_ms")
+            device_medians.append(float(device) if device is not None else None)
+            shown = f", GPU {device:.3f} ms" if device is not None else ""
+            print(f"process {index + 1}: median {medians[-1]:.3f} ms{shown}", flush=True)
     result = {
         "bundle": args.bundle,
         "medians_ms": medians,
+        "device_medians_ms": device_medians,
         "slowest_over_fastest": round(max(medians) / min(medians), 3),
     }
+    if all(value is not None for value in device_medians):
+        on_device = [float(value) for value in device_medians if value is not None]
+        result["device_slowest_over_fastest"] = round(max(on_device) / min(on_device), 3)
     print(f"slowest / fastest median: {result['slowest_over_fastest']:.3f} over {args.processes} processes")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2))

@@ -10,7 +10,11 @@ On a GPU host with the ``serve`` wheels (scripts/gpu-serve.sh runs it)::
 arrays to host arrays, as the server's backend does it (input checks on the host, copy in, call,
 copy out); (c) through tritonserver over HTTP, one kept-alive connection, tensors as raw bytes
 (Triton's binary extension; JSON would spend milliseconds printing BERT's 98,304 hidden-state
-numbers). (a) and (b) are measured again after (c), so drift shows.
+numbers); (d) the same asking for the smallest output only (what the answer's bytes cost).
+The ways take turns, ``--block`` calls each (1: call by call). Where the time goes: Triton's
+counters (queue, copies, the backend's execute), the served model's own phases
+(``PIPELINE_SERVE_PROFILE``: checks and copy in, the model with its GPU time, copy out, building
+the answer), and what is left for the client and HTTP (p50 over HTTP minus Triton's request time).
 
 ``batching`` (a bundle whose inputs share a dynamic batch dimension, e.g. ``bert_dynamic``):
 requests of batch 1 from one client one after another, then from ``--clients`` threads at once;
@@ -71,22 +75,29 @@ def started_server(bundle: Path, workdir: Path) -> tuple[TritonServer, str]:
     return server, exported.config.name
 
 
-def latency(bundle: Path, requests: int, warmup: int = 50) -> dict[str, Any]:
+def latency(bundle: Path, requests: int, block: int = 1, warmup: int = 50) -> dict[str, Any]:
     served = ServedBundle.load(bundle)
     model = served.loaded
     on_gpu = make_inputs(model.specs, 1, model.precision, model.device)
     on_host = {spec.name: t.cpu().numpy() for spec, t in zip(model.specs, on_gpu, strict=True)}
+    device_ms: list[float] = []
 
     def in_process_gpu() -> None:
+        if model.device.type != "cuda":
+            model(*on_gpu)
+            return
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         model(*on_gpu)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
+        end.record()
+        end.synchronize()
+        device_ms.append(begin.elapsed_time(end))
 
     def in_process_host() -> None:
         (outcome,) = served.run([on_host])
         assert outcome.error is None, outcome.error
 
-    result: dict[str, Any] = {"bundle": bundle.name, "requests": requests}
+    result: dict[str, Any] = {"bundle": bundle.name, "requests": requests, "block": block}
     with tempfile.TemporaryDirectory() as workdir:
         # The server's model times its phases (logged when it unloads); this process's does not.
         os.environ[PROFILE_VARIABLE] = "1"
@@ -102,26 +113,35 @@ def latency(bundle: Path, requests: int, warmup: int = 50) -> dict[str, Any]:
                 np.array_equal(answer[key], reference[key]) for key in reference
             )
 
+            smallest = min(reference, key=lambda key: reference[key].nbytes)
+            result["smallest_output"] = smallest
+
             def http() -> None:
                 client.infer_binary(name, on_host)
+
+            def http_smallest_output() -> None:
+                client.infer_binary(name, on_host, outputs=[smallest])
 
             calls = {
                 "in_process_gpu": in_process_gpu,
                 "in_process_host": in_process_host,
                 "http_binary": http,
+                "http_binary_smallest_output": http_smallest_output,
             }
             for call in calls.values():
                 for _ in range(warmup):
                     call()
-            # Interleaved, so that every way sees the GPU in the same state (clocks, other work).
+            device_ms.clear()
+            # Taking turns, so that every way sees the GPU in the same state (clocks, other work).
             samples: dict[str, list[float]] = {label: [] for label in calls}
             counters = (*SERVER_TIMES, "nv_inference_request_success")
             before = {key: server.metric(key, name) for key in counters}
-            for _ in range(requests):
+            for _ in range(max(1, requests // block)):
                 for label, call in calls.items():
-                    start = time.perf_counter()
-                    call()
-                    samples[label].append(time.perf_counter() - start)
+                    for _ in range(block):
+                        start = time.perf_counter()
+                        call()
+                        samples[label].append(time.perf_counter() - start)
             success = "nv_inference_request_success"
             count = server.metric(success, name) - before[success]
             # Where a request's time went inside the server (Triton's cumulative counters, in us).
@@ -139,9 +159,21 @@ def latency(bundle: Path, requests: int, warmup: int = 50) -> dict[str, Any]:
         result["backend_profile"] = profiles[-1] if profiles else "not logged"
     for label, values in samples.items():
         result[label] = percentiles(values)
+    if device_ms:
+        result["in_process_gpu"]["gpu_p50_ms"] = round(statistics.median(device_ms), 4)
     for baseline in ("in_process_gpu", "in_process_host"):
         result[f"http_adds_p50_ms_over_{baseline}"] = round(
             result["http_binary"]["p50_ms"] - result[baseline]["p50_ms"], 4
+        )
+    # Both HTTP ways count in Triton's request time: their mean p50 is the fair comparison.
+    http_p50 = statistics.fmean(
+        result[key]["p50_ms"] for key in ("http_binary", "http_binary_smallest_output")
+    )
+    result["client_and_http_ms"] = round(http_p50 - result["server_mean_ms"]["request"], 4)
+    phases = dict(re.findall(r"(\w+) ([0-9.]+) ms", result["backend_profile"]))
+    if "execute" in phases:
+        result["stub_round_trip_ms"] = round(
+            result["server_mean_ms"]["compute_infer"] - float(phases["execute"]), 4
         )
     served.close()
     return result
@@ -230,12 +262,13 @@ def main() -> None:
     parser.add_argument("mode", choices=("latency", "batching"))
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--block", type=int, default=1, help="latency: calls of one way before the next")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.mode == "latency":
-        result = latency(args.bundle, args.requests)
+        result = latency(args.bundle, args.requests, args.block)
     else:
         result = batching(args.bundle, args.seconds, args.clients)
     text = json.dumps(result, indent=2)

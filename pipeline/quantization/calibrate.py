@@ -30,7 +30,41 @@ M = TypeVar("M", bound=nn.Module)
 def _mtq() -> Any:
     import modelopt.torch.quantization as mtq
 
+    skip_modelopt_cuda_extensions_without_compiler()
     return mtq
+
+
+#: ModelOpt's CUDA extensions (fake-quant kernels), compiled on first use with nvcc.
+_MODELOPT_EXTENSIONS = ("get_cuda_ext", "get_cuda_ext_fp8", "get_cuda_ext_mx")
+
+
+def cuda_compiler() -> str | None:
+    """Where ``nvcc`` is, as torch's extension builder finds it (``CUDA_HOME``, else PATH); None if absent."""
+    import shutil
+    from pathlib import Path
+
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    if home and (Path(home) / "bin" / "nvcc").is_file():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def skip_modelopt_cuda_extensions_without_compiler() -> bool:
+    """Without nvcc, ModelOpt would still try to build its CUDA extensions on first use (minutes
+    compiling the C++ half before failing on the CUDA half, seen on the GPU host) and then fall
+    back to its PyTorch kernels; mark them unavailable up front so it falls back at once. Export
+    is unaffected: it traces ``tensorrt::quantize_op``'s fake kernel. True when they were skipped."""
+    if cuda_compiler() is not None:
+        return False
+    from modelopt.torch.quantization import extensions
+
+    for name in _MODELOPT_EXTENSIONS:
+        getter = getattr(extensions, name, None)
+        if getter is not None and not hasattr(getter, "extension"):
+            getter.extension = None  # ModelOpt's own cache of the loaded extension: "none"
+    return True
 
 
 @dataclass

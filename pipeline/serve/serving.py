@@ -39,7 +39,10 @@ class Outcome:
 
 
 #: What a request's time in the model's server goes to: host checks and the copy in; the model;
-#: the copy out to host arrays.
+#: the copy out to host arrays. Where the model runs on a GPU, ``model_gpu`` is its device time
+#: (CUDA events), so a slow ``model`` shows whether the GPU or the host side was slow. A server
+#: adds its own phases (Triton's backend: ``answer``, building the responses, and ``execute``, the
+#: whole call, so that what Triton counts beyond it is the stub's round trip).
 PHASES = ("inputs", "model", "outputs")
 
 
@@ -57,8 +60,8 @@ class Profile:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
 
     def add(self, phase: str, seconds: float) -> None:
-        """Count ``seconds`` to ``phase``."""
-        self.seconds[phase] += seconds
+        """Count ``seconds`` to ``phase`` (a phase not in :data:`PHASES` is added on first use)."""
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
     def summary(self) -> str:
         """Mean milliseconds per request of each phase, on one line."""
@@ -171,11 +174,20 @@ class ServedBundle:
     def _model(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         if self.profile is None:
             return self.loaded.call_checked_on_host(inputs)
-        started = time.perf_counter()
-        outputs = self.loaded.call_checked_on_host(inputs)
-        if self.loaded.device.type == "cuda":
-            torch.cuda.synchronize(self.loaded.device)
-        self.profile.add("model", time.perf_counter() - started)
+        if self.loaded.device.type != "cuda":
+            started = time.perf_counter()
+            outputs = self.loaded.call_checked_on_host(inputs)
+            self.profile.add("model", time.perf_counter() - started)
+            return outputs
+        with torch.cuda.device(self.loaded.device):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            started = time.perf_counter()
+            begin.record()
+            outputs = self.loaded.call_checked_on_host(inputs)
+            end.record()
+            end.synchronize()
+            self.profile.add("model", time.perf_counter() - started)
+            self.profile.add("model_gpu", begin.elapsed_time(end) / 1e3)
         return outputs
 
     def _to_numpy(self, outputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ with the loaded model's one-line message; nothing answers with a traceback.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,24 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Answer a batch of requests, one response each, in order."""
+        started = time.perf_counter()
         pb = self._pb
         inputs = [{tensor.name(): tensor.as_numpy() for tensor in request.inputs()} for request in requests]
+        outcomes = self.served.run(inputs)
+        answering = time.perf_counter()
         responses = []
-        for outcome in self.served.run(inputs):
+        for outcome in outcomes:
             if outcome.error is not None:
                 code = pb.TritonError.INVALID_ARG if outcome.invalid else pb.TritonError.INTERNAL
                 responses.append(pb.InferenceResponse(error=pb.TritonError(outcome.error, code)))
                 continue
             tensors = [pb.Tensor(name, value) for name, value in outcome.outputs.items()]
             responses.append(pb.InferenceResponse(output_tensors=tensors))
+        profile = self.served.profile
+        if profile is not None:
+            finished = time.perf_counter()
+            profile.add("answer", finished - answering)
+            profile.add("execute", finished - started)
         return responses
 
     def finalize(self) -> None:

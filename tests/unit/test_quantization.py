@@ -130,3 +130,28 @@ def test_calibration_algorithm_is_refused_when_precision_cannot_use_it(
 ) -> None:
     with pytest.raises(ConfigError, match=expected):
         modelopt_config(Precision(precision), CalibrationAlgorithm(algorithm))
+
+
+def test_modelopt_cuda_extensions_are_marked_unavailable_when_no_cuda_compiler_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelopt.torch.quantization import extensions
+
+    from pipeline.quantization import calibrate
+
+    for name in ("get_cuda_ext", "get_cuda_ext_fp8", "get_cuda_ext_mx"):
+        monkeypatch.delattr(getattr(extensions, name), "extension", raising=False)
+    monkeypatch.setattr(calibrate, "cuda_compiler", lambda: "/usr/local/cuda/bin/nvcc")
+    assert not calibrate.skip_modelopt_cuda_extensions_without_compiler()
+    assert not hasattr(extensions.get_cuda_ext, "extension")  # ModelOpt may still build it
+
+    monkeypatch.setattr(calibrate, "cuda_compiler", lambda: None)
+    try:
+        assert calibrate.skip_modelopt_cuda_extensions_without_compiler()
+        # ModelOpt returns its cached "not available" at once: no compile attempt, PyTorch fallback.
+        assert extensions.get_cuda_ext() is None
+        assert extensions.get_cuda_ext_fp8() is None
+    finally:
+        for name in ("get_cuda_ext", "get_cuda_ext_fp8", "get_cuda_ext_mx"):
+            if hasattr(getattr(extensions, name), "extension"):
+                delattr(getattr(extensions, name), "extension")

@@ -15,7 +15,11 @@ from pipeline.environment import host_environment
 from pipeline.errors import PipelineError, StageFailure, StageInterrupted
 from pipeline.failures import failure_hint
 from pipeline.identity import build_environment, pipeline_bundle_id
-from pipeline.quantization.precisions import check_precision_host, check_precision_request
+from pipeline.quantization.precisions import (
+    check_precision_host,
+    check_precision_model,
+    check_precision_request,
+)
 from pipeline.runtime.format import FORMAT_VERSION
 from pipeline.stages.bench import BenchReport
 from pipeline.stages.build import BuiltModel, build_model
@@ -127,6 +131,8 @@ def _run_stages(config: PipelineConfig, overrides: list[str], clock: StageClock)
     work = _work(config, overrides, choice, clock)
     first, *rest = build_steps(config.stages)
     run_steps([first], work)
+    if rest and work.built is not None:
+        check_precision_model(config, host, work.built.eager)
     result.seconds, result.steps = clock.seconds, work.records
     if not rest:
         return result

@@ -39,23 +39,47 @@ _MODELOPT_EXTENSIONS = ("get_cuda_ext", "get_cuda_ext_fp8", "get_cuda_ext_mx")
 
 
 def cuda_compiler() -> str | None:
-    """Where ``nvcc`` is, as torch's extension builder finds it (``CUDA_HOME``, else PATH); None if absent."""
-    import shutil
+    """The ``nvcc`` torch's extension builder would use (under its ``CUDA_HOME``); None if absent."""
     from pathlib import Path
 
     from torch.utils import cpp_extension
 
-    home = cpp_extension.CUDA_HOME
-    if home and (Path(home) / "bin" / "nvcc").is_file():
-        return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+    home = cpp_extension.CUDA_HOME  # CUDA_HOME / CUDA_PATH, else found from nvcc on PATH
+    nvcc = Path(home) / "bin" / "nvcc" if home else None
+    return str(nvcc) if nvcc is not None and nvcc.is_file() else None
+
+
+class _PyTorchFakeQuant:
+    """Stands in for ModelOpt's INT8 CUDA extension where it cannot be built: the same two entry
+    points over ModelOpt's own PyTorch fake quantization (``_tensor_quant``, its CPU path).
+    Without it, ``tensorrt::quantize_op`` fails whenever it really runs on a GPU tensor (Torch-
+    TensorRT folds the weight quantizers of ``int8_weight_only``: seen on the GPU host)."""
+
+    @staticmethod
+    def fake_tensor_quant(
+        inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, unsigned: bool, narrow_range: bool
+    ) -> torch.Tensor:
+        from modelopt.torch.quantization.tensor_quant import _tensor_quant
+
+        return _tensor_quant(inputs, amax, num_bits, unsigned, narrow_range)
+
+    @staticmethod
+    def fake_tensor_quant_with_axis(
+        inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bits: int, unsigned: bool, narrow_range: bool
+    ) -> torch.Tensor:
+        shape = [1] * inputs.dim()
+        shape[axis] = amax.numel()  # per-channel scales broadcast along ``axis``
+        return _PyTorchFakeQuant.fake_tensor_quant(
+            inputs, amax.reshape(shape), num_bits, unsigned, narrow_range
+        )
 
 
 def skip_modelopt_cuda_extensions_without_compiler() -> bool:
     """Without nvcc, ModelOpt would still try to build its CUDA extensions on first use (minutes
-    compiling the C++ half before failing on the CUDA half, seen on the GPU host) and then fall
-    back to its PyTorch kernels; mark them unavailable up front so it falls back at once. Export
-    is unaffected: it traces ``tensorrt::quantize_op``'s fake kernel. True when they were skipped."""
+    compiling their C++ half before failing, seen on the GPU host) and then has no INT8 kernel for
+    ``tensorrt::quantize_op``; so, up front, the FP8 and MX ones are marked unavailable (ModelOpt
+    falls back to PyTorch itself) and the INT8 one is :class:`_PyTorchFakeQuant`. Export is
+    unaffected: it traces the op's fake kernel. True when they were replaced."""
     if cuda_compiler() is not None:
         return False
     from modelopt.torch.quantization import extensions
@@ -63,7 +87,8 @@ def skip_modelopt_cuda_extensions_without_compiler() -> bool:
     for name in _MODELOPT_EXTENSIONS:
         getter = getattr(extensions, name, None)
         if getter is not None and not hasattr(getter, "extension"):
-            getter.extension = None  # ModelOpt's own cache of the loaded extension: "none"
+            # ModelOpt's own cache of the loaded extension, read before it tries to build one.
+            getter.extension = _PyTorchFakeQuant() if name == "get_cuda_ext" else None
     return True
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from pipeline.config.schema import BackendKind, PipelineConfig, Precision
 from pipeline.errors import ConfigError
@@ -34,6 +35,8 @@ class PrecisionSpec:
     int8_activations: bool = False
     known_to_work: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     refused: str | None = None
+    #: Why models with convolutions are refused on a TensorRT-RTX GPU its matrix does not list.
+    convolutions_off_matrix: str | None = None
 
     @property
     def quantized(self) -> bool:
@@ -52,6 +55,8 @@ PRECISIONS: dict[Precision, PrecisionSpec] = {
         min_sm=(8, 9),
         modelopt_config="FP8_DEFAULT_CFG",
         known_to_work={STANDARD: ("8.9", "9.0", "10.0", "12.0"), RTX: ("8.9", "12.0")},
+        convolutions_off_matrix="FP8 convolutions there gave NaN outputs (ResNet-50) or killed the "
+        "process with a floating point exception in engine setup (a small conv net), seen on an H200",
     ),
     Precision.int8: PrecisionSpec(
         min_sm=(7, 5),
@@ -163,3 +168,21 @@ def check_precision_host(
     if listed is None and spec.known_to_work:
         return f"precision={precision.value}: not listed for {build}; building anyway, verification decides"
     return None
+
+
+def check_precision_model(config: PipelineConfig, environment: Mapping[str, str], model: nn.Module) -> None:
+    """Refuse, after the eager model is built and before anything is compiled, a precision whose
+    engines are known to fail for this kind of model on this host (one line, :class:`ConfigError`):
+    TensorRT-RTX's FP8 convolutions on a GPU its support matrix does not list crash the process or
+    return NaN, and a crash cannot be caught and reported like a failed verification."""
+    precision, spec = config.precision, spec_of(config.precision)
+    if spec.convolutions_off_matrix is None or environment.get("tensorrt_build") != RTX:
+        return
+    sm, listed = environment.get("sm", "unknown"), spec.known_to_work.get(RTX, ())
+    if sm in listed or not any(isinstance(module, nn.modules.conv._ConvNd) for module in model.modules()):
+        return
+    raise ConfigError(
+        f"precision={precision.value}: {config.model.name} has convolutions, and {RTX} supports "
+        f"{precision.value} on SM {', '.join(listed)}, not SM {sm}: {spec.convolutions_off_matrix}; "
+        "refused before compiling (use fp16 or bf16 here, or a GPU the matrix lists)"
+    )

@@ -12,7 +12,12 @@ from pipeline.config.schema import BackendKind, Precision
 from pipeline.errors import ConfigError, VerificationError
 from pipeline.identity import engine_key
 from pipeline.quantization import precisions
-from pipeline.quantization.precisions import PRECISIONS, check_precision_host, check_precision_request
+from pipeline.quantization.precisions import (
+    PRECISIONS,
+    check_precision_host,
+    check_precision_model,
+    check_precision_request,
+)
 from pipeline.report import precision_markdown, precision_rows
 from pipeline.runtime.format import FileEntry, Manifest
 from pipeline.runtime.types import DType, TaskTolerance, Tolerance, torch_dtype
@@ -83,6 +88,18 @@ def test_precision_host_check_refuses_int8_activations_when_rtx_build_is_2_11() 
 def test_precision_host_check_notes_off_matrix_gpu_when_hopper_runs_tensorrt_rtx(precision: str) -> None:
     note = check_precision_host(resolve(compose([f"precision={precision}"])), BackendKind.tensorrt, H200_RTX)
     assert note is not None and "not SM 9.0" in note and "verification decides" in note
+
+
+def test_precision_model_check_refuses_fp8_convolutions_when_rtx_matrix_does_not_list_the_gpu() -> None:
+    convolutional = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    config = resolve(compose(["model=tiny_cnn", "precision=fp8"]))
+    with pytest.raises(ConfigError, match=r"^precision=fp8: tiny_cnn has convolutions, .* not SM 9.0: .*NaN"):
+        check_precision_model(config, H200_RTX, convolutional)
+    # Allowed where the matrix lists the GPU, on standard TensorRT, and for models without convolutions.
+    check_precision_model(config, {**H200_RTX, "sm": "8.9"}, convolutional)
+    check_precision_model(config, {**H200_RTX, "tensorrt_build": "tensorrt"}, convolutional)
+    check_precision_model(config, H200_RTX, torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    check_precision_model(resolve(compose(["model=tiny_cnn", "precision=bf16"])), H200_RTX, convolutional)
 
 
 @pytest.mark.parametrize("precision", OFFERED, ids=lambda p: p.value)

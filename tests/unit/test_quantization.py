@@ -132,7 +132,7 @@ def test_calibration_algorithm_is_refused_when_precision_cannot_use_it(
         modelopt_config(Precision(precision), CalibrationAlgorithm(algorithm))
 
 
-def test_modelopt_cuda_extensions_are_marked_unavailable_when_no_cuda_compiler_is_found(
+def test_modelopt_cuda_extensions_fall_back_to_pytorch_kernels_when_no_cuda_compiler_is_found(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from modelopt.torch.quantization import extensions
@@ -148,9 +148,15 @@ def test_modelopt_cuda_extensions_are_marked_unavailable_when_no_cuda_compiler_i
     monkeypatch.setattr(calibrate, "cuda_compiler", lambda: None)
     try:
         assert calibrate.skip_modelopt_cuda_extensions_without_compiler()
-        # ModelOpt returns its cached "not available" at once: no compile attempt, PyTorch fallback.
-        assert extensions.get_cuda_ext() is None
+        # ModelOpt takes its cached entries at once: no compile attempt; PyTorch kernels instead.
         assert extensions.get_cuda_ext_fp8() is None
+        int8 = extensions.get_cuda_ext()
+        values = torch.tensor([[-1.0, 0.26, 0.5], [2.0, -0.6, 0.1]])
+        per_tensor = int8.fake_tensor_quant(values, torch.tensor(1.0), 8, False, True)
+        assert torch.allclose(per_tensor, (values.clamp(-1, 1) * 127).round() / 127)
+        per_row = int8.fake_tensor_quant_with_axis(values, torch.tensor([1.0, 2.0]), 0, 8, False, True)
+        expected = (values / torch.tensor([[1.0], [2.0]]) * 127).round().clamp(-127, 127) / 127
+        assert torch.allclose(per_row, expected * torch.tensor([[1.0], [2.0]]))
     finally:
         for name in ("get_cuda_ext", "get_cuda_ext_fp8", "get_cuda_ext_mx"):
             if hasattr(getattr(extensions, name), "extension"):

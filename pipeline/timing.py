@@ -87,9 +87,11 @@ def compare_latency(
     rounds: int = 5,
     prepare: Mapping[str, Callable[[], object]] | None = None,
     settle: int = 3,
+    warmup_s: float = 0.0,
 ) -> dict[str, Latency]:
-    """Latency of each call, measured side by side: warm-up each, then ``iterations`` timed calls
-    per variant spread over ``rounds`` interleaved rounds.
+    """Latency of each call, measured side by side: warm-up each (``warmup`` calls, and until it
+    has run ``warmup_s`` seconds), then ``iterations`` timed calls per variant spread over
+    ``rounds`` interleaved rounds.
 
     Variants that share state (one module timed under several policies) name a ``prepare``
     callable; it runs before the variant's warm-up and before each of its rounds, followed by
@@ -104,8 +106,13 @@ def compare_latency(
         for name, call in calls.items():
             if name in prepare:
                 prepare[name]()
-            for _ in range(warmup):
+            warm_until = time.perf_counter() + warmup_s
+            done = 0
+            while done < warmup or time.perf_counter() < warm_until:
                 call()
+                done += 1
+                if done % 50 == 0:
+                    _sync()  # the GPU, not the launch queue, must have run the warm-up
         _sync()
         for count in per_round:
             for name, call in calls.items():

@@ -148,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--runtime", help="runtime preset to load with (default: the recorded one)")
     bench.add_argument("--policies", default="", help="comma-separated presets to time as well")
     bench.add_argument("--warmup", type=int, default=BenchConfig.warmup)
+    bench.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=BenchConfig.warmup_s,
+        help="on a GPU, warm up at least this long",
+    )
     bench.add_argument("--iterations", type=int, default=BenchConfig.iterations)
     bench.add_argument("--json", dest="json_path", help="also write the report as JSON here")
     coldstart = commands.add_parser(
@@ -211,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bench":
             settings = BenchConfig(
                 warmup=args.warmup,
+                warmup_s=args.warmup_seconds,
                 iterations=args.iterations,
                 baselines=[],
                 policies=[p for p in args.policies.split(",") if p],

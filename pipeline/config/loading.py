@@ -220,6 +220,8 @@ def validate(config: PipelineConfig) -> None:
             raise ConfigError(f"verify.{name}: atol and rtol must be finite and >= 0, min_cosine in [-1, 1]")
     if config.bench.warmup < 0 or config.bench.iterations < 1 or config.bench.rounds < 1:
         raise ConfigError("bench.warmup must be >= 0, bench.iterations and bench.rounds >= 1")
+    if not 0 <= config.bench.warmup_s <= 600:  # NaN fails this too
+        raise ConfigError(f"bench.warmup_s must be between 0 and 600 seconds, not {config.bench.warmup_s}")
     if not all(isinstance(name, str) for name in config.bench.policies):
         raise ConfigError("bench.policies must list runtime preset names")
     unknown = sorted(set(config.bench.policies) - set(runtime_names()))

@@ -247,10 +247,13 @@ class BenchConfig:
     """Benchmark settings (the ``bench`` stage and ``python -m pipeline.bundle bench``).
 
     Every variant is timed side by side: ``rounds`` interleaved rounds of
-    ``iterations / rounds`` calls each, after ``warmup`` untimed calls.
+    ``iterations / rounds`` calls each, after ``warmup`` untimed calls and, on a GPU, at least
+    ``warmup_s`` seconds of them: a GPU idling between processes clocks down (the H200 idles at
+    345 of 1,980 MHz), and fifty calls of a millisecond are over before its clock has come up.
     """
 
     warmup: int = 50
+    warmup_s: float = 1.0
     iterations: int = 200
     rounds: int = 5
     baselines: list[Baseline] = field(

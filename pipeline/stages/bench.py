@@ -194,7 +194,14 @@ def bench_model(
         )
         for name, fresh_policy in variants.items():
             calls[name], prepare[name] = fresh.variant(fresh_policy, inputs)
-    latency = compare_latency(calls, settings.warmup, settings.iterations, settings.rounds, prepare)
+    latency = compare_latency(
+        calls,
+        settings.warmup,
+        settings.iterations,
+        settings.rounds,
+        prepare,
+        warmup_s=gpu_warmup_s(inputs, settings),
+    )
     shapes = time_shapes(loaded, inputs, shape_inputs or {}, settings)
     return BenchReport(
         policy=policy.name,
@@ -208,6 +215,11 @@ def bench_model(
 
 
 SWITCHING = "switching"
+
+
+def gpu_warmup_s(inputs: tuple[torch.Tensor, ...], settings: BenchConfig) -> float:
+    """The warm-up floor in seconds: ``settings.warmup_s`` where the model runs on a GPU, else 0."""
+    return settings.warmup_s if any(t.is_cuda for t in inputs) else 0.0
 
 
 def time_shapes(
@@ -230,7 +242,14 @@ def time_shapes(
     other = shape_inputs.get("odd") or next(iter(shape_inputs.values()))
     turn = itertools.cycle((inputs, other))
     calls[SWITCHING] = lambda: loaded(*next(turn))
-    return compare_latency(calls, settings.warmup, settings.iterations, settings.rounds, {})
+    return compare_latency(
+        calls,
+        settings.warmup,
+        settings.iterations,
+        settings.rounds,
+        {},
+        warmup_s=gpu_warmup_s(inputs, settings),
+    )
 
 
 @dataclass

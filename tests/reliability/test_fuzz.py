@@ -144,6 +144,7 @@ def out_of_bounds(config: dict[str, Any]) -> list[str]:
         "bench.warmup >= 0, iterations and rounds >= 1": bench["warmup"] >= 0
         and bench["iterations"] >= 1
         and bench["rounds"] >= 1,
+        "bench.warmup_s in 0..600": 0 <= bench["warmup_s"] <= 600,
         "runtime: no CUDA graphs with per-call allocation": not (
             runtime["cuda_graphs"] and runtime["dynamic_allocation"]
         ),
@@ -207,6 +208,10 @@ INVALID_EDITS = st.one_of(
     ),
     st.tuples(st.sampled_from([["bench", "iterations"], ["bench", "rounds"]]), st.integers(max_value=0)),
     st.tuples(st.just(["bench", "warmup"]), st.integers(max_value=-1)),
+    st.tuples(
+        st.just(["bench", "warmup_s"]),
+        st.floats(max_value=-1e-9) | st.floats(min_value=600.001) | st.just(math.nan),
+    ),
     st.tuples(st.just(["runtime"]), st.just({"name": "x", "cuda_graphs": True, "dynamic_allocation": True})),
     st.tuples(st.just(["runtime", "dynamic_allocation"]), st.just(True)),
     st.tuples(

@@ -38,3 +38,19 @@ def test_compare_latency_prepares_shared_state_before_each_round_when_variants_s
     prepare = {"a": lambda: state.update(mode="A"), "b": lambda: state.update(mode="B")}
     compare_latency(calls, warmup=1, iterations=4, rounds=2, prepare=prepare, settle=1)
     assert all(mode == name.upper() for name, mode in seen)
+
+
+def test_compare_latency_keeps_warming_up_until_warmup_seconds_have_passed_when_given() -> None:
+    import time
+
+    counts = {"fast": 0}
+
+    def call() -> None:
+        counts["fast"] += 1
+        time.sleep(0.001)
+
+    compare_latency({"fast": call}, warmup=2, iterations=3, rounds=1, warmup_s=0.1)
+    assert counts["fast"] >= 3 + 40  # far more than the 2 counted warm-up calls: 0.1 s of 1 ms calls
+    counts["fast"] = 0
+    compare_latency({"fast": call}, warmup=2, iterations=3, rounds=1)
+    assert counts["fast"] == 2 + 3

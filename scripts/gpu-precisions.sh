@@ -8,7 +8,9 @@
 #      int8_weight_only), each with a time limit; a refusal is recorded with its one-line reason;
 #   3. writes $OUT/precisions/report.md (python -m pipeline.report: the precisions side by side:
 #      latency, idle memory, accuracy measure, bundle size, "not faster than fp16" flags) and
-#      $OUT/precision-outcomes.md (what each build did). PYTEST=1 also runs tests/gpu/test_precisions.py.
+#      $OUT/precision-outcomes.md (what each build did). PYTEST=1 also runs tests/gpu/test_precisions.py;
+#      EXTENDED=1 its BERT-base and ResNet-50 cases too (gpu_extended: bf16 and fp8 built, verified
+#      or refused, and reloaded in a fresh process; a few minutes).
 # MODELOPT_CUDA_EXT=off (default) keeps ModelOpt from compiling its CUDA extension with nvcc (minutes):
 # its simulated quantization then runs on the PyTorch fallback.
 set -uo pipefail
@@ -62,8 +64,9 @@ done
 python3 -m pipeline.report "$art" >"$OUT/precision-report.txt" 2>&1 || tail -n 5 "$OUT/precision-report.txt"
 sed -n '/# Precisions side by side/,$p' "$art/report.md" 2>/dev/null | head -n 20
 if [ "${PYTEST:-0}" = 1 ]; then
-  GPU_PRECISION_REPORT="$OUT/precision-tests.json" timeout -k 5 240 \
-    python3 -m pytest -m "gpu and not gpu_extended" tests/gpu/test_precisions.py -v -p no:cacheprovider -s \
+  marks="gpu and not gpu_extended"; [ "${EXTENDED:-0}" = 1 ] && marks="gpu"
+  GPU_PRECISION_REPORT="$OUT/precision-tests.json" timeout -k 5 "${PYTEST_LIMIT:-240}" \
+    python3 -m pytest -m "$marks" tests/gpu/test_precisions.py -v -p no:cacheprovider -s \
     >"$OUT/test-precisions.log" 2>&1
   echo "tests/gpu/test_precisions.py: rc $?"; grep -E "passed|failed|^(FAILED|ERROR)" "$OUT/test-precisions.log" | tail -n 8
 fi

@@ -46,6 +46,8 @@ def main() -> None:
     policy = loaded.policy
     inputs = make_inputs(loaded.specs, 0, loaded.precision, loaded.device)
     context = loaded.backend.call_context(policy)
+    # What the loaded graph runs besides its engines (each costs a dispatch per call).
+    print(f"graph ops per call: {graph_ops(loaded.module)}")
 
     def under_policy(module: torch.nn.Module) -> object:
         # The loaded model's grad-mode rule (compare_latency times inside inference mode).
@@ -95,6 +97,18 @@ def main() -> None:
         Path(args.json_path).write_text(
             json.dumps({"policy": policy.name, "runner": runner, "latency": rows}, indent=2)
         )
+
+
+def graph_ops(module: torch.nn.Module) -> dict[str, int]:
+    """How many times each function the module's FX graphs call appears in them (name: count)."""
+    counts: dict[str, int] = {}
+    for submodule in module.modules():
+        graph = getattr(submodule, "graph", None)
+        for node in getattr(graph, "nodes", ()):
+            if node.op in ("call_function", "call_method", "call_module"):
+                name = getattr(node.target, "__name__", str(node.target))
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def under_policy_op(engine: object, inputs: tuple[torch.Tensor, ...], context: object) -> object:

@@ -67,6 +67,8 @@ BENCH_STAGES := stages=[build,compile,serialize,reload,verify,bench,package]
 # The second seed's scenario (ResNet-152 x100); BENCH_RESNET=resnet50 is the quick variant (x64).
 BENCH_RESNET ?= resnet152
 ARTIFACTS ?= artifacts
+# One scenario at a time even under make -j: they share the GPU.
+.NOTPARALLEL: bench
 bench: bench-bert bench-resnet ## GPU: the two seed scenarios (BERT fp16 1x128 policies; ResNet-152 x100 standard vs dynamic), cold starts with and without the runtime cache, report
 	$(GPU_PY) -m pipeline.report $(ARTIFACTS)
 

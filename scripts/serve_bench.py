@@ -97,6 +97,7 @@ def latency(bundle: Path, requests: int, block: int = 1, warmup: int = 50) -> di
         (outcome,) = served.run([on_host])
         assert outcome.error is None, outcome.error
 
+    requests -= requests % block  # whole blocks: every way gets the same number of calls
     result: dict[str, Any] = {"bundle": bundle.name, "requests": requests, "block": block}
     with tempfile.TemporaryDirectory() as workdir:
         # The server's model times its phases (logged when it unloads); this process's does not.
@@ -106,6 +107,9 @@ def latency(bundle: Path, requests: int, block: int = 1, warmup: int = 50) -> di
         finally:
             del os.environ[PROFILE_VARIABLE]
         try:
+            # From the first request on: the served model's profile covers every request too.
+            counters = (*SERVER_TIMES, "nv_inference_request_success")
+            before = {key: server.metric(key, name) for key in counters}
             client = ServeClient(server.url, keep_alive=True)
             answer = client.infer_binary(name, on_host)
             reference = served.run([on_host])[0].outputs
@@ -134,9 +138,7 @@ def latency(bundle: Path, requests: int, block: int = 1, warmup: int = 50) -> di
             device_ms.clear()
             # Taking turns, so that every way sees the GPU in the same state (clocks, other work).
             samples: dict[str, list[float]] = {label: [] for label in calls}
-            counters = (*SERVER_TIMES, "nv_inference_request_success")
-            before = {key: server.metric(key, name) for key in counters}
-            for _ in range(max(1, requests // block)):
+            for _ in range(requests // block):
                 for label, call in calls.items():
                     for _ in range(block):
                         start = time.perf_counter()
@@ -267,6 +269,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.block < 1 or args.requests < args.block:
+        parser.error("--block must be >= 1 and at most --requests")
     if args.mode == "latency":
         result = latency(args.bundle, args.requests, args.block)
     else:

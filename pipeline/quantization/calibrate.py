@@ -55,6 +55,10 @@ class _PyTorchFakeQuant:
     Without it, ``tensorrt::quantize_op`` fails whenever it really runs on a GPU tensor (Torch-
     TensorRT folds the weight quantizers of ``int8_weight_only``: seen on the GPU host)."""
 
+    def __bool__(self) -> bool:
+        # ModelOpt's INT4/NF4 code asks `if cuda_ext and ...` for kernels this does not have.
+        return False
+
     @staticmethod
     def fake_tensor_quant(
         inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, unsigned: bool, narrow_range: bool
@@ -74,12 +78,23 @@ class _PyTorchFakeQuant:
         )
 
 
+def use_pytorch_int8_kernel_if_extension_failed() -> None:
+    """Where ModelOpt tried to build its INT8 extension and failed (nvcc present, but no C++
+    compiler, another CUDA, a wrong ``CUDA_HOME``), it cached None: put the PyTorch stand-in in
+    its place before export and compile, which run ``tensorrt::quantize_op`` for real."""
+    from modelopt.torch.quantization import extensions
+
+    if getattr(extensions.get_cuda_ext, "extension", False) is None:
+        extensions.get_cuda_ext.extension = _PyTorchFakeQuant()
+
+
 def skip_modelopt_cuda_extensions_without_compiler() -> bool:
     """Without nvcc, ModelOpt would still try to build its CUDA extensions on first use (minutes
     compiling their C++ half before failing, seen on the GPU host) and then has no INT8 kernel for
     ``tensorrt::quantize_op``; so, up front, the FP8 and MX ones are marked unavailable (ModelOpt
     falls back to PyTorch itself) and the INT8 one is :class:`_PyTorchFakeQuant`. Export is
-    unaffected: it traces the op's fake kernel. True when they were replaced."""
+    unaffected: it traces the op's fake kernel. True when there is no compiler (nothing is
+    replaced that ModelOpt already loaded or tried)."""
     if cuda_compiler() is not None:
         return False
     from modelopt.torch.quantization import extensions
@@ -222,5 +237,6 @@ def export_mode(precision: Precision) -> Iterator[None]:
         return
     from modelopt.torch.quantization.utils import export_torch_mode
 
+    use_pytorch_int8_kernel_if_extension_failed()
     with export_torch_mode():
         yield

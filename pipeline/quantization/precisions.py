@@ -161,9 +161,10 @@ def check_precision_host(
         )
     listed = spec.known_to_work.get(build)
     if listed is not None and sm_text not in listed:
+        refused = " (a model with convolutions is refused after it is built)" if build == RTX else ""
         return (
             f"precision={precision.value}: {build} lists it for SM {', '.join(listed)}, not SM {sm_text}; "
-            "building anyway, verification decides"
+            f"building anyway, verification decides{refused if spec.convolutions_off_matrix else ''}"
         )
     if listed is None and spec.known_to_work:
         return f"precision={precision.value}: not listed for {build}; building anyway, verification decides"

@@ -161,3 +161,26 @@ def test_modelopt_cuda_extensions_fall_back_to_pytorch_kernels_when_no_cuda_comp
         for name in ("get_cuda_ext", "get_cuda_ext_fp8", "get_cuda_ext_mx"):
             if hasattr(getattr(extensions, name), "extension"):
                 delattr(getattr(extensions, name), "extension")
+
+
+def test_int8_fake_quant_falls_back_to_pytorch_when_modelopt_failed_to_build_its_extension() -> None:
+    from modelopt.torch.quantization import extensions, tensor_quant
+
+    from pipeline.quantization import calibrate
+
+    had = hasattr(extensions.get_cuda_ext, "extension")
+    previous = getattr(extensions.get_cuda_ext, "extension", None)
+    extensions.get_cuda_ext.extension = None  # what ModelOpt caches after a failed build
+    try:
+        calibrate.use_pytorch_int8_kernel_if_extension_failed()
+        weights = torch.randn(4, 6)
+        amax = weights.abs().amax(dim=1, keepdim=True)  # per output channel, as ModelOpt keeps it
+        # ModelOpt's own entry point (what tensorrt::quantize_op runs) now answers, as its CPU path does.
+        assert torch.equal(
+            tensor_quant.fake_quant_impl(weights, amax), tensor_quant._tensor_quant(weights, amax)
+        )
+    finally:
+        if had:
+            extensions.get_cuda_ext.extension = previous
+        else:
+            del extensions.get_cuda_ext.extension

@@ -40,17 +40,21 @@ def test_compare_latency_prepares_shared_state_before_each_round_when_variants_s
     assert all(mode == name.upper() for name, mode in seen)
 
 
-def test_compare_latency_keeps_warming_up_until_warmup_seconds_have_passed_when_given() -> None:
-    import time
+def test_compare_latency_keeps_warming_up_until_warmup_seconds_have_passed_when_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline import timing
 
-    counts = {"fast": 0}
+    now = {"s": 0.0}
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now["s"])
+    counts = {"calls": 0}
 
-    def call() -> None:
-        counts["fast"] += 1
-        time.sleep(0.001)
+    def call() -> None:  # each call takes 10 ms on the fake clock
+        counts["calls"] += 1
+        now["s"] += 0.01
 
-    compare_latency({"fast": call}, warmup=2, iterations=3, rounds=1, warmup_s=0.1)
-    assert counts["fast"] >= 3 + 40  # far more than the 2 counted warm-up calls: 0.1 s of 1 ms calls
-    counts["fast"] = 0
-    compare_latency({"fast": call}, warmup=2, iterations=3, rounds=1)
-    assert counts["fast"] == 2 + 3
+    compare_latency({"call": call}, warmup=2, iterations=3, rounds=1, warmup_s=0.5)
+    assert 50 <= counts["calls"] - 3 <= 51  # 0.5 s of 10 ms calls, far more than the 2 counted
+    counts["calls"] = 0
+    compare_latency({"call": call}, warmup=2, iterations=3, rounds=1)
+    assert counts["calls"] == 2 + 3

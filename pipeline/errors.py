@@ -68,6 +68,12 @@ class StageInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted during {stage}; nothing published")
 
 
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), as users see it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def first_line(error: BaseException) -> str:
     """``Type: first non-empty line of the message``."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

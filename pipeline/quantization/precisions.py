@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.config.schema import BackendKind, PipelineConfig, Precision
 from pipeline.errors import ConfigError
+from pipeline.runtime.compat import version_tuple
 from pipeline.runtime.types import activation_dtype
 
 #: The ``tensorrt_build`` names :func:`pipeline.runtime.tensorrt.runtime_environment` reports.
@@ -119,14 +120,6 @@ def check_precision_request(config: PipelineConfig) -> None:
         )
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def check_precision_host(
     config: PipelineConfig, backend: BackendKind, environment: Mapping[str, str]
 ) -> str | None:
@@ -145,7 +138,7 @@ def check_precision_host(
     if backend is not BackendKind.tensorrt:
         return None
     sm_text = environment.get("sm", "0.0")
-    sm = _version_tuple(sm_text)
+    sm = version_tuple(sm_text)
     if sm < spec.min_sm:
         raise ConfigError(
             f"precision={precision.value}: needs a GPU of SM >= {spec.min_sm[0]}.{spec.min_sm[1]}; "
@@ -153,7 +146,7 @@ def check_precision_host(
         )
     build = environment.get("tensorrt_build", "unknown")
     version = environment.get("torch_tensorrt", "0.0")
-    if spec.int8_activations and build == RTX and _version_tuple(version) < (2, 12):
+    if spec.int8_activations and build == RTX and version_tuple(version) < (2, 12):
         raise ConfigError(
             f"precision={precision.value}: torch-tensorrt-rtx {version} refuses INT8 activation "
             "quantization (validate_int8_activation_quantization; dropped in 2.12 for TensorRT-RTX 1.4); "

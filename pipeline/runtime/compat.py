@@ -23,7 +23,9 @@ HARDWARE_COMPATIBLE_MIN_SM = (8, 0)
 REBUILD = "rebuild the bundle on this host (python -m pipeline ...)"
 
 
-def _version_tuple(version: str, parts: int = 2) -> tuple[int, ...]:
+def version_tuple(version: str, parts: int = 2) -> tuple[int, ...]:
+    """The first ``parts`` numbers of a version (``2.11.0+cu130`` -> ``(2, 11)``; an SM ``9.0`` ->
+    ``(9, 0)``), a missing or non-numeric piece read as 0, for comparisons."""
     numbers = []
     for piece in version.split("+")[0].split(".")[:parts]:
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -41,7 +43,7 @@ def compatibility_problems(
     problems = []
     if backend is BackendKind.export:
         built_torch, host_torch = built.get("torch", ""), host.get("torch", "")
-        if _version_tuple(built_torch) > _version_tuple(host_torch):
+        if version_tuple(built_torch) > version_tuple(host_torch):
             problems.append(
                 f"exported with torch {built_torch}, this host has torch {host_torch}: an older torch "
                 "cannot read it; upgrade torch or " + REBUILD
@@ -55,7 +57,7 @@ def compatibility_problems(
             )
     built_sm, host_sm = built.get("sm"), host.get("sm")
     if hardware_compatible:
-        if _version_tuple(host_sm or "0") < HARDWARE_COMPATIBLE_MIN_SM:
+        if version_tuple(host_sm or "0") < HARDWARE_COMPATIBLE_MIN_SM:
             problems.append(
                 f"GPU SM: hardware-compatible engines need SM >= 8.0, this host has {host_sm!r}; " + REBUILD
             )

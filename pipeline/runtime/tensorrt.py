@@ -31,6 +31,7 @@ from torch import nn
 from pipeline.errors import BackendUnavailableError, BundleError, ConfigError
 from pipeline.runtime import rtx_runner
 from pipeline.runtime.base import FileSource, ModelRuntime, SavedArtifact
+from pipeline.runtime.compat import version_tuple
 from pipeline.runtime.engine_graph import EngineRecord, attach_engines, escaping_engines, load_graph
 from pipeline.runtime.engines import EngineRef, ModeGate, apply_to_engines, find_engines, resources_held
 from pipeline.runtime.policy import PolicyReport, RuntimeCacheMode, RuntimeConfig
@@ -223,14 +224,6 @@ def set_cudagraphs(enabled: bool) -> None:
 CUDA_GRAPHS_GATE = ModeGate(cudagraphs_enabled, set_cudagraphs)
 
 
-def _version(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("+")[0].split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def rtx_settings_refused(policy: RuntimeConfig, why: str) -> ConfigError | None:
     """The error for TensorRT-RTX settings set on engines that cannot take them (None if unset)."""
     settings = policy.rtx_settings()
@@ -256,7 +249,7 @@ def choose_runner(
             raise refused
         return False, "standard TensorRT engines"
     version = environment.get("torch_tensorrt", "unknown")
-    if _version(version) >= NATIVE_RUNTIME_CONFIG:
+    if version_tuple(version) >= NATIVE_RUNTIME_CONFIG:
         # Not wired yet: the C++ runtime of 2.13+ takes these settings itself (see README).
         if refused := rtx_settings_refused(
             policy, f"Torch-TensorRT {version}'s runtime settings are not wired"

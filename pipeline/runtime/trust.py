@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BundleError
+from pipeline.errors import BundleError, one_line
 from pipeline.runtime.format import MANIFEST_NAME, SIGNATURE_NAME
 
 
@@ -71,12 +71,6 @@ def signing_key(private_key_pem: bytes) -> Any:
     if not isinstance(key, Ed25519PrivateKey):
         raise BundleError("signing key is not an ed25519 private key")
     return key
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's first line."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sign_bundle(root: Path, private_key_pem: bytes) -> Path:

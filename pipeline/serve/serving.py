@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import BundleError, InputValidationError
+from pipeline.errors import BundleError, InputValidationError, one_line
 from pipeline.runtime import LoadedBundle, load_bundle, verify_loaded
 from pipeline.runtime.loaded import InputChecker
 from pipeline.runtime.types import torch_dtype
@@ -199,9 +199,3 @@ class ServedBundle:
         if self.profile is not None:
             self.profile.add("outputs", time.perf_counter() - started)
         return arrays
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (the first), as clients see it."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import one_line
 from pipeline.serve.repository import bundle_in
-from pipeline.serve.serving import ServedBundle, one_line
+from pipeline.serve.serving import ServedBundle
 
 
 class TritonPythonModel:

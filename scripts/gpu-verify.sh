@@ -4,22 +4,31 @@
 # (scripts/reload_overhead.py; OVERHEAD=0 skips it) and the concurrency probe as shipped and with
 # each of the loader's two fixes undone (scripts/probe/concurrency_probe.py; PROBE=0 skips it), and
 # the cold start of the BERT bundle with and without its runtime cache (COLDSTART=0 skips it), and
-# its latency in 5 fresh processes (scripts/process_spread.py; SPREAD=0 skips it).
+# its latency in 5 fresh processes (scripts/process_spread.py; SPREAD=0 skips it). SUITE=0 skips the
+# suite (a later call on a warm machine, without .gpu-wheelhouse: measures the bundles it left).
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 mkdir -p "$OUT"
-# shellcheck disable=SC1091
-source .gpu-wheelhouse/install.sh .gpu-wheelhouse >"$OUT/install.txt" 2>&1 || { cat "$OUT/install.txt"; exit 3; }
+if [ -d /tmp/gpu-site/torch_tensorrt ]; then  # a later call on a warm machine: installed already
+  export PYTHONPATH=/tmp/gpu-site LD_LIBRARY_PATH=/tmp/gpu-site/tensorrt_rtx_libs
+else
+  [ -d .gpu-wheelhouse ] || { echo "machine is new: carry .gpu-wheelhouse"; exit 3; }
+  # shellcheck disable=SC1091
+  source .gpu-wheelhouse/install.sh .gpu-wheelhouse >"$OUT/install.txt" 2>&1 || { cat "$OUT/install.txt"; exit 3; }
+fi
 export PYTHONUNBUFFERED=1 GPU_REPORT="$OUT/gpu-report.json"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 # Host facts that latency depends on: CPUs and NUMA nodes, the GPU's CPU affinity, a CUDA compiler.
 { lscpu | grep -E "^(Model name|CPU\(s\)|NUMA|Socket)"; nvidia-smi topo -m; echo "nvcc: $(command -v nvcc || echo none)"; } \
   >"$OUT/host.txt" 2>&1
-start=$(date +%s)
-timeout -k 5 "${GPU_SUITE_LIMIT:-450}" make test-gpu GPU_PY=python3 >"$OUT/test-gpu.log" 2>&1
-status=$?
-echo "make test-gpu: rc $status in $(( $(date +%s) - start )) s"
-grep -E "^(FAILED|ERROR)|passed|failed|^[0-9.]+s (call|setup)" "$OUT/test-gpu.log" | tail -30
+status=0
+if [ "${SUITE:-1}" = 1 ]; then  # SUITE=0: the measurements below on the bundles an earlier call's suite left
+  start=$(date +%s)
+  timeout -k 5 "${GPU_SUITE_LIMIT:-450}" make test-gpu GPU_PY=python3 >"$OUT/test-gpu.log" 2>&1
+  status=$?
+  echo "make test-gpu: rc $status in $(( $(date +%s) - start )) s"
+  grep -E "^(FAILED|ERROR)|passed|failed|^[0-9.]+s (call|setup)" "$OUT/test-gpu.log" | tail -30
+fi
 if [ "${OVERHEAD:-1}" = 1 ]; then
   for policy in preallocated cudagraphs; do
     bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$policy"-* 2>/dev/null | head -n 1)
@@ -27,6 +36,14 @@ if [ "${OVERHEAD:-1}" = 1 ]; then
     echo "per-call overhead, bert fp16 $policy:"
     python3 scripts/reload_overhead.py "$bundle" --json "$OUT/overhead-$policy.json" 2>"$OUT/overhead-$policy.err" \
       | grep median || tail -n 5 "$OUT/overhead-$policy.err"
+  done
+fi
+if [ "${CALL_PROFILE:-1}" = 1 ]; then
+  # Host time per call path by path, and what blocks (scripts/probe/call_profile.py).
+  bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
+  for policy in preallocated cudagraphs; do
+    [ -n "$bundle" ] && python3 scripts/probe/call_profile.py "$bundle" --runtime $policy \
+      >"$OUT/call-profile-$policy.txt" 2>&1 && grep "===" "$OUT/call-profile-$policy.txt" | sed "s/^/$policy /"
   done
 fi
 if [ "${COLDSTART:-1}" = 1 ]; then
@@ -45,11 +62,15 @@ if [ "${COLDSTART:-1}" = 1 ]; then
 fi
 if [ "${SPREAD:-1}" = 1 ]; then
   bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
-  # With the bench's 1 s warm-up floor, and with none (50 calls: the GPU clock may still be low).
-  for warm in 1 0; do
+  # With the bench's 1 s warm-up floor, and with none (50 calls: the GPU clock may still be low);
+  # and under cudagraphs (one launch per call: the GPU, not the host's launch rate, sets the pace).
+  for run in preallocated:1 preallocated:0 cudagraphs:1; do
+    policy=${run%%:*} warm=${run##*:}
+    echo "process spread, $policy, warm-up floor $warm s:"
     [ -n "$bundle" ] && PYTHONPATH=".:$PYTHONPATH" python3 scripts/process_spread.py "$bundle" --processes 5 \
-      --iterations "${SPREAD_ITERATIONS:-300}" --warmup-seconds $warm --json "$OUT/process-spread-warm$warm.json" \
-      2>"$OUT/process-spread.err" | tail -n 6 || tail -n 5 "$OUT/process-spread.err"
+      --runtime "$policy" --iterations "${SPREAD_ITERATIONS:-300}" --warmup-seconds "$warm" \
+      --json "$OUT/process-spread-$policy-warm$warm.json" 2>"$OUT/process-spread.err" | tail -n 6 \
+      || tail -n 5 "$OUT/process-spread.err"
   done
 fi
 if [ "${PROBE:-1}" = 1 ]; then

@@ -51,6 +51,8 @@ BINDING_DELIMITER = "%"
 CACHE_KEY_FIELDS = ("tensorrt_build", "tensorrt", "cuda", "sm")
 
 _import_lock = threading.Lock()
+#: The input shapes of one call, in binding order.
+Signature = tuple[tuple[int, ...], ...]
 
 
 def tensorrt_rtx() -> ModuleType:
@@ -74,9 +76,14 @@ def new_stream(device: torch.device) -> Any:
     return torch.cuda.Stream(device)
 
 
-def is_default_stream(stream: Any, device: torch.device) -> bool:
-    """Whether ``stream`` is the legacy default stream of ``device``."""
-    return bool(stream.cuda_stream == torch.cuda.default_stream(device).cuda_stream)
+def default_stream_handle(device: torch.device) -> int:
+    """The handle of the legacy default stream of ``device``."""
+    return int(torch.cuda.default_stream(device).cuda_stream)
+
+
+def new_event() -> Any:
+    """A CUDA event (created on the device of the stream it is first recorded on)."""
+    return torch.cuda.Event()
 
 
 def on_device(device: torch.device) -> AbstractContextManager[Any]:
@@ -195,9 +202,18 @@ class RtxEngineRunner:
         self._context_key: tuple[Any, ...] | None = None
         self._output_dtypes = [self._torch_dtype(n) for n in self.output_names]
         self._input_dtypes = [self._torch_dtype(n) for n in self.input_names]
-        self._next_outputs: tuple[tuple[tuple[int, ...], ...], int, list[torch.Tensor]] | None = None
-        self._graphs: dict[tuple[tuple[int, ...], ...], _CapturedCall] = {}
+        self._next_outputs: tuple[Signature, int, list[torch.Tensor]] | None = None
+        self._graphs: dict[Signature, _CapturedCall] = {}
         self._side_stream: Any = None
+        self._default_stream: int | None = None  # the legacy default stream's handle, once known
+        # Set again only on change: what the context holds since the last call (binding calls cost
+        # host time, and a call that launches ~100 kernels is bound by the host's launch rate).
+        self._bound_shapes: Signature | None = None
+        self._bound_addresses: dict[str, int] = {}
+        self._output_shapes: tuple[Signature, list[tuple[int, ...]]] | None = None
+        # Reused call after call (calls come one at a time): the side stream's order both ways.
+        self._caller_ready: Any = None
+        self._launched: Any = None
         self._hold_memory = False
         self._held_memory: torch.Tensor | None = None
         if not lazy:
@@ -212,9 +228,15 @@ class RtxEngineRunner:
         self._graphs.clear()
         self._next_outputs = None
         self._held_memory = None
+        self._forget_bindings()
         if rebuild:
             self.context = None
             self._ensure_context()
+
+    def _forget_bindings(self) -> None:
+        self._bound_shapes = None
+        self._bound_addresses.clear()
+        self._output_shapes = None
 
     def hold_memory(self, held: bool) -> None:
         """Keep the execution memory of dynamic allocation between calls (``hold_resources``)."""
@@ -247,6 +269,7 @@ class RtxEngineRunner:
         if context is None:
             raise BundleError(f"engine {self.name}: TensorRT-RTX could not create an execution context")
         self.context, self._context_key = context, settings.context_key()
+        self._forget_bindings()
         return context
 
     def _torch_dtype(self, name: str) -> torch.dtype:
@@ -275,29 +298,40 @@ class RtxEngineRunner:
         caller = current_stream(self.device)
         if self.settings.cuda_graphs:
             return self._replay(context, tensors, signature, caller)
-        self._bind_inputs(context, tensors)
+        self._bind_inputs(context, tensors, signature)
         outputs = self._outputs_for(context, signature, caller)
         self._bind_outputs(context, outputs)
         memory = self._device_memory(context) if self.settings.dynamic_allocation else None
         stream = self._launch_stream(caller)
         if stream is not caller:
-            stream.wait_stream(caller)
+            self._caller_ready.record(caller)
+            stream.wait_event(self._caller_ready)
         if not context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"engine {self.name}: execute_async_v3 failed")
         if stream is not caller:
-            caller.wait_stream(stream)
+            self._launched.record(stream)
+            caller.wait_event(self._launched)
         del memory  # freed on the caller's stream, which now waits for the launch
         if self.settings.pre_allocated_outputs:
-            self._next_outputs = (signature, caller.cuda_stream, self._allocate(context))
+            # At the shapes known since the bind: asking the context now could wait for the launch.
+            self._next_outputs = (
+                signature,
+                caller.cuda_stream,
+                self._allocate(self._shapes_of(context, signature)),
+            )
         return outputs
 
-    def _bind_inputs(self, context: Any, inputs: Sequence[torch.Tensor]) -> None:
+    def _bind_inputs(self, context: Any, inputs: Sequence[torch.Tensor], signature: Signature) -> None:
+        if signature != self._bound_shapes:
+            self._bound_shapes = None  # until every input shape is set
+            for name, shape in zip(self.input_names, signature, strict=True):
+                if not context.set_input_shape(name, shape):
+                    raise RuntimeError(
+                        f"engine {self.name}: input {name!r} of shape {shape} is outside the shapes "
+                        "the engine was built for"
+                    )
+            self._bound_shapes = signature
         for name, tensor in zip(self.input_names, inputs, strict=True):
-            if not context.set_input_shape(name, tuple(tensor.shape)):
-                raise RuntimeError(
-                    f"engine {self.name}: input {name!r} of shape {tuple(tensor.shape)} is outside the "
-                    "shapes the engine was built for"
-                )
             self._bind(context, name, tensor)
 
     def _bind_outputs(self, context: Any, outputs: Sequence[torch.Tensor]) -> None:
@@ -305,37 +339,56 @@ class RtxEngineRunner:
             self._bind(context, name, tensor)
 
     def _bind(self, context: Any, name: str, tensor: torch.Tensor) -> None:
-        if not context.set_tensor_address(name, tensor.data_ptr()):
+        address = tensor.data_ptr()
+        if self._bound_addresses.get(name) == address:
+            return
+        self._bound_addresses.pop(name, None)
+        if not context.set_tensor_address(name, address):
             raise RuntimeError(f"engine {self.name}: TensorRT-RTX refused the address of tensor {name!r}")
+        self._bound_addresses[name] = address
 
     def _launch_stream(self, caller: Any) -> Any:
         # TensorRT synchronizes around launches on the legacy default stream: use a side stream.
-        if not is_default_stream(caller, self.device):
+        if self._default_stream is None:
+            self._default_stream = default_stream_handle(self.device)
+        if caller.cuda_stream != self._default_stream:
             return caller
         if self._side_stream is None:
             self._side_stream = new_stream(self.device)
+            self._caller_ready, self._launched = new_event(), new_event()
         return self._side_stream
 
     def _outputs_for(
-        self, context: Any, signature: tuple[tuple[int, ...], ...], caller: torch.cuda.Stream
+        self, context: Any, signature: Signature, caller: torch.cuda.Stream
     ) -> list[torch.Tensor]:
         ahead, self._next_outputs = self._next_outputs, None
         # Allocated ahead on the caller's stream at these shapes: safe to hand out on that stream.
         if ahead is not None and ahead[0] == signature and ahead[1] == caller.cuda_stream:
             return ahead[2]
-        return self._allocate(context)
+        return self._allocate(self._shapes_of(context, signature))
 
-    def _allocate(self, context: Any) -> list[torch.Tensor]:
-        outputs = []
-        for name, dtype in zip(self.output_names, self._output_dtypes, strict=True):
+    def _shapes_of(self, context: Any, signature: Signature) -> list[tuple[int, ...]]:
+        """The output shapes for input shapes ``signature`` (bound on ``context`` when not known)."""
+        known = self._output_shapes
+        if known is not None and known[0] == signature:
+            return known[1]
+        shapes = []
+        for name in self.output_names:
             shape = tuple(context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise RuntimeError(
                     f"engine {self.name}: output {name!r} has a data-dependent shape {shape}; "
                     "such engines run on Torch-TensorRT's C++ runtime"
                 )
-            outputs.append(torch.empty(shape, dtype=dtype, device=self.device))
-        return outputs
+            shapes.append(shape)
+        self._output_shapes = (signature, shapes)
+        return shapes
+
+    def _allocate(self, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+        return [
+            torch.empty(shape, dtype=dtype, device=self.device)
+            for shape, dtype in zip(shapes, self._output_dtypes, strict=True)
+        ]
 
     def _device_memory(self, context: Any) -> torch.Tensor:
         size = int(context.update_device_memory_size_for_shapes())
@@ -351,7 +404,7 @@ class RtxEngineRunner:
         self,
         context: Any,
         inputs: list[torch.Tensor],
-        signature: tuple[tuple[int, ...], ...],
+        signature: Signature,
         caller: torch.cuda.Stream,
     ) -> list[torch.Tensor]:
         captured = self._graphs.get(signature)
@@ -369,8 +422,9 @@ class RtxEngineRunner:
 
     def _capture(self, context: Any, inputs: list[torch.Tensor], caller: torch.cuda.Stream) -> _CapturedCall:
         static_inputs = [t.clone() for t in inputs]
-        self._bind_inputs(context, static_inputs)
-        static_outputs = self._allocate(context)
+        signature = tuple(tuple(t.shape) for t in static_inputs)
+        self._bind_inputs(context, static_inputs, signature)
+        static_outputs = self._allocate(self._shapes_of(context, signature))
         self._bind_outputs(context, static_outputs)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(caller)

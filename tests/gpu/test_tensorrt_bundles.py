@@ -261,6 +261,28 @@ def test_loaded_bundle_rejects_bad_inputs_before_engine_runs_when_called(artifac
         target(*good[:-1]) if len(good) > 1 else target(*good, good[0])
 
 
+@pytest.mark.parametrize("runtime", ["preallocated", "cudagraphs"])
+def test_loaded_bundle_refuses_out_of_range_values_and_answers_the_next_call_when_values_are_checked(
+    artifacts: Path, runtime: str
+) -> None:
+    model, precision = MODELS[0]
+    target = loaded(artifacts, (model, precision, runtime))
+    ranged = [i for i, spec in enumerate(target.specs) if spec.max_value is not None]
+    if not ranged:
+        pytest.skip(f"{model} declares no value range")
+    assert target.policy.check_value_ranges
+    good = make_inputs(target.specs, 5, target.precision, target.device)
+    expected = [t.clone() for t in target(*good)]
+    bad = list(good)
+    bad[ranged[0]] = good[ranged[0]].clone()
+    bad[ranged[0]].view(-1)[-1] = target.specs[ranged[0]].max_value + 1  # one token past the vocabulary
+    with pytest.raises(InputValidationError, match="outside the declared range"):
+        target(*bad)
+    assert int(bad[ranged[0]].max()) == target.specs[ranged[0]].max_value + 1  # the caller's tensor unchanged
+    for again, first in zip(target(*good), expected, strict=True):  # the engines' state intact
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
 def test_dynamic_bundle_keeps_memory_while_resources_are_held(artifacts: Path) -> None:
     model, precision = MODELS[-1]
     target = loaded(artifacts, (model, precision, "dynamic"))

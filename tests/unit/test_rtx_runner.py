@@ -144,6 +144,18 @@ class FakeStream:
     def wait_stream(self, other: FakeStream) -> None:
         self.waited.append(other.cuda_stream)
 
+    def wait_event(self, event: FakeEvent) -> None:
+        assert event.stream is not None, "waited for an event never recorded"
+        self.waited.append(event.stream.cuda_stream)
+
+
+class FakeEvent:
+    def __init__(self) -> None:
+        self.stream: FakeStream | None = None
+
+    def record(self, stream: FakeStream) -> None:
+        self.stream = stream
+
 
 @pytest.fixture
 def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
@@ -172,10 +184,13 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]
     module.CudaGraphStrategy = GraphStrategy  # type: ignore[attr-defined]
     module.ExecutionContextAllocationStrategy = Allocation  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", module)
-    streams = types.SimpleNamespace(current=FakeStream(7), default=False, side=FakeStream(9), engines=engines)
+    streams = types.SimpleNamespace(
+        current=FakeStream(7), default=FakeStream(0), side=FakeStream(9), engines=engines
+    )
     monkeypatch.setattr(rtx_runner, "current_stream", lambda device: streams.current)
-    monkeypatch.setattr(rtx_runner, "is_default_stream", lambda stream, device: streams.default)
+    monkeypatch.setattr(rtx_runner, "default_stream_handle", lambda device: streams.default.cuda_stream)
     monkeypatch.setattr(rtx_runner, "new_stream", lambda device: streams.side)
+    monkeypatch.setattr(rtx_runner, "new_event", FakeEvent)
     yield streams
 
 
@@ -204,11 +219,11 @@ def test_runner_sets_shapes_and_addresses_in_binding_order_when_called(fake_trt:
     context = fake_trt.engines[0].contexts[0]
     assert [c[:2] for c in context.calls[:4]] == [
         ("shape", "ids"),
-        ("address", "ids"),
         ("shape", "mask"),
+        ("address", "ids"),
         ("address", "mask"),
     ]
-    assert context.calls[0][2] == (2, 5) and context.calls[1][2] == given[0].data_ptr()
+    assert context.calls[0][2] == (2, 5) and context.calls[2][2] == given[0].data_ptr()
     addresses = {c[1]: c[2] for c in context.calls if c[0] == "address"}
     assert addresses["out0"] == outputs[0].data_ptr() and addresses["out1"] == outputs[1].data_ptr()
     assert [tuple(o.shape) for o in outputs] == [(2, 5), (2, 5)]
@@ -227,11 +242,11 @@ def test_runner_converts_inputs_to_contiguous_engine_dtypes_when_given_others(fa
 def test_runner_launches_on_a_side_stream_ordered_both_ways_when_caller_is_on_the_default_stream(
     fake_trt: Any,
 ) -> None:
-    fake_trt.default = True
+    fake_trt.current = fake_trt.default
     run = runner()
     run.execute(inputs())
     assert fake_trt.engines[0].contexts[0].calls[-1] == ("execute", 9)
-    assert fake_trt.side.waited == [7] and fake_trt.current.waited == [9]
+    assert fake_trt.side.waited == [0] and fake_trt.current.waited == [9]
 
 
 def test_runner_returns_new_outputs_every_call_when_outputs_are_pre_allocated(fake_trt: Any) -> None:
@@ -449,3 +464,56 @@ def test_manifest_keeps_runtime_cache_entry_when_round_tripped_and_defaults_when
     entry = {"file": "engines/runtime.cache", "key": rtx_runner.cache_key(HOST)}
     assert Manifest.from_json(Manifest(**fields, runtime_cache=entry).to_json()).runtime_cache == entry
     assert Manifest.from_json(Manifest(**fields).to_json()).runtime_cache == {}
+
+
+def test_runner_binds_only_what_changed_when_called_again(fake_trt: Any) -> None:
+    run = runner()
+    given = inputs()
+    run.execute(given)
+    context = fake_trt.engines[0].contexts[0]
+    context.calls.clear()
+    outputs = run.execute(given)  # same shapes, same input tensors: only the new outputs are bound
+    assert [c[:2] for c in context.calls] == [("address", "out0"), ("address", "out1"), ("execute", 7)]
+    assert context.calls[0][2] == outputs[0].data_ptr()
+    context.calls.clear()
+    run.execute([torch.ones(3, 5, dtype=torch.int32), torch.zeros(3, 5)])  # new shapes and tensors
+    assert [c[:2] for c in context.calls[:4]] == [
+        ("shape", "ids"),
+        ("shape", "mask"),
+        ("address", "ids"),
+        ("address", "mask"),
+    ]
+
+
+def test_runner_binds_everything_again_when_its_policy_changes(fake_trt: Any) -> None:
+    run = runner()
+    given = inputs()
+    run.execute(given)
+    run.configure(RunnerSettings(pre_allocated_outputs=True))  # same context, dropped state
+    context = fake_trt.engines[0].contexts[0]
+    context.calls.clear()
+    run.execute(given)
+    assert sorted(c[:2] for c in context.calls if c[0] != "execute") == [
+        ("address", "ids"),
+        ("address", "mask"),
+        ("address", "out0"),
+        ("address", "out1"),
+        ("shape", "ids"),
+        ("shape", "mask"),
+    ]
+
+
+def test_runner_pre_allocates_at_known_shapes_without_asking_the_context_after_the_launch(
+    fake_trt: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = runner(RunnerSettings(pre_allocated_outputs=True))
+    run.execute(inputs())
+    context = fake_trt.engines[0].contexts[0]
+    asked: list[str] = []
+    monkeypatch.setattr(context, "get_tensor_shape", lambda name: asked.append(name) or (2, 5))
+    outputs = run.execute(inputs())
+    assert asked == [] and [tuple(o.shape) for o in outputs] == [(2, 5), (2, 5)]
+    assert run._next_outputs is not None and [tuple(o.shape) for o in run._next_outputs[2]] == [
+        (2, 5),
+        (2, 5),
+    ]

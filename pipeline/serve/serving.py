@@ -136,10 +136,7 @@ class ServedBundle:
         checked = self._check(self._check.bind((), tensors))  # declared dtype and shape range
         if self.loaded.policy.check_value_ranges:
             self._check.check_values(checked)  # here, on the host: a bad request fails alone
-        if self.loaded.device.type != "cuda":
-            return tuple(tensor.to(self.loaded.device) for tensor in checked)
-        # From page-locked copies, without waiting: a copy from pageable memory holds the host.
-        return tuple(tensor.pin_memory().to(self.loaded.device, non_blocking=True) for tensor in checked)
+        return tuple(tensor.to(self.loaded.device) for tensor in checked)
 
     def _groups(self, valid: list[Checked]) -> list[list[Checked]]:
         """Calls to make: one per request, or (batching) requests of equal non-batch shapes
@@ -195,14 +192,9 @@ class ServedBundle:
 
     def _to_numpy(self, outputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        if self.loaded.device.type == "cuda":
-            # Every output's copy queued (into page-locked memory), then one wait for all of them.
-            on_host = [tensor.detach().to("cpu", non_blocking=True) for tensor in outputs]
-            torch.cuda.current_stream(self.loaded.device).synchronize()
-        else:
-            on_host = [tensor.detach().cpu() for tensor in outputs]
         arrays = {
-            name: tensor.contiguous().numpy() for name, tensor in zip(self.output_names, on_host, strict=True)
+            name: tensor.detach().cpu().contiguous().numpy()
+            for name, tensor in zip(self.output_names, outputs, strict=True)
         }
         if self.profile is not None:
             self.profile.add("outputs", time.perf_counter() - started)

@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from process_spread import sm_clock_mhz  # noqa: E402  (a script beside this one, not a package)
+
 QUEUED_CALLS = 20
 SLEEP_CYCLES = 4_000_000  # ~2 ms at ~2 GHz: long enough for QUEUED_CALLS launches to get ahead
 
@@ -102,17 +106,9 @@ class ClockSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            try:
-                answer = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                    check=True,
-                )
-                self.samples.append(int(answer.stdout.split()[0]))
-            except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-                pass
+            clock = sm_clock_mhz()
+            if clock is not None:
+                self.samples.append(clock)
             self.stopped.wait(0.2)
 
 

@@ -3,7 +3,7 @@
 # serve wheels do not fit in one call's 64 MiB; a warm host keeps /tmp between calls):
 #   call 1, carry .gpu-wheelhouse:   OUT=$OUT PHASE=build bash scripts/gpu-serve.sh
 #     installs the wheelhouse into /tmp/gpu-site and builds BERT fp16 (static 1x128) and
-#     bert_dynamic fp16 bundles (preallocated) under /tmp/serve-artifacts;
+#     bert_dynamic fp16 bundles (preallocated) under /tmp/serve-artifacts (MODELS=bert: the first only);
 #   (or instead of call 1: scripts/gpu-verify.sh, whose GPU suite leaves both bundles in /tmp)
 #   call 2, carry .serve-wheelhouse: OUT=$OUT PHASE=serve bash scripts/gpu-serve.sh
 #     installs nvidia-pytriton and numpy<2 (the backend stub's) into /tmp/serve-site, runs the GPU
@@ -19,7 +19,7 @@ build)
   # shellcheck disable=SC1091
   GPU_SITE=/tmp/gpu-site source .gpu-wheelhouse/install.sh .gpu-wheelhouse >"$OUT/install.txt" 2>&1 \
     || { cat "$OUT/install.txt"; exit 3; }
-  for model in bert bert_dynamic; do
+  for model in ${MODELS:-bert bert_dynamic}; do
     # bert_dynamic fp16's error is larger than the static engine's (tests/gpu/test_dynamic_shapes.py).
     tolerance=(); [ $model = bert_dynamic ] && tolerance=(verify.fp16.atol=0.2 verify.fp16.rtol=0.03 verify.fp16.min_cosine=0.997)
     python3 -m pipeline model=$model precision=fp16 runtime=preallocated backend=tensorrt "${tolerance[@]}" \

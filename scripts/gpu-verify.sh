@@ -4,8 +4,12 @@
 # (scripts/reload_overhead.py; OVERHEAD=0 skips it) and the concurrency probe as shipped and with
 # each of the loader's two fixes undone (scripts/probe/concurrency_probe.py; PROBE=0 skips it), and
 # the cold start of the BERT bundle with and without its runtime cache (COLDSTART=0 skips it), and
-# its latency in 5 fresh processes (scripts/process_spread.py; SPREAD=0 skips it). SUITE=0 skips the
-# suite (a later call on a warm machine, without .gpu-wheelhouse: measures the bundles it left).
+# its latency in 5 fresh processes, one after another and taking turns (scripts/process_spread.py;
+# SPREAD=0 skips it). SUITE=0 skips the
+# suite (a later call on a warm machine, without .gpu-wheelhouse: measures the bundles it left, or
+# those of `PHASE=build scripts/gpu-serve.sh`). SPREAD_PROBE=1 adds scripts/probe/spread_probe.py
+# (where the spread comes from: host or GPU, kernels, clocks), once per SPREAD_PROBE_RUNS entry
+# ("policy" or "policy:field=value", e.g. "cudagraphs preallocated:rtx_cuda_graphs=whole_graph_capture").
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 mkdir -p "$OUT"
@@ -21,6 +25,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 # Host facts that latency depends on: CPUs and NUMA nodes, the GPU's CPU affinity, a CUDA compiler.
 { lscpu | grep -E "^(Model name|CPU\(s\)|NUMA|Socket)"; nvidia-smi topo -m; echo "nvcc: $(command -v nvcc || echo none)"; } \
   >"$OUT/host.txt" 2>&1
+# The newest BERT fp16 bundle of a policy: the GPU suite's, else gpu-serve.sh's build (preallocated).
+bert_bundle() {
+  ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$1"-* /tmp/serve-artifacts/bundles/bert-fp16-"$1"-* 2>/dev/null | head -n 1
+}
 status=0
 if [ "${SUITE:-1}" = 1 ]; then  # SUITE=0: the measurements below on the bundles an earlier call's suite left
   start=$(date +%s)
@@ -31,16 +39,17 @@ if [ "${SUITE:-1}" = 1 ]; then  # SUITE=0: the measurements below on the bundles
 fi
 if [ "${OVERHEAD:-1}" = 1 ]; then
   for policy in preallocated cudagraphs; do
-    bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-"$policy"-* 2>/dev/null | head -n 1)
+    bundle=$(bert_bundle "$policy") runtime=()
+    [ -n "$bundle" ] || { bundle=$(bert_bundle preallocated) runtime=(--runtime "$policy"); }
     [ -n "$bundle" ] || continue
     echo "per-call overhead, bert fp16 $policy:"
-    python3 scripts/reload_overhead.py "$bundle" --json "$OUT/overhead-$policy.json" 2>"$OUT/overhead-$policy.err" \
-      | grep median || tail -n 5 "$OUT/overhead-$policy.err"
+    python3 scripts/reload_overhead.py "$bundle" "${runtime[@]}" --json "$OUT/overhead-$policy.json" 2>"$OUT/overhead-$policy.err" \
+      | grep -E "median|graph ops|run on" || tail -n 5 "$OUT/overhead-$policy.err"
   done
 fi
 if [ "${CALL_PROFILE:-1}" = 1 ]; then
   # Host time per call path by path, and what blocks (scripts/probe/call_profile.py).
-  bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
+  bundle=$(bert_bundle preallocated)
   for policy in preallocated cudagraphs; do
     [ -n "$bundle" ] && python3 scripts/probe/call_profile.py "$bundle" --runtime $policy \
       >"$OUT/call-profile-$policy.txt" 2>&1 && grep "===" "$OUT/call-profile-$policy.txt" | sed "s/^/$policy /"
@@ -49,7 +58,7 @@ fi
 if [ "${COLDSTART:-1}" = 1 ]; then
   # Process start to first output of the suite's BERT fp16 bundle: with its runtime cache (own
   # runner), and with runtime_cache=off (C++ runtime, kernels compiled at load: what a miss costs).
-  bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
+  bundle=$(bert_bundle preallocated)
   if [ -n "$bundle" ]; then
     for cache in auto off; do
       (cd /tmp && PYTHONPATH="$OLDPWD:$PYTHONPATH" python3 -m pipeline.bundle coldstart "$bundle" --repeats "${COLDSTART_REPEATS:-2}" \
@@ -61,16 +70,27 @@ if [ "${COLDSTART:-1}" = 1 ]; then
   fi
 fi
 if [ "${SPREAD:-1}" = 1 ]; then
-  bundle=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert-fp16-preallocated-* 2>/dev/null | head -n 1)
-  # With the bench's 1 s warm-up floor, and with none (50 calls: the GPU clock may still be low);
-  # and under cudagraphs (one launch per call: the GPU, not the host's launch rate, sets the pace).
-  for run in preallocated:1 preallocated:0 cudagraphs:1; do
-    policy=${run%%:*} warm=${run##*:}
-    echo "process spread, $policy, warm-up floor $warm s:"
+  bundle=$(bert_bundle preallocated)
+  # Sequential fresh processes with the bench's 1 s warm-up floor (the way the target is stated),
+  # then the same processes alive at once taking turns (host drift over the run hits all alike);
+  # under cudagraphs too (one launch per call: the GPU, not the host's launch rate, sets the pace).
+  for run in ${SPREAD_RUNS:-preallocated:sequential preallocated:interleaved cudagraphs:sequential cudagraphs:interleaved}; do
+    policy=${run%%:*} mode=${run##*:} how=(); [ "$mode" = interleaved ] && how=(--interleaved)
+    echo "process spread, $policy, $mode:"
     [ -n "$bundle" ] && PYTHONPATH=".:$PYTHONPATH" python3 scripts/process_spread.py "$bundle" --processes 5 \
-      --runtime "$policy" --iterations "${SPREAD_ITERATIONS:-300}" --warmup-seconds "$warm" \
-      --json "$OUT/process-spread-$policy-warm$warm.json" 2>"$OUT/process-spread.err" | tail -n 6 \
+      --runtime "$policy" --iterations "${SPREAD_ITERATIONS:-500}" --warmup-seconds 1 "${how[@]}" \
+      --json "$OUT/process-spread-$policy-$mode.json" 2>"$OUT/process-spread.err" | tail -n 7 \
       || tail -n 5 "$OUT/process-spread.err"
+  done
+fi
+if [ "${SPREAD_PROBE:-0}" = 1 ]; then
+  bundle=$(bert_bundle preallocated)
+  for run in ${SPREAD_PROBE_RUNS:-preallocated cudagraphs}; do
+    policy=${run%%:*} setting=(); [ "$run" != "$policy" ] && setting=(--set "${run#*:}")
+    echo "spread probe, $run:"
+    [ -n "$bundle" ] && PYTHONPATH=".:$PYTHONPATH" python3 scripts/probe/spread_probe.py "$bundle" \
+      --processes "${SPREAD_PROBE_PROCESSES:-6}" --runtime "$policy" "${setting[@]}" --pin 3 \
+      --json "$OUT/spread-probe-${run//[:=]/-}.json" 2>"$OUT/spread-probe.err" || tail -n 8 "$OUT/spread-probe.err"
   done
 fi
 if [ "${PROBE:-1}" = 1 ]; then

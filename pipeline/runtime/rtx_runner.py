@@ -362,11 +362,18 @@ class RtxEngineRunner:
     def _outputs_for(
         self, context: Any, signature: Signature, caller: torch.cuda.Stream
     ) -> list[torch.Tensor]:
+        ahead = self._take_outputs_ahead(signature, caller)
+        return ahead if ahead is not None else self._allocate(self._shapes_of(context, signature))
+
+    def _take_outputs_ahead(
+        self, signature: Signature, caller: torch.cuda.Stream
+    ) -> list[torch.Tensor] | None:
+        """The outputs the call before allocated ahead, if they fit this call (dropped either way)."""
         ahead, self._next_outputs = self._next_outputs, None
         # Allocated ahead on the caller's stream at these shapes: safe to hand out on that stream.
         if ahead is not None and ahead[0] == signature and ahead[1] == caller.cuda_stream:
             return ahead[2]
-        return self._allocate(self._shapes_of(context, signature))
+        return None
 
     def _shapes_of(self, context: Any, signature: Signature) -> list[tuple[int, ...]]:
         """The output shapes for input shapes ``signature`` (bound on ``context`` when not known)."""
@@ -420,20 +427,12 @@ class RtxEngineRunner:
         # before the replay are what a call waits for, the GPU's replay is the floor.
         torch._foreach_copy_(captured.inputs, inputs)
         captured.graph.replay()  # on the caller's current stream
-        outputs = self._graph_outputs_for(captured, signature, caller)
+        outputs = self._take_outputs_ahead(signature, caller) or self._empty_like(captured.outputs)
         torch._foreach_copy_(outputs, captured.outputs)
         if self.settings.pre_allocated_outputs:
             # After the launches, while the GPU replays: the next call's outputs cost it nothing.
             self._next_outputs = (signature, caller.cuda_stream, self._empty_like(captured.outputs))
         return outputs
-
-    def _graph_outputs_for(
-        self, captured: _CapturedCall, signature: Signature, caller: torch.cuda.Stream
-    ) -> list[torch.Tensor]:
-        ahead, self._next_outputs = self._next_outputs, None
-        if ahead is not None and ahead[0] == signature and ahead[1] == caller.cuda_stream:
-            return ahead[2]
-        return self._empty_like(captured.outputs)
 
     @staticmethod
     def _empty_like(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -3,8 +3,11 @@
 #   1. a wheel built from the checkout, installed non-editable into a fresh virtual environment
 #      with its base dependencies only (a deployment host: no hydra, omegaconf, matplotlib,
 #      transformers, torchvision), loads a packed bundle with a policy given by name, calls it and
-#      passes its golden check;
-#   2. the same wheel with the build extra runs `python -m pipeline model=tiny_cnn`.
+#      passes its golden check; every deployment-side command runs there (bundle verify, inspect,
+#      bench, coldstart, keygen, sign, warm; serve export-triton, and serve itself, which asks for
+#      the serve extra in one line);
+#   2. the same wheel with the serve extra serves the bundle with tritonserver and checks it;
+#   3. the same wheel with the build extra runs `python -m pipeline model=tiny_cnn`.
 # Usage: scripts/check-install.sh [PYTHON]   (default: .venv/bin/python, which builds the bundle)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +34,7 @@ cd "$work/ship"
 import importlib.util
 import sys
 
-absent = ["hydra", "omegaconf", "matplotlib", "transformers", "torchvision", "rich"]
+absent = ["hydra", "omegaconf", "matplotlib", "transformers", "torchvision"]
 present = [name for name in absent if importlib.util.find_spec(name) is not None]
 assert not present, f"a deployment install must not need {present}"
 import pipeline.runtime
@@ -47,6 +50,42 @@ with load_bundle("tiny_cnn.tar", runtime="standard") as model:
 build_side = [m for m in sys.modules if m.split(".")[0] in absent]
 assert not build_side, build_side
 PY
+
+# Each deployment-side command, as a deployment host runs it: exit code, and never a traceback.
+deploy() {  # deploy EXPECTED_RC COMMAND...
+  local expected=$1 rc=0; shift
+  "$work/venv/bin/python" -m "$@" >"$work/out.txt" 2>"$work/err.txt" || rc=$?
+  if [ "$rc" != "$expected" ] || grep -q "Traceback" "$work/err.txt"; then
+    echo "deployment install: python -m $* exited $rc (expected $expected)"; cat "$work/out.txt" "$work/err.txt"; exit 1
+  fi
+  echo "deployment install: python -m $* -> exit $rc"
+}
+deploy 0 pipeline.bundle verify tiny_cnn.tar
+deploy 0 pipeline.bundle inspect tiny_cnn.tar
+deploy 0 pipeline.bundle bench tiny_cnn.tar --iterations 5 --warmup 1 --warmup-seconds 0
+deploy 0 pipeline.bundle coldstart tiny_cnn.tar --repeats 1
+deploy 0 pipeline.bundle keygen signer.pem signer.pub.pem
+deploy 0 pipeline.bundle sign tiny_cnn.tar --key signer.pem
+PIPELINE_TRUSTED_KEYS=signer.pub.pem PIPELINE_REQUIRE_SIGNATURE=1 deploy 0 pipeline.bundle verify tiny_cnn.tar
+grep -q "signature: signed, verified with signer.pub.pem" "$work/out.txt" || { cat "$work/out.txt"; exit 1; }
+deploy 1 pipeline.bundle warm tiny_cnn.tar   # an export bundle has no engines to warm: one line
+grep -q "not a TensorRT bundle" "$work/err.txt" || { cat "$work/err.txt"; exit 1; }
+deploy 0 pipeline.serve export-triton tiny_cnn.tar "$work/repository"
+deploy 1 pipeline.serve tiny_cnn.tar --port 0   # tritonserver comes with the serve extra
+grep -q "pip install 'trt-pipeline\[serve\]'" "$work/err.txt" || { cat "$work/err.txt"; exit 1; }
+
+echo "== the same wheel with the serve extra: tritonserver serves the bundle"
+"$work/venv/bin/python" -m pip install -q $(versions torch) "$wheel[serve]"
+"$work/venv/bin/python" -m pipeline.serve tiny_cnn.tar --port 0 >"$work/serve.txt" 2>"$work/serve-err.txt" &
+server=$!
+for _ in $(seq 120); do grep -q "^ready:" "$work/serve.txt" && break; sleep 0.5; done
+url=$(sed -n 's/^url: //p' "$work/serve.txt")
+[ -n "$url" ] || { kill "$server"; cat "$work/serve.txt" "$work/serve-err.txt"; exit 1; }
+deploy 0 pipeline.serve check "$url" tiny_cnn.tar
+kill -TERM "$server"
+wait "$server" || { echo "serve exited $? after SIGTERM"; cat "$work/serve-err.txt"; exit 1; }
+echo "deployment install: served $url, golden sets answered, stopped cleanly on SIGTERM"
+
 if "$work/venv/bin/python" -m pipeline model=tiny_cnn 2>"$work/err.txt"; then
   echo "python -m pipeline must refuse without the build extra"; exit 1
 fi

@@ -12,24 +12,24 @@ from typing import Any
 from rich.console import Console
 
 from pipeline.bundle.coldstart import measure_cold_start
-from pipeline.bundle.pack import Compression, pack_bundle
-from pipeline.bundle.store import BundleStore
+from pipeline.bundle.pack import Compression, pack_bundle, sign_path
 from pipeline.config.schema import BenchConfig
 from pipeline.console import console, summary_table
 from pipeline.errors import BundleError, PipelineError
+from pipeline.runtime.archive import release_unpacked
 from pipeline.runtime.format import Manifest
-from pipeline.runtime.loader import open_bundle, verify_bundle
+from pipeline.runtime.loader import load_bundle, open_bundle, verify_loaded
 from pipeline.runtime.policy import RuntimeConfig
 from pipeline.runtime.tensorrt import CPP_RUNTIME, OWN_RUNNER
-from pipeline.runtime.trust import TrustPolicy, generate_key_pair, sign_bundle
+from pipeline.runtime.trust import SignatureCheck, generate_key_pair
 
 # What a command was asked for (the inspect table) goes to stdout, so it can be piped or saved;
 # progress and errors go to stderr through ``console``.
 stdout_console = Console(highlight=False, soft_wrap=True)
 
 
-def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
-    """The manifest as label/value rows."""
+def inspect_rows(manifest: Manifest, signature: SignatureCheck | None = None) -> list[tuple[str, str]]:
+    """The manifest as label/value rows (and the signature check, where one ran)."""
     runtime = manifest.runtime
     applied = "applied" if runtime.get("applied") else f"NOT applied: {runtime.get('reason', '')}"
     verification = manifest.verification
@@ -47,6 +47,7 @@ def inspect_rows(manifest: Manifest) -> list[tuple[str, str]]:
             for e in manifest.engines
         ),
         ("verification", "PASS" if verification.get("passed") else "FAIL"),
+        *((("signature", signature.describe()),) if signature is not None else ()),
         ("weights", json.dumps(manifest.weights, sort_keys=True)),
         ("inputs", ", ".join(_describe_input(i) for i in manifest.inputs)),
         (
@@ -100,15 +101,18 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+def _read_key(key: str) -> bytes:
+    try:
+        return Path(key).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"--key {key}: {exc.strerror or exc}") from None
+
+
 def _warm(path: str, out: str | None, key: str | None, device: str | None) -> None:
     """Warm a bundle; the bundle to deploy goes to stdout, what happened to stderr."""
     from pipeline.bundle.warm import warm_bundle
 
-    try:
-        key_pem = Path(key).read_bytes() if key else None
-    except OSError as exc:
-        raise BundleError(f"--key {key}: {exc.strerror or exc}") from None
-    result = warm_bundle(path, out, key_pem, device)
+    result = warm_bundle(path, out, _read_key(key) if key else None, device)
     key_text = ", ".join(f"{k}={v}" for k, v in sorted(result.cache_key.items()))
     if not result.written:
         console.print(f"{path}: its runtime cache already matches this host ({key_text}); nothing written")
@@ -171,15 +175,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warm", help="write a verified copy of a TensorRT-RTX bundle with a runtime cache for this host"
     )
     warm.add_argument("path")
-    warm.add_argument("--out", help="directory to write (new; default: beside the source, -warm-sm<SM>)")
+    warm.add_argument(
+        "--out",
+        help="bundle to write (new; default: beside the source, -warm-sm<SM>; .tar/.tar.gz: an archive)",
+    )
     warm.add_argument("--key", help="ed25519 private key (PEM) to sign the copy with (default: unsigned)")
     warm.add_argument("--device", help="GPU to warm for, e.g. cuda:1 (default: the current one)")
     keygen = commands.add_parser("keygen", help="make an ed25519 key pair for signing bundles")
     keygen.add_argument("private", help="private key file to write (PEM, mode 600)")
     keygen.add_argument("public", help="public key file to write (PEM): give it to hosts to trust")
-    sign = commands.add_parser("sign", help="sign a bundle directory's manifest (writes manifest.sig)")
+    sign = commands.add_parser(
+        "sign", help="sign a bundle (a directory in place; an archive written again, atomically)"
+    )
     sign.add_argument("path")
     sign.add_argument("--key", required=True, help="ed25519 private key (PEM)")
+    sign.add_argument("--out", help="archives: write the signed archive here instead of in place")
     gc = commands.add_parser("gc", help="remove staging directories left by builders that died")
     gc.add_argument("artifacts", nargs="?", default="artifacts")
     args = parser.parse_args(argv)
@@ -188,11 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             compression = Compression(args.compression) if args.compression else None
             print(pack_bundle(args.path, args.output, compression))
         elif args.command == "inspect":
-            _, manifest, _ = open_bundle(args.path)
+            opened = open_bundle(args.path)
+            release_unpacked(opened.root)
             if args.json:
-                print(manifest.to_json(), end="")
+                print(opened.manifest.to_json(), end="")
             else:
-                stdout_console.print(summary_table(inspect_rows(manifest), title=str(args.path)))
+                rows = inspect_rows(opened.manifest, opened.signature)
+                stdout_console.print(summary_table(rows, title=str(args.path)))
         elif args.command == "coldstart":
             figures = measure_cold_start(args.path, args.repeats, args.runtime_cache)
             rows = [(key, f"{value:.3f}") for key, value in figures["median"].items()]
@@ -205,9 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             generate_key_pair(Path(args.private), Path(args.public))
             print(args.public)
         elif args.command == "sign":
-            root, _, _ = open_bundle(args.path, TrustPolicy())
-            print(sign_bundle(root, Path(args.key).read_bytes()))
+            signed = sign_path(args.path, _read_key(args.key), args.out)
+            console.print(f"signature: {signed.signature.describe()}")
+            print(signed.path)
         elif args.command == "gc":
+            from pipeline.bundle.store import BundleStore  # the build side's store (filelock)
+
             store = BundleStore(args.artifacts)
             removed_dirs = store.collect_garbage()
             for removed in removed_dirs:
@@ -229,8 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json_path:
                 _write_json(Path(args.json_path), bench_report.to_dict())
         else:
-            report = verify_bundle(args.path)
-            print(report.summary())
+            loaded = load_bundle(args.path)
+            try:
+                report = verify_loaded(loaded)
+                print(report.summary())
+                print(f"signature: {loaded.signature.describe()}")
+            finally:
+                loaded.close()
             return 0 if report.passed else 1
     except PipelineError as error:
         console.print(f"[red]error:[/] {error}")

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.bundle.pack import compression_for_name, write_archive
 from pipeline.errors import BundleError, ConfigError
 from pipeline.runtime.archive import is_archive, release_unpacked
 from pipeline.runtime.base import SavedArtifact
@@ -60,7 +61,7 @@ from pipeline.runtime.loader import (
     verify_loaded,
 )
 from pipeline.runtime.policy import RuntimeCacheMode, RuntimeConfig
-from pipeline.runtime.trust import TrustPolicy, sign_bundle, signing_key
+from pipeline.runtime.trust import TrustPolicy, public_key_pem, sign_bundle, signing_key
 from pipeline.runtime.types import BackendKind
 
 RTX_BUILD = "tensorrt-rtx"
@@ -125,14 +126,20 @@ def warming_policy(policy: RuntimeConfig) -> RuntimeConfig:
     return dataclasses.replace(policy, runtime_cache=RuntimeCacheMode.on)
 
 
-def warm_directory_name(source: Path, environment: dict[str, str]) -> str:
-    """``<bundle>-warm-sm<SM>``: the default name of a warmed copy (archives lose their suffix)."""
-    name = source.name
-    for suffix in _ARCHIVE_SUFFIXES:
-        if is_archive(source) and name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return f"{name}{WARM_SUFFIX}{environment.get('sm', 'unknown').replace('.', '')}"
+def warm_target_name(source: Path, environment: dict[str, str]) -> str:
+    """``<bundle>-warm-sm<SM>``: the default name of a warmed copy; an archive's copy is an
+    archive of the same kind (``<bundle>-warm-sm<SM>.tar``)."""
+    name, suffix = split_archive_suffix(source)
+    return f"{name}{WARM_SUFFIX}{environment.get('sm', 'unknown').replace('.', '')}{suffix}"
+
+
+def split_archive_suffix(path: Path) -> tuple[str, str]:
+    """``path``'s name without its archive suffix, and the suffix ('' for a directory)."""
+    if is_archive(path):
+        for suffix in _ARCHIVE_SUFFIXES:
+            if path.name.endswith(suffix):
+                return path.name[: -len(suffix)], suffix
+    return path.name, ""
 
 
 def write_runtime_cache(
@@ -163,20 +170,6 @@ def copy_bundle(root: Path, target: Path) -> None:
     (target / SIGNATURE_NAME).unlink(missing_ok=True)
 
 
-def public_key_pem(private_key_pem: bytes) -> bytes:
-    """The PEM public key of an ed25519 private key (to check the new signature with)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    key = load_pem_private_key(private_key_pem, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise BundleError("signing key is not an ed25519 private key")
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def warm_bundle(
     source: str | Path,
     out: str | Path | None = None,
@@ -185,13 +178,15 @@ def warm_bundle(
     trust: TrustPolicy | None = None,
 ) -> WarmResult:
     """Write a verified copy of the TensorRT-RTX bundle ``source`` (directory or archive) with a
-    runtime cache for this host, at ``out`` (default: beside the source, ``-warm-sm<SM>``), signed
+    runtime cache for this host, at ``out`` (default: beside the source, ``-warm-sm<SM>``; an
+    archive when ``out``'s name, or the source, is one), signed
     with ``private_key_pem`` if given. The source is only read. Raises :class:`BundleError` with one
     line when the bundle cannot be warmed here, or the target exists."""
     if private_key_pem is not None:
         signing_key(private_key_pem)  # a bad key is said now, not after the kernels compiled
     source = Path(source).resolve()
-    root, manifest, _ = open_bundle(source, trust)
+    opened = open_bundle(source, trust)
+    root, manifest = opened.root, opened.manifest
     try:
         return _warm_opened(source, root, manifest, out, private_key_pem, device)
     finally:
@@ -222,7 +217,7 @@ def _warm_opened(
     key = cache_key(environment)
     if manifest.runtime_cache and not cache_mismatch(manifest.runtime_cache.get("key", {}), environment):
         return WarmResult(path=source, written=False, cache_key=key)
-    target = Path(out) if out is not None else source.with_name(warm_directory_name(source, environment))
+    target = Path(out) if out is not None else source.with_name(warm_target_name(source, environment))
     if target.resolve().is_relative_to(root.resolve()):
         raise BundleError(f"{target}: inside the source bundle; warm never writes into the source")
     if target.exists():
@@ -232,7 +227,8 @@ def _warm_opened(
     # warm leaves no half-made bundle, and nothing is written to a shared temporary directory.
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        copy = staging / "bundle"
+        # Named as the bundle will be: an archive's top directory carries the name.
+        copy = staging / split_archive_suffix(target)[0]
         copy_bundle(root, copy)
         # What was copied must be what open_bundle verified (the source may be shared storage
         # that changes meanwhile): the same manifest, every file with the sha256 it lists.
@@ -260,7 +256,10 @@ def _warm_opened(
             )
         if target.exists():
             raise BundleError(f"{target}: appeared while warming; warm never overwrites")
-        copy.rename(target)
+        if is_archive(target):
+            write_archive(copy, target, compression_for_name(target))
+        else:
+            copy.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return WarmResult(

@@ -167,7 +167,8 @@ def refit_bundle(
     engines disagree with eager PyTorch.
     """
     source = str(Path(weights).expanduser().resolve())
-    root, manifest, parent_files = open_bundle(bundle, trust)
+    opened = open_bundle(bundle, trust)
+    root, manifest, parent_files = opened.root, opened.manifest, opened.files
     check_refittable(manifest, source)
     config = rebuild_config(manifest)
     clock = StageClock()

@@ -12,6 +12,7 @@ stages, model zoo), no Hydra or omegaconf.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from pipeline.runtime.format import (
 from pipeline.runtime.loaded import LoadedModel, resolve_device
 from pipeline.runtime.policy import RuntimeConfig, as_policy
 from pipeline.runtime.tensorrt import tensorrt_unavailable_reason
-from pipeline.runtime.trust import TrustPolicy, check_signature
+from pipeline.runtime.trust import SignatureCheck, TrustPolicy, check_signature
 from pipeline.runtime.types import BackendKind, DType, InputSpec, Precision, Tolerance
 from pipeline.timing import Stopwatch
 
@@ -55,6 +56,8 @@ class LoadedBundle(LoadedModel):
         self.load_seconds: dict[str, float] = {}
         #: The host fingerprint the bundle was checked against (of the model's device).
         self.host: dict[str, str] = {}
+        #: What the signature check found (signed by which trusted key, or unsigned).
+        self.signature = SignatureCheck()
         super().__init__(**kwargs)
 
     @property
@@ -64,6 +67,7 @@ class LoadedBundle(LoadedModel):
             "bundle": self.manifest.bundle_id,
             "device": str(self.device),
             "host": dict(self.host),
+            "signature": self.signature.describe(),
             "policy": self.policy_report.manifest_record(),
             "engines": {} if self.closed else self.backend.load_details(self._open_module()),
             "seconds": dict(self.load_seconds),
@@ -75,24 +79,37 @@ class LoadedBundle(LoadedModel):
         release_unpacked(self.root)
 
 
-def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> tuple[Path, Manifest, VerifiedFiles]:
+@dataclass(frozen=True)
+class OpenedBundle:
+    """A bundle checked by :func:`open_bundle` (nothing deserialized): where its files are, its
+    manifest, the verified bytes of its model files and what its signature check found."""
+
+    root: Path
+    manifest: Manifest
+    files: VerifiedFiles
+    signature: SignatureCheck
+
+
+def open_bundle(path: str | Path, trust: TrustPolicy | None = None) -> OpenedBundle:
     """Locate (unpacking an archive safely), read and check a bundle; deserialize nothing.
 
     Checks, in order: the manifest parses and matches its own digest; every listed file has its
     size and sha256 and nothing unlisted is present; the signature, under the host's trust policy
     (``PIPELINE_TRUSTED_KEYS``, ``PIPELINE_REQUIRE_SIGNATURE``) unless ``trust`` is given.
-    Returns the verified contents of the model's files: they are read (and hashed) once, here.
+    The model's files are read (and hashed) once, here. An archive's unpacked copy is removed by
+    :func:`pipeline.runtime.archive.release_unpacked` (at exit at the latest).
     """
+    # The host's policy first: a trust configuration that cannot be read refuses everything.
+    policy = trust if trust is not None else TrustPolicy.from_environment()
     root = _as_directory(Path(path))
     try:
         manifest, manifest_bytes = read_manifest_as_written(root)
         files = check_files(root, manifest, saved_artifact(manifest).files)
-        policy = trust if trust is not None else TrustPolicy.from_environment()
-        check_signature(root, policy, manifest_bytes)  # over the bytes read, as they were signed
+        signature = check_signature(root, policy, manifest_bytes)  # over the bytes read, as signed
     except BaseException:
         release_unpacked(root)
         raise
-    return root, manifest, files
+    return OpenedBundle(root, manifest, files, signature)
 
 
 def load_bundle(
@@ -114,7 +131,8 @@ def load_bundle(
     """
     watch = Stopwatch()
     with watch.lap("open and verify"):
-        root, manifest, files = open_bundle(path, trust)
+        opened = open_bundle(path, trust)
+    root, manifest, files = opened.root, opened.manifest, opened.files
     try:
         policy = recorded_policy(manifest) if runtime is None else runtime
         target = resolve_device(device) if device is not None else default_device(manifest)
@@ -128,6 +146,7 @@ def load_bundle(
         release_unpacked(root)
         raise
     loaded.host = host
+    loaded.signature = opened.signature
     loaded.load_seconds = watch.seconds
     return loaded
 

@@ -348,7 +348,8 @@ def golden_requests(
     from pipeline.runtime.types import Tolerance
     from pipeline.serve.triton_config import output_name
 
-    root, manifest, _ = open_bundle(bundle)
+    opened = open_bundle(bundle)
+    root, manifest = opened.root, opened.manifest
     try:
         tensors = load_file(str(root / GOLDEN_NAME))
     finally:

@@ -131,7 +131,8 @@ def build_app(bundle: Path, replicas: int = 1) -> tuple[Any, dict[str, Any]]:
     import ray
     from ray import serve
 
-    root, manifest, _ = open_bundle(bundle)
+    opened = open_bundle(bundle)
+    root, manifest = opened.root, opened.manifest
     try:
         config = triton_config(manifest, read_golden_shapes(root))
     finally:

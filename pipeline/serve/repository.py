@@ -52,7 +52,8 @@ def export_triton(
     ``repository``; refuses a bundle that fails its integrity or signature checks, and a model
     directory that already exists."""
     source = Path(bundle)
-    root, manifest, _ = open_bundle(source)
+    opened = open_bundle(source)
+    root, manifest = opened.root, opened.manifest
     try:
         config = triton_config(
             manifest, read_golden_shapes(root), instances_per_device=instances_per_device, gpus=gpus

@@ -315,7 +315,8 @@ def bench_bundle(path: str | Path, runtime: str | None, settings: BenchConfig) -
     from pipeline.runtime.policy import as_policy
     from pipeline.runtime.types import Precision
 
-    root, manifest, _ = open_bundle(path)
+    opened = open_bundle(path)
+    root, manifest = opened.root, opened.manifest
     policy = as_policy(runtime) if runtime else recorded_policy(manifest)
     specs = input_specs(manifest)
     inputs = make_inputs(specs, 0, Precision(manifest.precision), default_device(manifest))

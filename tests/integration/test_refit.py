@@ -221,7 +221,8 @@ def test_refit_publishes_verified_bundle_recording_parent_and_new_weights_when_r
     parent = read_manifest(refittable)
     result = refit_bundle(refittable, new_weights, artifacts_dir=tmp_path / "out")
 
-    root, manifest, _ = open_bundle(result.bundle.path)
+    opened = open_bundle(result.bundle.path)
+    root, manifest = opened.root, opened.manifest
     new_model = tiny_bert(seed=7)
     assert manifest.weights["refit_from"] == {
         "bundle_id": parent.bundle_id,

@@ -35,7 +35,7 @@ def assert_four_verified_bundles(tmp_path: Path, sweep_dir: Path) -> None:
         "tiny_cnn-fp32-standard-export",
     ]
     for bundle in bundles:
-        _, manifest, _ = open_bundle(bundle)
+        manifest = open_bundle(bundle).manifest
         assert manifest.verification["passed"]
     rows = summary_rows(sweep_dir)
     assert len(rows) == 4 and {row[2] for row in rows} == {"ok"} and {row[4] for row in rows} == {"PASS"}

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import load_bundle
 from pipeline.config import BackendKind
+from pipeline.errors import PipelineError
 from pipeline.runtime.compat import compatibility_problems
 from pipeline.runtime.format import SIGNATURE_NAME
 from pipeline.runtime.trust import TrustPolicy, generate_key_pair, sign_bundle
@@ -204,3 +205,75 @@ def test_tensorrt_bundle_is_refused_cleanly_when_host_has_no_gpu(
         lambda: load_bundle(root), mentions="TensorRT engines", untouched=lambda: calls == []
     )
     assert calls == [] and check.wrongly_accepted == 0
+
+
+def _not_a_key(directory: Path) -> Path:
+    path = directory / "notes.pem"
+    path.write_text("-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----\n")
+    return path
+
+
+def _rsa_key(directory: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = directory / "rsa.pem"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return path
+
+
+# (label, what PIPELINE_TRUSTED_KEYS names, given a scratch directory)
+UNREADABLE_TRUST: list[tuple[str, Callable[[Path], Path]]] = [
+    ("missing file", lambda d: d / "typo" / "trusted.pem"),
+    ("empty directory", lambda d: (d / "empty").mkdir() or d / "empty"),
+    ("not a PEM key", _not_a_key),
+    ("an RSA key", _rsa_key),
+]
+
+
+@pytest.mark.parametrize("label", [label for label, _ in UNREADABLE_TRUST])
+def test_load_bundle_refuses_every_bundle_in_one_line_when_the_trust_source_cannot_be_read(
+    label: str,
+    cnn_bundle: PublishedBundle,
+    tmp_path: Path,
+    keys: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Callable[[str], Tally],
+) -> None:
+    trust_path = dict(UNREADABLE_TRUST)[label](tmp_path)
+    signed = signed_copy(cnn_bundle, tmp_path, keys["trusted"])
+    monkeypatch.setenv("PIPELINE_TRUSTED_KEYS", str(trust_path))
+    calls = spy_deserializers(monkeypatch)
+    check = tally("trust source unreadable (missing, empty, not a key): fails closed")
+    for bundle in (signed, cnn_bundle.path):  # signed or not: nothing loads on a broken trust setup
+        message = check.expect_rejected(
+            lambda bundle=bundle: load_bundle(bundle), mentions=str(trust_path), untouched=lambda: calls == []
+        )
+        assert message and "\n" not in message and "PIPELINE_TRUSTED_KEYS" in message, message
+
+
+def test_load_bundle_refuses_in_one_line_when_require_signature_is_neither_true_nor_false(
+    cnn_bundle: PublishedBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPELINE_REQUIRE_SIGNATURE", "sometimes")
+    with pytest.raises(PipelineError, match="PIPELINE_REQUIRE_SIGNATURE='sometimes'"):
+        load_bundle(cnn_bundle.path)
+
+
+def test_loaded_bundle_names_the_key_that_verified_it_when_signed_and_trusted(
+    cnn_bundle: PublishedBundle, tmp_path: Path, keys: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "release.pem").write_bytes(keys["trusted.pub"])
+    monkeypatch.setenv("PIPELINE_TRUSTED_KEYS", str(tmp_path / "keys"))
+    root = signed_copy(cnn_bundle, tmp_path, keys["trusted"])
+    with load_bundle(root) as loaded:
+        assert loaded.signature.verified_by.startswith(str(tmp_path / "keys" / "release.pem"))
+        assert "sha256:" in loaded.load_report["signature"]
+    with load_bundle(cnn_bundle.path) as unsigned:
+        assert unsigned.signature.describe() == "unsigned"

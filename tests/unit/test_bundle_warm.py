@@ -20,8 +20,8 @@ from pipeline.bundle import __main__ as bundle_tool
 from pipeline.bundle.warm import (
     copy_bundle,
     warm_bundle,
-    warm_directory_name,
     warm_refusal,
+    warm_target_name,
     write_runtime_cache,
 )
 from pipeline.errors import BundleError
@@ -113,13 +113,13 @@ def test_warm_refusal_names_the_backend_when_the_bundle_is_an_export() -> None:
     assert refusal == "not a TensorRT bundle (backend export): it has no engines to warm"
 
 
-def test_warm_directory_name_ends_in_the_host_sm_when_made_from_a_directory_or_archive(
+def test_warm_target_name_ends_in_the_host_sm_and_keeps_the_archive_kind_when_made_from_an_archive(
     tmp_path: Path,
 ) -> None:
     archive = tmp_path / "bert-fp16-standard-tensorrt-0123.tar.gz"
     archive.write_bytes(b"")
-    assert warm_directory_name(tmp_path / "bert-x-0123", HOST) == "bert-x-0123-warm-sm86"
-    assert warm_directory_name(archive, HOST) == "bert-fp16-standard-tensorrt-0123-warm-sm86"
+    assert warm_target_name(tmp_path / "bert-x-0123", HOST) == "bert-x-0123-warm-sm86"
+    assert warm_target_name(archive, HOST) == "bert-fp16-standard-tensorrt-0123-warm-sm86.tar.gz"
 
 
 def test_write_runtime_cache_signs_a_copy_and_leaves_the_source_alone_when_given_a_key(
@@ -137,7 +137,7 @@ def test_write_runtime_cache_signs_a_copy_and_leaves_the_source_alone_when_given
     assert (target / RUNTIME_CACHE_NAME).read_bytes() == b"kernels"
     assert read_manifest(target).files == describe_files(target)
     assert manifest.bundle_id == read_manifest(bundle_copy).bundle_id  # same engines, same id
-    _, opened, _ = open_bundle(target, TrustPolicy(trusted_keys=(public,), require_signature=True))
+    opened = open_bundle(target, TrustPolicy(trusted_keys=(public,), require_signature=True)).manifest
     assert opened.runtime_cache["key"] == KEY
 
 
@@ -162,7 +162,8 @@ def test_write_runtime_cache_replaces_the_shipped_cache_when_the_copy_had_one(
     copy_bundle(bundle_copy, target)
     write_runtime_cache(target, b"built-host kernels", {**KEY, "sm": "9.0"})
     write_runtime_cache(target, b"this host's kernels", KEY)
-    _, manifest, files = open_bundle(target, TrustPolicy())
+    opening = open_bundle(target, TrustPolicy())
+    manifest, files = opening.manifest, opening.files
     assert manifest.runtime_cache["key"] == KEY
     assert files.read(RUNTIME_CACHE_NAME) == b"this host's kernels"
 

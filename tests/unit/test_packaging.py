@@ -12,5 +12,10 @@ def test_pyproject_lists_every_package_directory_when_wheel_is_built() -> None:
     in_tree = {
         ".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "pipeline").rglob("__init__.py")
     }
-    assert set(setuptools["packages"]) == in_tree | {"pipeline.conf"}
+    config_groups = {
+        ".".join(("pipeline", "conf", *path.relative_to(REPO / "conf").parts))
+        for path in (REPO / "conf").rglob("*")
+        if path.is_dir()
+    }
+    assert set(setuptools["packages"]) == in_tree | {"pipeline.conf"} | config_groups
     assert setuptools["package-dir"] == {"pipeline.conf": "conf"}

@@ -36,7 +36,8 @@ def test_open_bundle_verifies_the_signature_when_the_bundle_predates_a_manifest_
     private, trust = keys
     rewrite(bundle_copy, lambda data: data.pop("runtime_cache", None))  # as written before caches
     sign_bundle(bundle_copy, private)
-    root, manifest, _ = open_bundle(bundle_copy, trust)
+    opened = open_bundle(bundle_copy, trust)
+    root, manifest = opened.root, opened.manifest
     release_unpacked(root)
     assert manifest.runtime_cache == {}
 

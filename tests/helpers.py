@@ -177,3 +177,21 @@ def tree_digest(root: Path) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+class TiedOutputModel(nn.Module):
+    """Returns one tensor under two names (tied outputs, as Hugging Face models do with aliases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 8 * 8, 5)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.head(torch.flatten(images, 1))
+        return {"logits": logits, "scores": logits, "hidden": images.mean(dim=1)}
+
+
+def tied_output_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
+    """Factory for ``model.architecture._target_=tests.helpers.tied_output_model``."""
+    torch.manual_seed(weights.seed)
+    return TiedOutputModel().eval()

@@ -305,14 +305,27 @@ def _golden_prefix(set_name: str) -> str:
 
 
 def golden_tensors(input_names: Sequence[str], sets: Mapping[str, GoldenSet]) -> dict[str, Any]:
-    """The contents of ``golden.safetensors`` for golden sets by name (``opt`` first)."""
+    """The contents of ``golden.safetensors`` for golden sets by name (``opt`` first).
+
+    Every entry owns its memory: a model that returns one tensor under two names (tied outputs)
+    gets a copy for each name, since safetensors refuses tensors that share storage.
+    """
     tensors: dict[str, Any] = {}
+    storages: set[int] = set()
+
+    def owned(tensor: Any) -> Any:
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.untyped_storage().data_ptr() in storages:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        return tensor
+
     for set_name, (inputs, outputs) in sets.items():
         prefix = _golden_prefix(set_name)
         for name, tensor in zip(input_names, inputs, strict=True):
-            tensors[f"{prefix}{GOLDEN_INPUT_PREFIX}{name}"] = tensor.detach().cpu().contiguous()
+            tensors[f"{prefix}{GOLDEN_INPUT_PREFIX}{name}"] = owned(tensor)
         for index, tensor in enumerate(outputs):
-            tensors[f"{prefix}{GOLDEN_OUTPUT_PREFIX}{index}"] = tensor.detach().cpu().contiguous()
+            tensors[f"{prefix}{GOLDEN_OUTPUT_PREFIX}{index}"] = owned(tensor)
     return tensors
 
 

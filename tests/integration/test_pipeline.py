@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 
 from pipeline import load_bundle
 from pipeline.bundle.pack import Compression, pack_bundle
-from pipeline.config import Stage, config_dict
+from pipeline.config import Stage, WeightsConfig, config_dict
 from pipeline.errors import BundleError, ConfigError, InputValidationError, VerificationError
 from pipeline.models import make_inputs, state_dict_digest
 from pipeline.runtime.format import MANIFEST_NAME, read_manifest
 from pipeline.runtime.loader import verify_bundle
 from pipeline.stages.compile import COMPILE_CACHE, CompileCache
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import flip_byte, run
+from tests.helpers import flip_byte, run, tied_output_model
 
 CPU_CASES = [("tiny_cnn", "fp32"), ("tiny_cnn", "fp16"), ("tiny_bert", "fp32"), ("tiny_bert", "fp16")]
 
@@ -275,3 +275,27 @@ def test_pipeline_names_the_input_whose_values_the_model_cannot_index_when_built
         run(tmp_path, "model=tiny_bert", "model.inputs.0.high=5000", "model.inputs.0.max_value=null")
     assert "token_type_ids" not in str(caught.value)
     assert not (tmp_path / "bundles").exists() or not any((tmp_path / "bundles").iterdir())
+
+
+TIED = (
+    "model=tiny_cnn",
+    "model.name=tied",
+    "model.architecture._target_=tests.helpers.tied_output_model",
+    "~model.architecture.channels",
+    "~model.architecture.num_classes",
+    "model.inputs.0.shape=[2,3,8,8]",
+    "model.inputs.0.min_shape=[1,3,8,8]",
+    "model.inputs.0.max_shape=[4,3,8,8]",
+)
+
+
+def test_pipeline_publishes_and_loaded_model_answers_every_name_when_outputs_are_tied(tmp_path: Path) -> None:
+    result = run(tmp_path, *TIED)
+    assert result.bundle is not None and verify_bundle(result.bundle.path).passed
+    with load_bundle(result.bundle.path) as model:
+        images = torch.rand(3, 3, 8, 8)
+        outputs = model(images)
+        assert outputs.names == ("logits", "scores", "hidden")
+        eager = tied_output_model(WeightsConfig(seed=0))(images)
+        for name in ("logits", "scores"):
+            assert torch.allclose(outputs[name], eager[name], atol=1e-5), name

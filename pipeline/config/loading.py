@@ -261,11 +261,24 @@ def _validate_model(config: PipelineConfig) -> None:
         high = spec.max_shape or spec.shape
         if any(not lo <= d <= hi for lo, d, hi in zip(low, spec.shape, high, strict=True)):
             raise ConfigError(f"{key}: need min_shape <= shape <= max_shape in every dimension")
+        if spec.padding is not None:
+            _validate_padding(spec, key)
+            continue
         if spec.low >= spec.high:
             raise ConfigError(f"{key}: value range needs low < high")
         if spec.dtype in (DType.int32, DType.int64) and spec.low != int(spec.low):
             raise ConfigError(f"{key}: integer inputs need a whole-number low bound")
         _validate_value_range(spec, key)
+
+
+def _validate_padding(spec: InputSpec, key: str) -> None:
+    """A padding mask: 0s and 1s (integer or bool) over a last dimension; its values need no range."""
+    if spec.dtype in (DType.float16, DType.float32):
+        raise ConfigError(f"{key}.padding: a padding mask is int32, int64 or bool, not {spec.dtype.value}")
+    if spec.min_value not in (None, 0) or spec.max_value not in (None, 1):
+        raise ConfigError(f"{key}.padding: a padding mask holds 0 and 1; min_value/max_value are 0 and 1")
+    if spec.dtype is not DType.bool:
+        spec.min_value, spec.max_value = 0, 1  # a call with any other value is refused
 
 
 def _validate_value_range(spec: InputSpec, key: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.runtime.policy import RuntimeConfig
 from pipeline.runtime.types import MISSING, BackendKind, InputSpec, Precision, TaskTolerance, Tolerance
 from pipeline.runtime.types import DType as DType  # re-exported: the config schema names it
+from pipeline.runtime.types import Padding as Padding
 
 
 class Identity(str, Enum):

@@ -71,6 +71,15 @@ class DType(str, Enum):
     float16 = "float16"
     int32 = "int32"
     int64 = "int64"
+    bool = "bool"
+
+
+class Padding(str, Enum):
+    """Which end of its last dimension a padding mask pads: an attention mask holds 1 (True) for
+    each row's tokens and 0 (False) for the padding after them (``right``) or before them (``left``)."""
+
+    right = "right"
+    left = "left"
 
 
 @dataclass
@@ -89,6 +98,12 @@ class InputSpec:
     all, e.g. token ids ``0..vocab_size-1``: a loaded model refuses a call outside them (see
     ``RuntimeConfig.check_value_ranges``), where an out-of-range gather would read garbage on a
     GPU or poison the process's CUDA context.
+
+    ``padding`` declares the input a padding mask over its last dimension (BERT's
+    ``attention_mask``): golden and verification sets then hold padded rows, each row a random
+    length of tokens (1s) and the rest padding (0s) on the declared side; in a batch of several
+    rows the first is full-length, as in a batch padded to its longest sequence. ``low``/``high``
+    do not apply to it. ``bool`` inputs are drawn as random True/False (or as a mask).
     """
 
     name: str = MISSING
@@ -101,6 +116,7 @@ class InputSpec:
     high: float = 1.0
     min_value: int | None = None
     max_value: int | None = None
+    padding: Padding | None = None
 
 
 @dataclass
@@ -133,6 +149,7 @@ _TORCH_DTYPES: dict[DType, torch.dtype] = {
     DType.float16: torch.float16,
     DType.int32: torch.int32,
     DType.int64: torch.int64,
+    DType.bool: torch.bool,
 }
 
 

@@ -76,10 +76,10 @@ def test_loaded_bundle_rejects_call_when_input_ids_and_token_type_ids_batches_di
     dynamic_bert: PublishedBundle,
 ) -> None:
     loaded = load_bundle(dynamic_bert.path)
-    ids, _ = make_inputs(loaded.specs, 0, sizes={"batch": 4, "seq": 12})
-    _, token_types = make_inputs(loaded.specs, 0, sizes={"batch": 3, "seq": 12})
+    ids, mask, _ = make_inputs(loaded.specs, 0, sizes={"batch": 4, "seq": 12})
+    *_, token_types = make_inputs(loaded.specs, 0, sizes={"batch": 3, "seq": 12})
     with pytest.raises(InputValidationError) as caught:
-        loaded(ids, token_types)
+        loaded(ids, mask, token_types)
     assert "'input_ids' and 'token_type_ids' must agree on dimension 'batch': 4 vs 3" in str(caught.value)
 
 
@@ -99,3 +99,37 @@ def test_loaded_bundle_returns_outputs_by_name_when_model_returns_a_dict(tmp_pat
     torch.testing.assert_close(outputs[0], expected["logits"])
     inspect = cli("pipeline.bundle", "inspect", str(result.bundle.path))
     assert "logits [2, 5] float32" in inspect.stdout and "features [2, 4]" in inspect.stdout
+
+
+def test_golden_sets_hold_padded_rows_when_the_model_declares_a_padding_mask(
+    dynamic_bert: PublishedBundle,
+) -> None:
+    golden = load_file(str(dynamic_bert.path / GOLDEN_NAME))
+    mask = golden["max/input.attention_mask"]
+    lengths = mask.sum(dim=1)
+    assert mask.shape == (8, 32) and int(lengths[0]) == 32  # padded to the longest row
+    assert int(lengths.min()) >= 1 and int(lengths.min()) < 32  # and shorter rows padded
+    # Right padding: each row's tokens come first, then only padding.
+    assert torch.equal(mask, (torch.arange(32) < lengths[:, None]).to(mask.dtype))
+
+
+def test_loaded_bundle_refuses_a_mask_value_other_than_0_and_1_when_the_input_is_a_padding_mask(
+    dynamic_bert: PublishedBundle,
+) -> None:
+    loaded = load_bundle(dynamic_bert.path)
+    ids, mask, token_types = make_inputs(loaded.specs, 0, sizes={"batch": 2, "seq": 12})
+    with pytest.raises(
+        InputValidationError, match=r"input .attention_mask.: value 2 outside the declared range 0\.\.1"
+    ):
+        loaded(ids, mask * 2, token_types)
+
+
+def test_pipeline_verifies_a_bool_padding_mask_when_the_model_takes_one(tmp_path: Path) -> None:
+    result = run(tmp_path, "model=tiny_bert_dynamic", "backend=export", "model.inputs.1.dtype=bool")
+    assert result.bundle is not None and result.verified is not None and result.verified.report.passed
+    golden = load_file(str(result.bundle.path / GOLDEN_NAME))
+    assert golden["max/input.attention_mask"].dtype == torch.bool
+    with load_bundle(result.bundle.path) as loaded:
+        ids, mask, token_types = make_inputs(loaded.specs, 5, sizes={"batch": 3, "seq": 10})
+        assert mask.dtype == torch.bool
+        loaded(ids, mask, token_types)

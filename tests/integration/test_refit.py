@@ -235,9 +235,9 @@ def test_refit_publishes_verified_bundle_recording_parent_and_new_weights_when_r
     assert manifest.verification["passed"]
 
     golden = load_file(str(root / GOLDEN_NAME))
-    inputs = (golden["input.input_ids"], golden["input.token_type_ids"])
+    names = ("input_ids", "attention_mask", "token_type_ids")
     with torch.no_grad():
-        expected = new_model(input_ids=inputs[0], token_type_ids=inputs[1]).last_hidden_state
+        expected = new_model(**{name: golden[f"input.{name}"] for name in names}).last_hidden_state
     old = load_file(str(refittable / GOLDEN_NAME))["output.0"]
     torch.testing.assert_close(golden["output.0"], expected)
     assert not torch.allclose(golden["output.0"], old, atol=1e-3)

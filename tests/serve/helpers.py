@@ -16,10 +16,20 @@ CONNECT_MARGIN_S = 0.2
 
 
 def bert_request(batch: int, seq: int, other_seq: int | None = None) -> dict[str, np.ndarray]:
+    """A tiny BERT request: token ids, a padding mask (each row one token shorter than the one
+    before, at least one token), token types (``other_seq``: a disagreeing sequence length)."""
+    lengths = np.maximum(seq - np.arange(batch), 1)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
     return {
         "input_ids": np.ones((batch, seq), np.int32),
+        "attention_mask": mask,
         "token_type_ids": np.zeros((batch, other_seq or seq), np.int32),
     }
+
+
+def renamed(request: dict[str, np.ndarray], old: str, new: str) -> dict[str, np.ndarray]:
+    """``request`` with its input ``old`` sent under the name ``new``."""
+    return {(new if name == old else name): value for name, value in request.items()}
 
 
 def descendants(pid: int) -> set[int]:

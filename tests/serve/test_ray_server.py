@@ -18,7 +18,15 @@ import pytest
 from pipeline.serve import ServeClient, check_server
 from pipeline.serve.client import RequestError
 from pipeline.stages.package import PublishedBundle
-from tests.serve.helpers import CONNECT_MARGIN_S, alive, bert_request, descendants, start_cli, wait_for_line
+from tests.serve.helpers import (
+    CONNECT_MARGIN_S,
+    alive,
+    bert_request,
+    descendants,
+    renamed,
+    start_cli,
+    wait_for_line,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -54,7 +62,7 @@ def test_ray_serve_answers_every_golden_set_within_tolerance_when_two_replicas_s
     client = ServeClient(ray_server.url)
     assert client.ready()
     metadata = client.metadata("tiny_bert_dynamic")
-    assert [i["name"] for i in metadata["inputs"]] == ["input_ids", "token_type_ids"]
+    assert [i["name"] for i in metadata["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o["name"] for o in metadata["outputs"]] == ["last_hidden_state", "pooler_output"]
     result = check_server(ray_server.url, dynamic_bert_bundle.path, timeout_s=60)
     assert [s.name for s in result.sets] == ["opt", "max", "min", "odd"]
@@ -63,15 +71,15 @@ def test_ray_serve_answers_every_golden_set_within_tolerance_when_two_replicas_s
 
 BAD_INPUTS = {
     "unknown name": (
-        {"input_idz": np.ones((1, 9), np.int32), "token_type_ids": np.zeros((1, 9), np.int32)},
+        renamed(bert_request(1, 9), "input_ids", "input_idz"),
         "no input named 'input_idz'",
     ),
     "wrong dtype": (
-        {"input_ids": np.ones((1, 9), np.int64), "token_type_ids": np.zeros((1, 9), np.int32)},
+        {**bert_request(1, 9), "input_ids": np.ones((1, 9), np.int64)},
         "input 'input_ids': dtype torch.int64, expected torch.int32",
     ),
     "wrong rank": (
-        {"input_ids": np.ones((1, 9, 1), np.int32), "token_type_ids": np.zeros((1, 9), np.int32)},
+        {**bert_request(1, 9), "input_ids": np.ones((1, 9, 1), np.int32)},
         "input 'input_ids': shape (1, 9, 1) outside the declared range",
     ),
     "dim out of range": (bert_request(1, 4), "input 'input_ids': shape (1, 4) outside the declared range"),

@@ -17,8 +17,10 @@ from tests.helpers import flip_byte, run
 
 def ids(batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, seq + 1, batch)
     return {
         "input_ids": rng.integers(0, 1000, (batch, seq), dtype=np.int32),
+        "attention_mask": (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32),
         "token_type_ids": rng.integers(0, 2, (batch, seq), dtype=np.int32),
     }
 
@@ -28,7 +30,7 @@ def test_served_bundle_answers_each_request_alone_when_one_in_a_batch_is_bad(
 ) -> None:
     served = ServedBundle.load(dynamic_bert_bundle.path, batching=True)
     good = [ids(2, 12, seed=1), ids(3, 12, seed=2), ids(1, 20, seed=3)]
-    bad = {"input_ids": good[0]["input_ids"], "token_type_ids": good[0]["token_type_ids"][:, :8]}
+    bad = {**good[0], "token_type_ids": good[0]["token_type_ids"][:, :8]}
     outcomes = served.run([good[0], bad, good[1], good[2]])
     assert outcomes[1].invalid
     assert (

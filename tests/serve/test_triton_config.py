@@ -50,6 +50,7 @@ def test_triton_config_marks_shared_dims_dynamic_when_model_is_tiny_bert_dynamic
     assert config.max_batch_size == 8 and config.batch_dim == "batch"
     assert [(t.name, t.datatype, t.dims) for t in config.inputs] == [
         ("input_ids", "INT32", (-1,)),
+        ("attention_mask", "INT32", (-1,)),
         ("token_type_ids", "INT32", (-1,)),
     ]
     # last_hidden_state follows batch and seq; pooler_output only batch; hidden size is static.

@@ -30,6 +30,7 @@ from tests.serve.helpers import (
     bert_request,
     descendants,
     processes_mentioning,
+    renamed,
     start_cli,
     wait_for_line,
 )
@@ -111,15 +112,15 @@ def test_serve_client_binary_answers_equal_json_answers_when_connection_is_kept_
 
 BAD_INPUTS = {
     "unknown name": (
-        {"input_idz": np.ones((1, 9), np.int32), "token_type_ids": np.zeros((1, 9), np.int32)},
+        renamed(bert_request(1, 9), "input_ids", "input_idz"),
         "unexpected inference input 'input_idz'",
     ),
     "wrong dtype": (
-        {"input_ids": np.ones((1, 9), np.int64), "token_type_ids": np.zeros((1, 9), np.int32)},
+        {**bert_request(1, 9), "input_ids": np.ones((1, 9), np.int64)},
         "inference input 'input_ids' data-type is 'INT64', but model 'tiny_bert_dynamic' expects 'INT32'",
     ),
     "wrong rank": (
-        {"input_ids": np.ones((1, 9, 1), np.int32), "token_type_ids": np.zeros((1, 9), np.int32)},
+        {**bert_request(1, 9), "input_ids": np.ones((1, 9, 1), np.int32)},
         "unexpected shape for input 'input_ids' for model 'tiny_bert_dynamic'",
     ),
     "dim out of range": (bert_request(1, 4), "input 'input_ids': shape (1, 4) outside the declared range"),
@@ -129,8 +130,12 @@ BAD_INPUTS = {
     ),
     "batch over maximum": (bert_request(9, 8), "batch-size must be <= 8"),
     "token id out of range": (
-        {"input_ids": np.full((1, 9), 1000, np.int32), "token_type_ids": np.zeros((1, 9), np.int32)},
+        {**bert_request(1, 9), "input_ids": np.full((1, 9), 1000, np.int32)},
         "input 'input_ids': value 1000 outside the declared range 0..999",
+    ),
+    "mask value out of range": (
+        {**bert_request(1, 9), "attention_mask": np.full((1, 9), 2, np.int32)},
+        "input 'attention_mask': value 2 outside the declared range 0..1",
     ),
 }
 

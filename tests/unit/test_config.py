@@ -83,7 +83,7 @@ def test_compose_names_key_and_suggestion_when_key_is_misspelled() -> None:
     ("override", "expected"),
     [
         ("compile.min_block_size=abc", "compile.min_block_size"),
-        ("model.inputs.0.dtype=int8", "expected one of [float32, float16, int32, int64]"),
+        ("model.inputs.0.dtype=int8", "expected one of [float32, float16, int32, int64, bool]"),
         ("backend.kind=onnx", "expected one of [auto, tensorrt, export]"),
         ("precision=fp6", "available: bf16, fp16, fp32, fp4, fp8, int4, int8, int8_weight_only"),
         ("runtime=fast", "available: cudagraphs, dynamic, preallocated, standard"),
@@ -177,7 +177,7 @@ def test_compose_names_allowed_values_and_hint_when_user_yaml_has_bad_dtype(tmp_
     message = user_model_error(tmp_path, USER_MODEL.replace("dtype: float32", "dtype: float"))
     assert message == (
         f"{tmp_path / 'model' / 'mine.yaml'}:4: model.inputs[].dtype: invalid value 'float'; "
-        "did you mean 'float32'? allowed: float32, float16, int32, int64"
+        "did you mean 'float32'? allowed: float32, float16, int32, int64, bool"
     )
 
 

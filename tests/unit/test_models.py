@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from pipeline.config import DType, InputSpec, Precision
+from pipeline.config import DType, InputSpec, Padding, Precision
 from pipeline.errors import InputValidationError
 from pipeline.models import flatten_outputs, make_inputs, state_dict_digest
 from pipeline.runtime.loaded import InputChecker
@@ -32,6 +32,23 @@ def test_make_inputs_follow_dtype_shape_and_range_when_generated() -> None:
     ids, image = make_inputs(SPECS, 0)
     assert ids.dtype == torch.int32 and ids.shape == (2, 8) and int(ids.min()) >= 0 and int(ids.max()) < 5
     assert image.dtype == torch.float32 and image.shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_make_inputs_pads_each_row_on_the_declared_side_when_an_input_is_a_padding_mask(side: str) -> None:
+    spec = InputSpec(name="mask", shape=[6, 10], dtype=DType.int32, padding=Padding(side))
+    (mask,) = make_inputs([spec], 3)
+    lengths = mask.sum(dim=1)
+    assert mask.dtype == torch.int32 and int(lengths[0]) == 10 and int(lengths.min()) >= 1
+    assert int(lengths.min()) < 10  # some rows are padded (seeded: always the same rows)
+    tokens_first = torch.arange(10) < lengths[:, None]
+    expected = tokens_first if side == "right" else tokens_first.flip(-1)
+    assert torch.equal(mask.bool(), expected)
+
+
+def test_make_inputs_draws_true_and_false_when_the_input_is_bool() -> None:
+    (flags,) = make_inputs([InputSpec(name="flags", shape=[64], dtype=DType.bool)], 0)
+    assert flags.dtype == torch.bool and bool(flags.any()) and not bool(flags.all())
 
 
 def test_make_inputs_cast_only_floating_inputs_when_precision_is_fp16() -> None:

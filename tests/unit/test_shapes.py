@@ -43,7 +43,7 @@ def test_validate_leaves_resolved_inputs_unchanged_when_run_again() -> None:
         ),
         (
             ["model.inputs.0.shape=[2,16]"],
-            "token_type_ids].shape[0] is 1, but model.inputs[input_ids] gives dimension 'batch' size 2",
+            "attention_mask].shape[0] is 1, but model.inputs[input_ids] gives dimension 'batch' size 2",
         ),
         (["model.dims.batch.opt=4"], "shape[0] is 1, but dimension 'batch' has opt 4"),
         (["model.dims.seq.max=8"], "need 1 <= min < max"),
@@ -68,8 +68,8 @@ def test_validate_rejects_declared_dimension_when_no_input_names_it() -> None:
 
 def test_dynamic_shapes_give_one_export_dim_per_name_when_inputs_share_it() -> None:
     (shapes,) = dynamic_shapes(bert_specs()) or ((),)
-    ids, token_types = shapes
-    assert ids[0] is token_types[0] and ids[1] is token_types[1]
+    ids, mask, token_types = shapes
+    assert ids[0] is token_types[0] is mask[0] and ids[1] is token_types[1] is mask[1]
     assert ids[0].__name__ == "batch" and (ids[0].min, ids[0].max) == (1, 8)
 
 
@@ -85,8 +85,8 @@ def test_shape_sets_cover_min_max_and_an_inner_size_when_dims_are_dynamic() -> N
     assert sets["min"] == {"batch": 1, "seq": 8} and sets["max"] == {"batch": 8, "seq": 32}
     odd = sets["odd"]
     assert 1 < odd["batch"] < 8 and 8 < odd["seq"] < 32 and odd["seq"] != 16
-    ids, token_types = make_inputs(bert_specs(), 0, sizes=odd)
-    assert ids.shape == token_types.shape == (odd["batch"], odd["seq"])
+    ids, mask, token_types = make_inputs(bert_specs(), 0, sizes=odd)
+    assert ids.shape == mask.shape == token_types.shape == (odd["batch"], odd["seq"])
 
 
 def test_shape_sets_are_empty_when_model_has_no_dynamic_dimension() -> None:
@@ -101,10 +101,10 @@ def test_trace_sizes_raise_a_size_one_dimension_to_two_when_it_is_dynamic() -> N
 def test_input_checker_names_both_inputs_when_a_shared_dimension_differs() -> None:
     specs = bert_specs()
     check = InputChecker(specs, Precision.fp32, torch.device("cpu"))
-    ids, token_types = make_inputs(specs, 0, sizes={"batch": 3, "seq": 20})
-    check((ids, token_types))
+    ids, mask, token_types = make_inputs(specs, 0, sizes={"batch": 3, "seq": 20})
+    check((ids, mask, token_types))
     with pytest.raises(InputValidationError) as caught:
-        check((ids, token_types[:2]))
+        check((ids, mask, token_types[:2]))
     assert (
         str(caught.value) == "inputs 'input_ids' and 'token_type_ids' must agree on dimension 'batch': 3 vs 2"
     )

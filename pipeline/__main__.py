@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from pipeline import cli
 from pipeline.config import CONFIG_DIR, register_configs
+from pipeline.signals import clean_stop
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
@@ -47,4 +48,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     register_configs()
     cli.precheck(sys.argv[1:])
-    main()
+    with clean_stop("nothing published"):
+        main()

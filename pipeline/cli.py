@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +16,14 @@ from rich.markup import escape
 from pipeline.config import compose, resolve
 from pipeline.config.loading import CONFIG_NAME
 from pipeline.console import console
-from pipeline.errors import ConfigError, PipelineError, StageFailure, StageInterrupted, first_line
+from pipeline.errors import (
+    ConfigError,
+    PipelineError,
+    StageFailure,
+    StageInterrupted,
+    StorageError,
+    first_line,
+)
 from pipeline.failures import held_torch_logs, write_failure_log, write_interrupt_log, write_torch_log
 from pipeline.runner import RunResult, print_summary, run_pipeline
 from pipeline.sweep import JobOutcome
@@ -39,15 +47,17 @@ def fail(error: PipelineError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-def explain(failure: StageFailure, log: Path) -> NoReturn:
-    """Print a failed stage as a short block (the traceback is in ``log``) and exit 1."""
+def explain(failure: StageFailure, log: Path | None) -> NoReturn:
+    """Print a failed stage as a short block (the traceback is in ``log``; None: it could not be
+    written and went to stderr above) and exit 1."""
     lines = [
         f"[red]error:[/] {escape(failure.stage)} failed for model {escape(failure.model)}",
         f"  cause: {escape(first_line(failure.cause))}",
     ]
     if failure.hint:
         lines.append(f"  hint: {escape(failure.hint)}")
-    lines.append(f"  full traceback: {escape(str(log))}")
+    where = escape(str(log)) if log is not None else "above (its log file could not be written)"
+    lines.append(f"  full traceback: {where}")
     console.print("\n".join(lines), soft_wrap=True)
     sys.exit(failure.exit_code)
 
@@ -66,14 +76,43 @@ def precheck(
     """
     config_dirs, arguments = split_config_dirs(argv)
     if any(arg.startswith("-") for arg in arguments):
+        # A sweep or Hydra's own flags: only the one directory every job writes under is checked.
+        given = [arg.split("=", 1)[1] for arg in arguments if arg.startswith("artifacts_dir=")]
+        if given and not any(char in given[-1] for char in ",*[("):
+            try:
+                check_writable_directory(Path(given[-1]), "artifacts_dir")
+            except PipelineError as error:
+                fail(error)
         return
     overrides = [arg for arg in arguments if not arg.lstrip("+~").startswith("hydra")]
     try:
-        convert(compose(overrides, config_name, config_dirs))
+        config = convert(compose(overrides, config_name, config_dirs))
+        artifacts = getattr(config, "artifacts_dir", None)
+        if isinstance(artifacts, str):
+            check_writable_directory(Path(artifacts), "artifacts_dir")
     except ConfigError as error:
         fail(ConfigError(f"{error} ({usage})") if usage else error)
     except PipelineError as error:
         fail(error)
+
+
+def check_writable_directory(path: Path, setting: str) -> None:
+    """Refuse, in one line, a ``setting`` (``artifacts_dir``) that names a file, a directory that
+    cannot be created, or one that cannot be written (read-only, full): before Hydra or any stage
+    writes there."""
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{setting}={path}: a file is there, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{setting}={path}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise StorageError(f"{setting}={path}: cannot write there ({exc.strerror or exc})") from None
 
 
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
@@ -131,9 +170,9 @@ def run(cfg: DictConfig, job: JobContext) -> None:
         log = write_interrupt_log(interrupt, job.output_dir)
         if job.multirun:
             _outcome(job, error=f"{interrupt} (traceback: {log})").write(job.output_dir)
-            raise  # Ctrl-C stops the whole sweep
+            raise  # Ctrl-C or SIGTERM stops the whole sweep
         console.print(escape(str(interrupt)), soft_wrap=True)
-        sys.exit(StageInterrupted.exit_code)
+        sys.exit(interrupt.exit_code)
     except Exception as error:
         if not job.multirun:
             raise

@@ -27,6 +27,10 @@ class BundleError(PipelineError):
     """A bundle that is malformed, tampered with, or incompatible with this host."""
 
 
+class StorageError(PipelineError):
+    """A place to write that cannot be written: not a directory, not creatable, not writable, full."""
+
+
 class InputValidationError(PipelineError, ValueError):
     """Inputs passed to a loaded model that do not match its declared input specs."""
 
@@ -54,18 +58,36 @@ class StageFailure(PipelineError):
         super().__init__(f"{stage} failed for model {model}: {first_line(cause)}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, Kubernetes, SLURM), raised where the program is while
+    :func:`pipeline.signals.sigterm_raises` is open: a ``KeyboardInterrupt``, so the same cleanup
+    as Ctrl-C runs. The command line exits with :attr:`exit_code`, the shell's code for SIGTERM."""
+
+    exit_code = 143
+    signal_name = "SIGTERM"
+
+    def __init__(self) -> None:
+        super().__init__("interrupted (SIGTERM)")
+
+
 class StageInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a pipeline stage: still a ``KeyboardInterrupt``, naming the stage it stopped.
+    """Ctrl-C or SIGTERM during a pipeline stage: still a ``KeyboardInterrupt``, naming the stage
+    it stopped and the signal.
 
     Staging is removed before it propagates, so nothing from the interrupted run is published.
-    The command line exits with :attr:`exit_code`, the shell's code for SIGINT.
+    The command line exits with :attr:`exit_code`: 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
     """
 
-    exit_code = 130
-
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, terminated: bool = False) -> None:
         self.stage = stage
-        super().__init__(f"interrupted during {stage}; nothing published")
+        self.signal_name = Terminated.signal_name if terminated else "Ctrl-C"
+        self.exit_code = Terminated.exit_code if terminated else 130
+        super().__init__(f"interrupted ({self.signal_name}) during {stage}; nothing published")
+
+
+def interrupt_exit_code(interrupt: BaseException) -> int:
+    """The shell's exit code for a stop: 143 for SIGTERM, 130 for Ctrl-C."""
+    return int(getattr(interrupt, "exit_code", 130))
 
 
 def one_line(error: BaseException) -> str:

@@ -6,6 +6,8 @@ what to suggest once it has.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import sys
 import traceback
@@ -58,12 +60,24 @@ def held_torch_logs(lines: list[str]) -> Iterator[list[str]]:
 
 
 def write_torch_log(lines: list[str], directory: Path) -> Path | None:
-    """Write torch's held log lines to ``directory``; the log's path (None when there were none)."""
+    """Write torch's held log lines to ``directory``; the log's path (None when there were none,
+    or when it could not be written: then the lines go to stderr)."""
     if not lines:
         return None
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / TORCH_LOG
-    log.write_text("\n".join(lines) + "\n")
+    return write_log(directory / TORCH_LOG, "\n".join(lines) + "\n")
+
+
+def write_log(log: Path, text: str) -> Path | None:
+    """Write ``text`` to ``log``; where that fails (a full disk, a read-only directory), write it
+    to stderr instead, saying why, and return None. A log must never hide the error it records."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(text)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            log.unlink(missing_ok=True)  # half-written at best
+        sys.stderr.write(f"({log} could not be written: {exc.strerror or exc}; its contents follow)\n{text}")
+        return None
     return log
 
 
@@ -75,6 +89,13 @@ def failure_hint(error: BaseException) -> str | None:
         block = text.split("Suggested fixes:", 1)[1].strip().split("\n\n", 1)[0]
         fixes = [line.strip() for line in block.splitlines() if line.strip()]
         return "torch.export suggests: " + "; ".join(fixes[:4])
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (
+            "no room to write (a full disk, a quota or a file size limit): free space where "
+            "artifacts_dir points, or set artifacts_dir to another disk"
+        )
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write {error.filename or 'a file'}: check the permissions of artifacts_dir"
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in lowered:
         return (
             "the GPU ran out of memory: use smaller inputs (model.inputs), free the GPU, "
@@ -99,22 +120,21 @@ def failure_hint(error: BaseException) -> str | None:
     return None
 
 
-def write_failure_log(failure: StageFailure, directory: Path, torch_lines: list[str] | None = None) -> Path:
+def write_failure_log(
+    failure: StageFailure, directory: Path, torch_lines: list[str] | None = None
+) -> Path | None:
     """Write ``failure``'s full traceback (the original exception's), after what torch logged
-    during the run, to ``directory``; its path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / FAILURE_LOG
+    during the run, to ``directory``; its path (None: it went to stderr, see :func:`write_log`)."""
     header = f"stage: {failure.stage}\nmodel: {failure.model}\nhint: {failure.hint or '-'}\n\n"
     logged = "torch logged:\n" + "\n".join(torch_lines) + "\n\n" if torch_lines else ""
-    log.write_text(header + logged + "".join(traceback.format_exception(failure.cause)))
-    return log
+    return write_log(
+        directory / FAILURE_LOG, header + logged + "".join(traceback.format_exception(failure.cause))
+    )
 
 
-def write_interrupt_log(interrupt: StageInterrupted, directory: Path) -> Path:
-    """Write where Ctrl-C stopped the run (its traceback) to ``directory``; the log's path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / FAILURE_LOG
+def write_interrupt_log(interrupt: StageInterrupted, directory: Path) -> Path | None:
+    """Write where Ctrl-C or SIGTERM stopped the run (its traceback) to ``directory``; the log's
+    path (None: it went to stderr)."""
     cause = interrupt.__cause__ or interrupt
-    header = f"stage: {interrupt.stage}\ninterrupted: Ctrl-C\n\n"
-    log.write_text(header + "".join(traceback.format_exception(cause)))
-    return log
+    header = f"stage: {interrupt.stage}\ninterrupted: {interrupt.signal_name}\n\n"
+    return write_log(directory / FAILURE_LOG, header + "".join(traceback.format_exception(cause)))

@@ -12,7 +12,7 @@ from pipeline.config import config_dict
 from pipeline.config.schema import BackendKind, PipelineConfig, Stage
 from pipeline.console import StageClock, console, summary_table
 from pipeline.environment import host_environment
-from pipeline.errors import PipelineError, StageFailure, StageInterrupted
+from pipeline.errors import PipelineError, StageFailure, StageInterrupted, Terminated
 from pipeline.failures import failure_hint
 from pipeline.identity import build_environment, pipeline_bundle_id
 from pipeline.quantization.precisions import (
@@ -66,7 +66,8 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
 
     Any other exception inside a stage comes out as :class:`StageFailure` (stage, model, the
     cause's first line, a hint where one is known; the original chained). Nothing is published.
-    Ctrl-C comes out as :class:`StageInterrupted`, a ``KeyboardInterrupt`` naming the stage.
+    Ctrl-C (and SIGTERM, under :func:`pipeline.signals.sigterm_raises`) comes out as
+    :class:`StageInterrupted`, a ``KeyboardInterrupt`` naming the stage and the signal.
     The process's compile cache is emptied on return unless a caller keeps it
     (``COMPILE_CACHE.kept()``: a sweep, the GPU suite), so no engines stay on the device.
     """
@@ -78,7 +79,8 @@ def run_pipeline(config: PipelineConfig, overrides: list[str] | None = None) -> 
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, StageInterrupted):
             raise
-        raise StageInterrupted(clock.failed or "setup") from interrupt
+        stage = clock.failed or "setup"
+        raise StageInterrupted(stage, terminated=isinstance(interrupt, Terminated)) from interrupt
     except Exception as error:
         stage = clock.failed or "setup"
         raise StageFailure(stage, config.model.name, error, failure_hint(error)) from error

@@ -10,6 +10,7 @@ directory instead of exiting; a failed job never stops the others. When the swee
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,12 @@ class JobOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def write(self, directory: Path) -> None:
-        """Write ``outcome.json`` into the job's output directory."""
-        (directory / OUTCOME_NAME).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        """Write ``outcome.json`` into the job's output directory; where it cannot be written (a
+        full disk), say so in one line: the sweep summary then counts the job as failed."""
+        try:
+            (directory / OUTCOME_NAME).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        except OSError as exc:
+            print(f"job {self.job}: {OUTCOME_NAME} not written ({exc.strerror or exc})", file=sys.stderr)
 
 
 def collect_outcomes(sweep_dir: Path) -> list[JobOutcome]:

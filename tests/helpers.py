@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,43 @@ def tied_output_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
     """Factory for ``model.architecture._target_=tests.helpers.tied_output_model``."""
     torch.manual_seed(weights.seed)
     return TiedOutputModel().eval()
+
+
+#: ``SleepyModel`` sleeps this many seconds per call (default 0) and first touches the file
+#: ``SLEEPY_MARKER`` names: a test knows when a stage is under way and can stop the process there.
+SLEEPY_SECONDS, SLEEPY_MARKER = "PIPELINE_TEST_SLEEP_S", "PIPELINE_TEST_SLEEP_MARKER"
+
+
+class SleepyModel(nn.Module):
+    """A linear head that takes its time when called for real (not while being traced)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling() and not isinstance(images, torch._subclasses.FakeTensor):
+            marker = os.environ.get(SLEEPY_MARKER)
+            if marker:
+                Path(marker).touch()
+            time.sleep(float(os.environ.get(SLEEPY_SECONDS, "0")))
+        return self.head(torch.flatten(images, 1))
+
+
+def sleepy_model(weights: WeightsConfig, **architecture: Any) -> nn.Module:
+    """Factory for ``model.architecture._target_=tests.helpers.sleepy_model``."""
+    torch.manual_seed(weights.seed)
+    return SleepyModel().eval()
+
+
+#: Overrides that make ``tiny_cnn``'s config build :class:`SleepyModel` (3x8x8 images, batch 1..4).
+SLEEPY = (
+    "model=tiny_cnn",
+    "model.name=sleepy",
+    "model.architecture._target_=tests.helpers.sleepy_model",
+    "~model.architecture.channels",
+    "~model.architecture.num_classes",
+    "model.inputs.0.shape=[2,3,8,8]",
+    "model.inputs.0.min_shape=[1,3,8,8]",
+    "model.inputs.0.max_shape=[4,3,8,8]",
+)

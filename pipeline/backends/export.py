@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -29,5 +30,9 @@ class ExportBackend(ExportRuntime, Backend):
     def save(self, compiled: CompiledModel, root: Path, specs: list[InputSpec]) -> SavedArtifact:
         target = root / self.model_file
         target.parent.mkdir(parents=True, exist_ok=True)
-        torch.export.save(compiled.artifact, str(target))
+        # Into memory first, then one plain write: torch's archive writer aborts the process (a C++
+        # exception in its destructor) when its own write to a full disk fails; this raises OSError.
+        buffer = io.BytesIO()
+        torch.export.save(compiled.artifact, buffer)
+        target.write_bytes(buffer.getbuffer())
         return SavedArtifact(model_file=self.model_file)

@@ -22,6 +22,7 @@ from pipeline.runtime.loader import load_bundle, open_bundle, verify_loaded
 from pipeline.runtime.policy import RuntimeConfig
 from pipeline.runtime.tensorrt import CPP_RUNTIME, OWN_RUNNER
 from pipeline.runtime.trust import SignatureCheck, generate_key_pair
+from pipeline.signals import clean_stop
 
 # What a command was asked for (the inspect table) goes to stdout, so it can be piped or saved;
 # progress and errors go to stderr through ``console``.
@@ -259,4 +260,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with clean_stop("nothing written"):
+        sys.exit(main())

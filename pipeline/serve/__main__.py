@@ -23,6 +23,7 @@ from types import FrameType
 from pipeline.errors import PipelineError
 from pipeline.serve.client import check_server
 from pipeline.serve.repository import export_triton, models_in
+from pipeline.signals import clean_stop
 
 
 def _gpus(text: str) -> tuple[int, ...]:
@@ -149,9 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Serving stops on SIGTERM or Ctrl-C by design (in-flight requests finish, exit 0); before the
+    # server is up, either stops the start-up cleanly (130 / 143).
+    with clean_stop("stopped before the server was ready"):
+        sys.exit(main())

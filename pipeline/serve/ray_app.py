@@ -25,11 +25,12 @@ import sys
 import tarfile
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.runtime import open_bundle
 from pipeline.runtime.archive import release_unpacked
 from pipeline.serve.client import (
@@ -44,6 +45,74 @@ from pipeline.serve.triton_config import read_golden_shapes, triton_config, v2_m
 
 #: Seconds a replica waits to stack requests that arrive together.
 BATCH_WAIT_S = 0.002
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """An HTTP answer of the v2 routes: status, body and its headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+
+    @classmethod
+    def error(cls, status: int, message: str) -> HttpAnswer:
+        """``{"error": message}`` with ``status``: 400 the caller's fault, 500 the server's."""
+        return cls(status, json.dumps({"error": message}).encode())
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> dict[str, Any] | HttpAnswer:
+    """The inputs of a v2 infer request (JSON, or Triton's binary tensor extension when
+    ``header_length`` is given), or the 400 answer saying in one line why it is malformed.
+
+    Whatever the body holds, the result is inputs or a 400: a malformed request is never the
+    server's error."""
+    try:
+        if header_length is not None:
+            length = int(header_length)
+            if not 0 < length <= len(body):
+                raise ValueError(f"{HEADER_LENGTH} {header_length} outside the body's {len(body)} bytes")
+            return decode_binary_request(body, length)
+        if not body.strip():
+            raise ValueError('empty body; expected a KServe v2 infer request: {"inputs": [...]}')
+        payload = json.loads(body)
+        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+            raise ValueError("expected a JSON object with an 'inputs' list")
+        entries = payload["inputs"]
+        if not all(isinstance(entry, dict) for entry in entries):
+            raise ValueError("each of 'inputs' must be a JSON object (name, shape, datatype, data)")
+        names = [entry.get("name") for entry in entries]
+        if len(set(map(str, names))) != len(names):
+            raise ValueError("an input is given twice")
+        return dict(decode_tensor(entry) for entry in entries)
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+        MemoryError,
+    ) as exc:
+        return HttpAnswer.error(400, f"malformed v2 request: {one_line(exc)}")
+
+
+def infer_answer(model: str, outcome: Outcome, binary: bool) -> HttpAnswer:
+    """The answer to one request: its outputs (JSON, or binary as asked), or its one-line error
+    (400: the caller's inputs, 500: the server's failure)."""
+    if outcome.error is not None:
+        return HttpAnswer.error(400 if outcome.invalid else 500, outcome.error)
+    if binary:
+        answer, length = encode_binary_answer(model, outcome.outputs)
+        return HttpAnswer(
+            200, answer, {"content-type": "application/octet-stream", HEADER_LENGTH: str(length)}
+        )
+    outputs = [encode_tensor(name, value) for name, value in outcome.outputs.items()]
+    # allow_nan=False: served answers are finite (ServedBundle refuses others); JSON has no NaN.
+    return HttpAnswer(
+        200,
+        json.dumps({"model_name": model, "model_version": "1", "outputs": outputs}, allow_nan=False).encode(),
+    )
 
 
 def bundle_archive(bundle: Path) -> bytes:
@@ -92,34 +161,16 @@ class BundleReplica:
 
     async def _infer(self, body: bytes, header_length: str | None = None) -> Any:
         """A v2 infer request, JSON or in Triton's binary tensor extension (answered the same way)."""
-        from starlette.responses import JSONResponse, Response
+        from starlette.responses import Response
 
-        try:
-            if header_length is not None:
-                inputs = decode_binary_request(body, int(header_length))
-            else:
-                payload = json.loads(body)
-                entries = payload["inputs"]
-                inputs = dict(decode_tensor(entry) for entry in entries)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return JSONResponse({"error": f"malformed v2 request: {exc}"}, status_code=400)
-        # serve.batch turns one call per request into one call per batch of requests.
-        batched: Any = self._infer_batch
-        outcome: Outcome = await batched(inputs)
-        if outcome.error is not None:
-            return JSONResponse({"error": outcome.error}, status_code=400 if outcome.invalid else 500)
-        if header_length is not None:
-            answer, length = encode_binary_answer(self.name, outcome.outputs)
-            return Response(
-                answer, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)}
-            )
-        return JSONResponse(
-            {
-                "model_name": self.name,
-                "model_version": "1",
-                "outputs": [encode_tensor(name, value) for name, value in outcome.outputs.items()],
-            }
-        )
+        parsed = parse_infer_request(body, header_length)
+        if isinstance(parsed, HttpAnswer):
+            answer = parsed
+        else:
+            # serve.batch turns one call per request into one call per batch of requests.
+            batched: Any = self._infer_batch
+            answer = infer_answer(self.name, await batched(parsed), binary=header_length is not None)
+        return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
     async def _infer_batch(self, requests: list[dict[str, Any]]) -> list[Any]:
         # Wrapped by serve.batch in build_app: the requests that arrived together, one call.

@@ -132,6 +132,11 @@ class ServedBundle:
         self.loaded.close()
 
     def _checked(self, request: Tensors) -> tuple[torch.Tensor, ...]:
+        for name, value in request.items():
+            # A NaN or Inf in a request was never verified and would come back as bare NaN tokens,
+            # which are not JSON: refused here, one line, as the caller's error.
+            if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
+                raise InputValidationError(f"input '{name}': holds NaN or Inf; send finite values")
         tensors = {name: torch.from_numpy(np.array(value)) for name, value in request.items()}
         checked = self._check(self._check.bind((), tensors))  # declared dtype and shape range
         if self.loaded.policy.check_value_ranges:
@@ -160,14 +165,14 @@ class ServedBundle:
     def _call(self, group: list[Checked]) -> list[Outcome]:
         # Inputs were checked on the host (values too): the model does not read them back again.
         if len(group) == 1:
-            return [Outcome(outputs=self._to_numpy(self._model(group[0][1])))]
+            return [_finite_outcome(self._to_numpy(self._model(group[0][1])))]
         stacked = [torch.cat(column) for column in zip(*(inputs for _, inputs in group), strict=True)]
         answers = self._to_numpy(self._model(stacked))  # one copy per output
         sizes = [inputs[0].shape[0] for _, inputs in group]
         bounds = np.cumsum(sizes)[:-1]
         pieces = {name: np.split(value, bounds) for name, value in answers.items()}
         return [
-            Outcome(outputs={name: split[position] for name, split in pieces.items()})
+            _finite_outcome({name: split[position] for name, split in pieces.items()})
             for position in range(len(group))
         ]
 
@@ -199,3 +204,12 @@ class ServedBundle:
         if self.profile is not None:
             self.profile.add("outputs", time.perf_counter() - started)
         return arrays
+
+
+def _finite_outcome(outputs: dict[str, np.ndarray]) -> Outcome:
+    """The answer, or one line where an output holds NaN or Inf (from finite inputs: the model's
+    numerics, a server-side failure): JSON has no NaN, and no answer goes out that is not JSON."""
+    for name, value in outputs.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return Outcome(error=f"output '{name}' holds NaN or Inf for these inputs; refused")
+    return Outcome(outputs=outputs)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from enum import Enum
 
 from rich.console import Console
@@ -53,3 +55,20 @@ def summary_table(rows: list[tuple[str, str]], title: str) -> Table:
     for label, value in rows:
         table.add_row(label, Text(value))
     return table
+
+
+@contextmanager
+def stderr_to_log(logger: str, out: Console = console) -> Iterator[None]:
+    """Send what the block prints to ``sys.stderr`` to ``logger`` (a warning) instead of the
+    terminal, while ``out`` keeps writing where it wrote: ``torch.export`` prints a failed trace's
+    partial graph (dozens of lines) above the failure block; it belongs in the run's log."""
+    buffer = io.StringIO()
+    pinned = out.file  # resolved now, so that the progress line does not follow the redirect
+    out.file = pinned
+    try:
+        with redirect_stderr(buffer):
+            yield
+    finally:
+        out.file = None  # type: ignore[assignment]  # rich: back to following sys.stderr
+        if text := buffer.getvalue().strip():
+            logging.getLogger(logger).warning("printed to stderr:\n%s", text)

@@ -11,13 +11,15 @@ import torch
 
 from pipeline.backends.base import Backend, CompiledModel
 from pipeline.config.schema import PipelineConfig
+from pipeline.console import stderr_to_log
 from pipeline.identity import engine_key
 from pipeline.stages.build import BuiltModel
 
 
 def compile_model(backend: Backend, built: BuiltModel, config: PipelineConfig) -> CompiledModel:
-    """Compile ``built.eager``, traced at ``built.trace_inputs``, for the declared shape ranges."""
-    with torch.no_grad():
+    """Compile ``built.eager``, traced at ``built.trace_inputs``, for the declared shape ranges
+    (what the compiler prints to stderr goes to torch's log: the run's ``torch.log``)."""
+    with torch.no_grad(), stderr_to_log("torch.export"):
         return backend.compile(built.eager, built.trace_inputs, config)
 
 

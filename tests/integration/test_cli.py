@@ -94,6 +94,9 @@ def test_cli_explains_failed_stage_in_short_block_with_log_when_model_cannot_be_
     assert f"full traceback: {log}" in completed.stderr.replace("\n", "")
     assert "Traceback (most recent call last)" in log.read_text()
     assert "Traceback" not in completed.stderr and "Error executing job" not in completed.stderr
+    # torch.export's partial graph of the failed trace goes to the log, not above the block.
+    assert "def forward" not in completed.stderr and "def forward" in log.read_text()
+    assert completed.stderr.index("error: compile failed") < 400, completed.stderr[:600]
     assert "bundle:" not in completed.stdout
     assert not [p for p in (tmp_path / "bundles").glob("*") if not p.name.startswith(".")]
 

@@ -76,7 +76,7 @@ def test_cli_run_prints_one_line_exits_130_and_logs_traceback_when_interrupted_d
         cli.run(compose(["model=tiny_cnn", f"artifacts_dir={tmp_path}"]), job)
     assert exited.value.code == 130
     stderr = capsys.readouterr().err
-    assert stderr.strip().splitlines()[-1] == "interrupted during compile; nothing published"
+    assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C) during compile; nothing published"
     assert "Traceback" not in stderr and "failed after" not in stderr
     log = (tmp_path / "run" / "error.log").read_text()
     assert "stage: compile" in log and "KeyboardInterrupt" in log and "Traceback" in log

@@ -28,7 +28,6 @@ from pipeline import load_bundle
 from pipeline.models import make_inputs
 from pipeline.runtime.engines import find_engines
 from pipeline.runtime.policy import RuntimeCacheMode
-from pipeline.runtime.rtx_runner import is_runner
 from pipeline.timing import compare_latency
 
 
@@ -45,7 +44,7 @@ def main() -> None:
     loaded = load_bundle(args.bundle, runtime=args.runtime)
     policy = loaded.policy
     inputs = make_inputs(loaded.specs, 0, loaded.precision, loaded.device)
-    context = loaded.backend.call_context(policy)
+    context = loaded.executor.call_context()
     # What the loaded graph runs besides its engines (each costs a dispatch per call).
     print(f"graph ops per call: {graph_ops(loaded.module)}")
 
@@ -64,19 +63,19 @@ def main() -> None:
         "loaded model, value ranges checked": lambda: loaded.set_runtime(checked),
         "loaded model, value ranges not checked": lambda: loaded.set_runtime(unchecked),
     }
-    engines = find_engines(loaded.module)
+    engines = find_engines(loaded.module)  # Torch-TensorRT's engine objects (the C++ runtime's)
     if len(engines) == 1:
         engine = engines[0].engine
         calls["execute_engine op alone"] = lambda: under_policy_op(engine, inputs, context)
     runner = loaded.load_report.get("engines", {}).get("runner", "")
     print(f"engines run on: {runner}")
-    runners = find_engines(loaded.module, is_runner)
+    runners = list(loaded.executor.engine_objects().values()) if not engines else []
     if len(runners) == 1:
-        runner_engine = runners[0].engine
+        runner_engine = runners[0]
         calls["own runner alone"] = lambda: runner_engine.execute(list(inputs))
     if not engines:  # the own runner: the C++ runtime's model and op beside it
         cpp = load_bundle(args.bundle, runtime=replace(policy, runtime_cache=RuntimeCacheMode.off))
-        cpp_context = cpp.backend.call_context(cpp.policy)
+        cpp_context = cpp.executor.call_context()
         cpp_engines = find_engines(cpp.module)
         unchecked_cpp = replace(cpp.policy, check_value_ranges=False)
         calls["C++ runtime: loaded model, value ranges not checked"] = lambda: cpp(*inputs)

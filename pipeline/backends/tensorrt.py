@@ -23,13 +23,9 @@ from pipeline.errors import BackendUnavailableError, ConfigError
 from pipeline.models.inputs import torch_dtype
 from pipeline.quantization.calibrate import export_mode
 from pipeline.runtime.engine_graph import EngineDescription, EngineRecord, split_engines
+from pipeline.runtime.engine_layout import LAYOUT
 from pipeline.runtime.engines import find_engines
-from pipeline.runtime.tensorrt import (
-    TensorRTRuntime,
-    engine_index,
-    rtx_settings_refused,
-    runtime_library_loaded_alone,
-)
+from pipeline.runtime.tensorrt import TensorRTRuntime, rtx_settings_refused, runtime_library_loaded_alone
 from pipeline.timing import Stopwatch
 
 
@@ -80,26 +76,18 @@ def describe_engine_object(engine: Any, outputs: int) -> EngineDescription:
     if isinstance(state[0], list | tuple):
         state = state[0]  # a script object's state is (its pickled list, its class name)
     state = list(state)
-    index = engine_index()
-    state[index] = base64.b64decode(state[index])
-    return EngineDescription(serialized_info=state, engine_index=index, outputs=outputs)
+    state[LAYOUT.engine] = base64.b64decode(state[LAYOUT.engine])
+    return EngineDescription(serialized_info=state, engine_index=LAYOUT.engine, outputs=outputs)
 
 
 def describe_engine_module(module: Any) -> EngineDescription | None:
-    """The description of a ``TorchTensorRTModule`` (None for any other module).
-
-    Its own packed form holds the engine bytes as built: no base64, no second serialization.
-    """
+    """The description of a ``TorchTensorRTModule`` (None for any other module), from its
+    engine's serialized form: the public one, as ``torch_tensorrt.save`` pickles it."""
     from torch_tensorrt.dynamo.runtime import TorchTensorRTModule
 
     if not isinstance(module, TorchTensorRTModule):
         return None
-    outputs = len(module.output_binding_names)
-    info = list(module._pack_engine_info())
-    raw = [i for i, value in enumerate(info) if isinstance(value, bytes)]
-    if len(raw) == 1 and info[raw[0]]:
-        return EngineDescription(serialized_info=info, engine_index=raw[0], outputs=outputs)
-    return describe_engine_object(module.engine, outputs)
+    return describe_engine_object(module.engine, len(module.output_binding_names))
 
 
 def is_rtx_build() -> bool:

@@ -41,6 +41,7 @@ from pipeline.bundle.pack import compression_for_name, write_archive
 from pipeline.errors import BundleError, ConfigError
 from pipeline.runtime.archive import is_archive, release_unpacked
 from pipeline.runtime.base import SavedArtifact
+from pipeline.runtime.executor import CacheStatus, RunnerKind
 from pipeline.runtime.format import (
     RUNTIME_CACHE_NAME,
     SIGNATURE_NAME,
@@ -245,14 +246,14 @@ def _warm_opened(
         warmed = load_bundle(copy, device=str(target_device), trust=check)
         try:
             report = verify_loaded(warmed)
-            engines = dict(warmed.load_report["engines"])
+            outcome = warmed.executor.outcome()
         finally:
             warmed.close()
         if not report.passed:
             raise BundleError(f"the warmed copy failed its golden check here: {report.summary()}")
-        if not str(engines.get("runtime_cache", "")).startswith("hit"):
+        if outcome.cache.status is not CacheStatus.hit:
             raise BundleError(
-                f"the warmed copy's runtime cache was not used here: {engines.get('runtime_cache')}"
+                f"the warmed copy's runtime cache was not used here: {outcome.cache.describe()}"
             )
         if target.exists():
             raise BundleError(f"{target}: appeared while warming; warm never overwrites")
@@ -269,26 +270,23 @@ def _warm_opened(
         cache_bytes=len(cache),
         signed=signed,
         verification=report.summary(),
-        load_engines=engines,
+        load_engines=outcome.record(),
     )
 
 
 def _compile_cache(copy: Path, policy: RuntimeConfig, device: str) -> bytes:
     """Load the copy through the own runner, run every golden set (each must pass) so every
     kernel is compiled, and return the runtime cache's contents."""
-    from pipeline.runtime.tensorrt import OWN_RUNNER
-
     # The copy is the source's files, just checked against the source's trust policy.
     loaded = load_bundle(copy, runtime=policy, device=device, trust=TrustPolicy())
     try:
-        runner = loaded.load_report["engines"].get("runner")
-        if runner != OWN_RUNNER:
-            raise BundleError(f"the copy loaded on the {runner}, not the own runner: no cache to make")
+        runner = loaded.executor.runner
+        if runner is not RunnerKind.rtx:
+            raise BundleError(f"the copy loaded on the {runner.value}, not the own runner: no cache to make")
         report = verify_loaded(loaded)
         if not report.passed:
             raise BundleError(f"golden check failed here, nothing written: {report.summary()}")
-        module = loaded.module
-        cache = loaded.backend.runtime_cache_bytes(module) if module is not None else None
+        cache = loaded.executor.cache_bytes()
     finally:
         loaded.close()
     if not cache:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from pipeline.runtime.engine_graph import EngineRecord
-from pipeline.runtime.policy import PolicyReport, RuntimeConfig
+from pipeline.runtime.executor import EngineExecutor, LoadedArtifact
+from pipeline.runtime.policy import RuntimeConfig
 from pipeline.runtime.types import BackendKind
 
 
@@ -58,7 +58,8 @@ class SavedArtifact:
 class ModelRuntime(ABC):
     """Loads a saved model and runs it under a runtime policy: all a deployment host needs.
 
-    Implementations import no compiler, so that loading a bundle stays fast.
+    Implementations import no compiler, so that loading a bundle stays fast. How the loaded
+    model's engines run, and what loading decided, is its :class:`EngineExecutor`'s business.
     """
 
     kind: BackendKind
@@ -78,35 +79,10 @@ class ModelRuntime(ABC):
         files: FileSource,
         device: torch.device,
         policy: RuntimeConfig | None = None,
-    ) -> nn.Module:
+    ) -> LoadedArtifact:
         """Deserialize a saved model onto ``device``; callers have verified the files.
         ``policy`` (the one about to be applied) may decide how engines are run."""
 
     @abstractmethod
-    def apply_policy(
-        self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
-    ) -> PolicyReport:
-        """Configure every engine of a loaded ``module`` for ``policy``: on every engine or, if
-        one refuses, on none (they are put back to ``previous``, the policy in force) before
-        raising."""
-
-    def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        """A reusable, thread-safe context manager entered around each call (scopes
-        process-wide modes)."""
-        return nullcontext()
-
-    def call_context_for(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        """:meth:`call_context` for one loaded ``module`` (how it runs may change what is needed)."""
-        return self.call_context(policy)
-
-    def load_details(self, module: nn.Module) -> dict[str, Any]:
-        """What loading ``module`` decided (which runner runs its engines, cache hit or miss)."""
-        return {}
-
-    def runtime_cache_bytes(self, module: nn.Module) -> bytes | None:
-        """The contents of a loaded model's runtime cache, to ship in its bundle (None: none)."""
-        return None
-
-    def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        """Keep engine resources allocated while the context is open (no-op where none exist)."""
-        return nullcontext()
+    def executor(self, module: nn.Module) -> EngineExecutor:
+        """The executor of a module compiled in this process (not loaded from a bundle)."""

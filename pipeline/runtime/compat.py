@@ -8,16 +8,35 @@ as the one that wrote them. The check runs before any engine is deserialized.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 
 from pipeline.runtime.types import BackendKind
 
-# (fingerprint key, what it is); all must match exactly for TensorRT engines.
+
+class HostKey(str, Enum):
+    """The fields of a host fingerprint (a manifest's ``environment``; ``runtime_environment``),
+    in one place: what decides whether engines load and whether a runtime cache applies."""
+
+    torch = "torch"
+    torch_tensorrt = "torch_tensorrt"
+    torch_tensorrt_abi = "torch_tensorrt_abi"
+    tensorrt = "tensorrt"
+    tensorrt_build = "tensorrt_build"
+    cuda = "cuda"
+    gpu = "gpu"
+    sm = "sm"
+    platform = "platform"
+
+
+# (fingerprint key, what it is); all must match exactly for TensorRT engines (the SM: see below).
 TENSORRT_KEYS = (
-    ("tensorrt_build", "TensorRT build"),
-    ("tensorrt", "TensorRT version"),
-    ("torch_tensorrt", "torch_tensorrt version"),
-    ("platform", "platform"),
+    (HostKey.tensorrt_build, "TensorRT build"),
+    (HostKey.tensorrt, "TensorRT version"),
+    (HostKey.torch_tensorrt, "torch_tensorrt version"),
+    (HostKey.platform, "platform"),
 )
+#: What a TensorRT-RTX runtime cache (kernels compiled for one GPU and library) is filed under.
+RUNTIME_CACHE_KEYS = (HostKey.tensorrt_build, HostKey.tensorrt, HostKey.cuda, HostKey.sm)
 # hardware_compatible engines run on Ampere and newer.
 HARDWARE_COMPATIBLE_MIN_SM = (8, 0)
 REBUILD = "rebuild the bundle on this host (python -m pipeline ...)"
@@ -42,7 +61,7 @@ def compatibility_problems(
     """Every reason the artifact cannot load here, each with expected vs actual and the fix."""
     problems = []
     if backend is BackendKind.export:
-        built_torch, host_torch = built.get("torch", ""), host.get("torch", "")
+        built_torch, host_torch = built.get(HostKey.torch.value, ""), host.get(HostKey.torch.value, "")
         if version_tuple(built_torch) > version_tuple(host_torch):
             problems.append(
                 f"exported with torch {built_torch}, this host has torch {host_torch}: an older torch "
@@ -50,12 +69,13 @@ def compatibility_problems(
             )
         return problems
     for key, label in TENSORRT_KEYS:
-        if built.get(key) != host.get(key):
+        was, now = built.get(key.value), host.get(key.value)
+        if was != now:
             problems.append(
-                f"{label}: bundle built with {built.get(key)!r}, this host has {host.get(key)!r}; "
+                f"{label}: bundle built with {was!r}, this host has {now!r}; "
                 "TensorRT engines do not load across these; " + REBUILD
             )
-    built_sm, host_sm = built.get("sm"), host.get("sm")
+    built_sm, host_sm = built.get(HostKey.sm.value), host.get(HostKey.sm.value)
     if hardware_compatible:
         if version_tuple(host_sm or "0") < HARDWARE_COMPATIBLE_MIN_SM:
             problems.append(

@@ -11,7 +11,8 @@ from torch import nn
 from torch.fx.graph import CodeGen
 
 from pipeline.runtime.base import FileSource, ModelRuntime, SavedArtifact
-from pipeline.runtime.policy import PolicyReport, RuntimeConfig
+from pipeline.runtime.executor import EngineExecutor, LoadedArtifact, NoEngines
+from pipeline.runtime.policy import RuntimeConfig
 from pipeline.runtime.types import BackendKind
 
 
@@ -51,17 +52,10 @@ class ExportRuntime(ModelRuntime):
         files: FileSource,
         device: torch.device,
         policy: RuntimeConfig | None = None,
-    ) -> nn.Module:
+    ) -> LoadedArtifact:
         program = torch.export.load(io.BytesIO(files.read(artifact.model_file)))
-        return flat_module(program)
+        module = flat_module(program)
+        return LoadedArtifact(module, self.executor(module))
 
-    def apply_policy(
-        self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
-    ) -> PolicyReport:
-        if policy.is_default():
-            return PolicyReport(policy=policy, applied=True)
-        return PolicyReport(
-            policy=policy,
-            applied=False,
-            reason=f"runtime={policy.name} configures TensorRT engines; the export backend has none",
-        )
+    def executor(self, module: nn.Module) -> EngineExecutor:
+        return NoEngines("an exported program runs on PyTorch's own kernels")

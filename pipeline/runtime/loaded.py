@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import BundleError, InputValidationError, ModelClosedError
-from pipeline.runtime.base import ModelRuntime
+from pipeline.runtime.executor import EngineExecutor
 from pipeline.runtime.policy import PolicyReport, RuntimeConfig, as_policy
 from pipeline.runtime.types import InputSpec, Precision, dim_names, torch_dtype
 
@@ -232,7 +232,7 @@ class LoadedModel:
     def __init__(
         self,
         module: nn.Module,
-        backend: ModelRuntime,
+        executor: EngineExecutor,
         specs: Sequence[InputSpec],
         precision: Precision,
         device: str | torch.device,
@@ -243,7 +243,8 @@ class LoadedModel:
         self.device = resolve_device(device)
         self.module: nn.Module | None = module
         self.output_names = tuple(output_names)
-        self.backend = backend
+        #: How the module's engines run (the runner, its runtime cache): see :mod:`pipeline.runtime.executor`.
+        self.executor = executor
         self.specs = list(specs)
         self.precision = precision
         self.expected_engines = expected_engines
@@ -284,16 +285,16 @@ class LoadedModel:
             self._last_call_done.synchronize()
 
     def _apply(self, policy: RuntimeConfig, previous: RuntimeConfig | None) -> PolicyReport:
-        module = self._open_module()
-        report = self.backend.apply_policy(module, policy, previous)
+        self._open_module()
+        report = self.executor.configure(policy, previous)
         if self.expected_engines is not None and report.engines_configured != self.expected_engines:
             if previous is not None:
-                self.backend.apply_policy(module, previous)
+                self.executor.configure(previous)
             raise BundleError(
                 f"configured {report.engines_configured} TensorRT engines but the bundle was "
                 f"built with {self.expected_engines}: the artifact does not match its manifest"
             )
-        self._call_context = self.backend.call_context_for(module, policy)
+        self._call_context = self.executor.call_context()
         return report
 
     @contextmanager
@@ -301,11 +302,13 @@ class LoadedModel:
         """Keep engine memory allocated between calls for a burst of calls (dynamic policy).
 
         Other threads' calls wait until the block ends."""
-        with self._lock, self.backend.hold_resources(self._open_module(), self.policy):
-            try:
-                yield
-            finally:
-                self._wait_for_last_call()  # before the held memory goes back: calls may still use it
+        with self._lock:
+            self._open_module()
+            with self.executor.hold_memory():
+                try:
+                    yield
+                finally:
+                    self._wait_for_last_call()  # before the held memory goes back: calls may still use it
 
     def __call__(self, *inputs: torch.Tensor, **named: torch.Tensor) -> ModelOutputs:
         """Run the model on ``inputs`` (checked first; inputs may also be given by their declared

@@ -69,7 +69,7 @@ class LoadedBundle(LoadedModel):
             "host": dict(self.host),
             "signature": self.signature.describe(),
             "policy": self.policy_report.manifest_record(),
-            "engines": {} if self.closed else self.backend.load_details(self._open_module()),
+            "engines": {} if self.closed else self.executor.outcome().record(),
             "seconds": dict(self.load_seconds),
         }
 
@@ -161,13 +161,13 @@ def _deserialize(
     watch: Stopwatch,
 ) -> LoadedBundle:
     with watch.lap("deserialize"):
-        module = model_runtime.load(saved_artifact(manifest), files, target, as_policy(policy))
+        artifact = model_runtime.load(saved_artifact(manifest), files, target, as_policy(policy))
     with watch.lap("apply policy"):
         loaded = LoadedBundle(
             root=root,
             manifest=manifest,
-            module=module,
-            backend=model_runtime,
+            module=artifact.module,
+            executor=artifact.executor,
             specs=input_specs(manifest),
             precision=Precision(manifest.precision),
             device=target,

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -39,17 +39,20 @@ from typing import Any
 import torch
 
 from pipeline.errors import BackendUnavailableError, BundleError
-from pipeline.runtime.policy import KernelSpecialization, RtxCudaGraphs, RuntimeCacheMode, RuntimeConfig
+from pipeline.runtime.base import FileSource, SavedArtifact
+from pipeline.runtime.compat import RUNTIME_CACHE_KEYS
+from pipeline.runtime.engine_graph import attach_engines, load_graph
+from pipeline.runtime.engine_layout import LAYOUT, binding_names, check_engine_layout
+from pipeline.runtime.executor import CacheState, CacheStatus, EngineExecutor, LoadedArtifact, RunnerKind
+from pipeline.runtime.policy import (
+    KernelSpecialization,
+    PolicyReport,
+    RtxCudaGraphs,
+    RuntimeCacheMode,
+    RuntimeConfig,
+)
 
 RTX_MODULE = "tensorrt_rtx"
-# Torch-TensorRT's serialized-engine layout (ABI 8, 2.11): where the binding names are, and the
-# delimiter joining them (its SERIALIZED_ENGINE_BINDING_DELIM).
-INPUT_BINDING_NAMES_IDX = 4
-OUTPUT_BINDING_NAMES_IDX = 5
-REQUIRES_OUTPUT_ALLOCATOR_IDX = 9
-BINDING_DELIMITER = "%"
-#: What decides whether a runtime cache applies on a host (keys of the host fingerprint).
-CACHE_KEY_FIELDS = ("tensorrt_build", "tensorrt", "cuda", "sm")
 
 _import_lock = threading.Lock()
 #: The input shapes of one call, in binding order.
@@ -92,15 +95,9 @@ def on_device(device: torch.device) -> AbstractContextManager[Any]:
     return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
-def binding_names(serialized_info: Sequence[str], index: int) -> list[str]:
-    """The binding names recorded at ``index`` of an engine's serialized fields, in call order."""
-    packed = serialized_info[index] if index < len(serialized_info) else ""
-    return [name for name in packed.split(BINDING_DELIMITER) if name]
-
-
 def cache_key(environment: Mapping[str, str]) -> dict[str, str]:
     """The key a runtime cache made on a host with ``environment`` is filed under."""
-    return {name: str(environment.get(name, "unknown")) for name in CACHE_KEY_FIELDS}
+    return {key.value: str(environment.get(key.value, "unknown")) for key in RUNTIME_CACHE_KEYS}
 
 
 def cache_mismatch(recorded: Mapping[str, str], host: Mapping[str, str]) -> str:
@@ -108,7 +105,7 @@ def cache_mismatch(recorded: Mapping[str, str], host: Mapping[str, str]) -> str:
     wanted = cache_key(host)
     differing = [
         f"{name} {recorded.get(name)!r} here {wanted[name]!r}"
-        for name in CACHE_KEY_FIELDS
+        for name in wanted
         if recorded.get(name) != wanted[name]
     ]
     return ("cache made for " + ", ".join(differing)) if differing else ""
@@ -485,11 +482,6 @@ def execute_rtx(inputs: list[torch.Tensor], runner: RtxEngineRunner) -> list[tor
     return runner.execute(inputs)
 
 
-def is_runner(value: object) -> bool:
-    """True for an :class:`RtxEngineRunner` (the predicate ``find_engines`` takes)."""
-    return isinstance(value, RtxEngineRunner)
-
-
 def make_runner(
     serialized_info: Sequence[str],
     engine_bytes: bytes,
@@ -506,8 +498,8 @@ def make_runner(
         engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise BundleError(f"engine {name}: TensorRT-RTX could not deserialize it")
-    inputs = binding_names(serialized_info, INPUT_BINDING_NAMES_IDX)
-    outputs = binding_names(serialized_info, OUTPUT_BINDING_NAMES_IDX)
+    inputs = binding_names(serialized_info, LAYOUT.input_binding_names)
+    outputs = binding_names(serialized_info, LAYOUT.output_binding_names)
     if not outputs:
         raise BundleError(f"engine {name}: its record names no output bindings")
     return RtxEngineRunner(
@@ -515,9 +507,99 @@ def make_runner(
     )
 
 
-def needs_output_allocator(serialized_info: Sequence[str]) -> bool:
-    """Whether Torch-TensorRT recorded that an engine's output shapes depend on its input values
-    (such engines need an output allocator, which only the C++ runtime provides here)."""
-    if len(serialized_info) <= REQUIRES_OUTPUT_ALLOCATOR_IDX:
-        return False
-    return serialized_info[REQUIRES_OUTPUT_ALLOCATOR_IDX].strip().lower() in ("1", "true")
+class RtxRunners(EngineExecutor):
+    """A loaded model's engines run by :class:`RtxEngineRunner` s, with one runtime cache."""
+
+    runner = RunnerKind.rtx
+
+    def __init__(
+        self,
+        runners: dict[str, RtxEngineRunner],
+        cache: SharedRuntimeCache,
+        reason: str,
+        cache_miss: CacheState | None,
+        policy: RuntimeConfig,
+    ) -> None:
+        super().__init__(reason)
+        self.runners = runners
+        self.cache = cache
+        self._cache_miss = cache_miss  # decided before any engine ran (None: handed to TensorRT-RTX)
+        self._policy = policy
+
+    def configure(self, policy: RuntimeConfig, previous: RuntimeConfig | None = None) -> PolicyReport:
+        settings = RunnerSettings.from_policy(policy)
+        configured: list[RtxEngineRunner] = []
+        try:
+            for runner in self.runners.values():
+                configured.append(runner)
+                runner.configure(settings)
+        except BaseException:
+            if previous is not None:
+                for runner in configured:
+                    runner.configure(RunnerSettings.from_policy(previous))
+            raise
+        self._policy = policy
+        return PolicyReport(
+            policy=policy,
+            applied=True,
+            engines_configured=len(self.runners),
+            details={"runner": self.runner.value, "engines": {name: str(settings) for name in self.runners}},
+        )
+
+    @contextmanager
+    def hold_memory(self) -> Iterator[None]:
+        try:
+            for runner in self.runners.values():
+                runner.hold_memory(True)
+            yield
+        finally:
+            for runner in self.runners.values():
+                runner.hold_memory(False)
+
+    def cache_state(self) -> CacheState:
+        if self._cache_miss is not None:
+            return self._cache_miss
+        if self.cache.loaded is None:
+            return CacheState(CacheStatus.pending, "the engines' contexts are created on the first call")
+        if self.cache.loaded:
+            return CacheState(CacheStatus.hit)
+        return CacheState(CacheStatus.miss, "TensorRT-RTX refused the cache's contents")
+
+    def cache_bytes(self) -> bytes | None:
+        return self.cache.serialize() or None
+
+    def engine_objects(self) -> dict[str, Any]:
+        return dict(self.runners)
+
+
+def load_with_runner(
+    artifact: SavedArtifact,
+    files: FileSource,
+    device: torch.device,
+    policy: RuntimeConfig,
+    reason: str,
+    cache_miss: CacheState | None,
+) -> LoadedArtifact:
+    """The saved graph with each engine slot calling a runner (``cache_miss``: why the bundle's
+    runtime cache is not used here, None to hand it to TensorRT-RTX)."""
+    data = files.read(artifact.runtime_cache) if cache_miss is None and artifact.runtime_cache else None
+    # Kept also under runtime_cache=off: set_runtime may switch it on (with an empty cache).
+    cache = SharedRuntimeCache(data)
+    settings = RunnerSettings.from_policy(policy)
+    check_engine_layout(artifact.engines)
+    with torch.cuda.device(device):
+        module = load_graph(files.read(artifact.model_file), device)
+        runners = {
+            record.attribute: make_runner(
+                record.serialized_info,
+                files.read(record.file),
+                device,
+                cache,
+                record.attribute,
+                settings,
+                lazy=artifact.lazy_init,
+            )
+            for record in artifact.engines
+        }
+        attach_engines(module, runners, execute_rtx)
+    return LoadedArtifact(module, RtxRunners(runners, cache, reason, cache_miss, policy))

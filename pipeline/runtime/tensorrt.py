@@ -20,20 +20,27 @@ import importlib.util
 import platform
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.errors import BackendUnavailableError, BundleError, ConfigError
+from pipeline.errors import BackendUnavailableError, ConfigError
 from pipeline.runtime import rtx_runner
 from pipeline.runtime.base import FileSource, ModelRuntime, SavedArtifact
-from pipeline.runtime.compat import version_tuple
+from pipeline.runtime.compat import HostKey, version_tuple
 from pipeline.runtime.engine_graph import EngineRecord, attach_engines, escaping_engines, load_graph
+from pipeline.runtime.engine_layout import check_engine_layout, requires_output_allocator
 from pipeline.runtime.engines import EngineRef, ModeGate, apply_to_engines, find_engines, resources_held
+from pipeline.runtime.executor import (
+    CacheState,
+    CacheStatus,
+    EngineExecutor,
+    LoadedArtifact,
+    RunnerKind,
+)
 from pipeline.runtime.policy import PolicyReport, RuntimeCacheMode, RuntimeConfig
 from pipeline.runtime.types import BackendKind
 
@@ -51,10 +58,9 @@ CUDAGRAPHS_OFF, CUDAGRAPHS_ON = 0, 1
 RTX_BUILD = "tensorrt-rtx"
 # The first Torch-TensorRT whose C++ runtime takes a TensorRT-RTX runtime config (and cache).
 NATIVE_RUNTIME_CONFIG = (2, 13)
-OWN_RUNNER = "tensorrt_rtx runner (pipeline.runtime.rtx_runner)"
-CPP_RUNTIME = "Torch-TensorRT C++ runtime (execute_engine)"
-#: Attribute of a loaded module holding what its load decided (runner, runtime cache).
-LOAD_DETAILS = "_pipeline_load_details"
+#: How load reports name the two runners (``load_report["engines"]["runner"]``).
+OWN_RUNNER = RunnerKind.rtx.value
+CPP_RUNTIME = RunnerKind.cpp.value
 
 _load_lock = threading.Lock()
 # Set once this module loaded the runtime library itself (not through ``import torch_tensorrt``).
@@ -170,44 +176,24 @@ def runtime_environment(device: torch.device | None = None) -> dict[str, str]:
     tensorrt = _distribution_version(*TENSORRT_DISTRIBUTIONS.get(build, ()))
     load_runtime()
     major, minor = torch.cuda.get_device_capability(device)
-    return {
-        "torch": torch.__version__,
-        "torch_tensorrt": torch_tensorrt_version,
-        "torch_tensorrt_abi": str(torch.ops.tensorrt.ABI_VERSION()),
-        "tensorrt": tensorrt[1] if tensorrt else "unknown",
-        "tensorrt_build": build,
-        "cuda": str(torch.version.cuda),
-        "gpu": torch.cuda.get_device_name(device),
-        "sm": f"{major}.{minor}",
-        "platform": platform.machine(),
+    fingerprint = {
+        HostKey.torch: torch.__version__,
+        HostKey.torch_tensorrt: torch_tensorrt_version,
+        HostKey.torch_tensorrt_abi: str(torch.ops.tensorrt.ABI_VERSION()),
+        HostKey.tensorrt: tensorrt[1] if tensorrt else "unknown",
+        HostKey.tensorrt_build: build,
+        HostKey.cuda: str(torch.version.cuda),
+        HostKey.gpu: torch.cuda.get_device_name(device),
+        HostKey.sm: f"{major}.{minor}",
+        HostKey.platform: platform.machine(),
     }
+    return {key.value: value for key, value in fingerprint.items()}
 
 
 def make_engine(record: EngineRecord, engine_bytes: bytes) -> Any:
-    """A ``torch.classes.tensorrt.Engine`` built from its raw bytes and recorded fields."""
-    length, index = _layout_constant("SERIALIZATION_LEN"), _layout_constant("ENGINE_IDX")
-    if (length is not None and len(record.serialized_info) != length) or (
-        index is not None and record.engine_index != index
-    ):
-        raise BundleError(
-            f"engine {record.attribute}: recorded with {len(record.serialized_info)} fields (engine at "
-            f"{record.engine_index}), this Torch-TensorRT runtime expects {length} (engine at {index}); "
-            "rebuild the bundle here"
-        )
+    """A ``torch.classes.tensorrt.Engine`` built from its raw bytes and recorded fields (whose
+    layout :func:`~pipeline.runtime.engine_layout.check_engine_layout` has checked)."""
     return torch.classes.tensorrt.Engine(record.constructor_args(engine_bytes))
-
-
-def _layout_constant(name: str) -> int | None:
-    """A constant of the runtime's serialized-engine layout, where the runtime exports it."""
-    if not hasattr(torch.ops.tensorrt, name):
-        return None
-    return int(getattr(torch.ops.tensorrt, name)())
-
-
-def engine_index() -> int:
-    """Index of the engine bytes in the serialized-engine layout (3 in every ABI so far)."""
-    index = _layout_constant("ENGINE_IDX")
-    return 3 if index is None else index
 
 
 def cudagraphs_enabled() -> bool:
@@ -243,12 +229,13 @@ def choose_runner(
     use; otherwise the C++ runtime. Raises :class:`ConfigError` for TensorRT-RTX settings on
     engines that cannot take them.
     """
-    if environment.get("tensorrt_build") != RTX_BUILD:
-        why = f"this host's TensorRT is {environment.get('tensorrt_build', 'unknown')}, not TensorRT-RTX"
+    build = environment.get(HostKey.tensorrt_build.value, "unknown")
+    if build != RTX_BUILD:
+        why = f"this host's TensorRT is {build}, not TensorRT-RTX"
         if refused := rtx_settings_refused(policy, why):
             raise refused
         return False, "standard TensorRT engines"
-    version = environment.get("torch_tensorrt", "unknown")
+    version = environment.get(HostKey.torch_tensorrt.value, "unknown")
     if version_tuple(version) >= NATIVE_RUNTIME_CONFIG:
         # Not wired yet: the C++ runtime of 2.13+ takes these settings itself (see README).
         if refused := rtx_settings_refused(
@@ -258,9 +245,7 @@ def choose_runner(
         return False, f"Torch-TensorRT {version} (runtime settings through its own API: not wired yet)"
     if policy.runtime_cache is RuntimeCacheMode.off and set(policy.rtx_settings()) <= {"runtime_cache"}:
         return False, "runtime.runtime_cache=off and no TensorRT-RTX setting"
-    if dependent := [
-        r.attribute for r in artifact.engines if rtx_runner.needs_output_allocator(r.serialized_info)
-    ]:
+    if dependent := [r.attribute for r in artifact.engines if requires_output_allocator(r.serialized_info)]:
         why = f"engine {dependent[0]} has data-dependent output shapes (output allocator)"
         if refused := rtx_settings_refused(policy, why):
             raise refused
@@ -283,15 +268,54 @@ def _imports(load: Any) -> bool:
 
 def cache_decision(
     artifact: SavedArtifact, environment: dict[str, str], policy: RuntimeConfig
-) -> tuple[bool, str]:
-    """Whether the bundle's runtime cache is used here, and why not when it is not."""
+) -> CacheState | None:
+    """Why the bundle's runtime cache is not used here (a miss), or None when it is handed to
+    TensorRT-RTX (which may still refuse its contents)."""
     if policy.runtime_cache is RuntimeCacheMode.off:
-        return False, "miss: runtime.runtime_cache=off"
+        return CacheState(CacheStatus.miss, "runtime.runtime_cache=off")
     if not artifact.runtime_cache:
-        return False, "miss: the bundle has no runtime cache"
+        return CacheState(CacheStatus.miss, "the bundle has no runtime cache")
     if mismatch := rtx_runner.cache_mismatch(artifact.runtime_cache_key, environment):
-        return False, f"miss: {mismatch}"
-    return True, ""
+        return CacheState(CacheStatus.miss, mismatch)
+    return None
+
+
+class CppEngines(EngineExecutor):
+    """Engines run by Torch-TensorRT's C++ runtime (``torch.classes.tensorrt.Engine`` objects,
+    wherever they hang in the module), configured at engine level."""
+
+    runner = RunnerKind.cpp
+
+    def __init__(self, engines: list[EngineRef], reason: str, cache_reason: str) -> None:
+        super().__init__(reason)
+        self.engines = engines
+        self._cache_reason = cache_reason
+
+    def configure(self, policy: RuntimeConfig, previous: RuntimeConfig | None = None) -> PolicyReport:
+        if refused := rtx_settings_refused(
+            policy, f"this model's engines run on the {self.runner.value} ({self.reason})"
+        ):
+            raise refused
+        readback = apply_to_engines(self.engines, policy, previous)
+        self._policy = policy
+        return PolicyReport(
+            policy=policy,
+            applied=True,
+            engines_configured=len(self.engines),
+            details={"engines": readback, "cuda_graphs": policy.cuda_graphs, "runner": self.runner.value},
+        )
+
+    def call_context(self) -> AbstractContextManager[Any]:
+        return CUDA_GRAPHS_GATE.call(self._policy.cuda_graphs)
+
+    def hold_memory(self) -> AbstractContextManager[Any]:
+        return resources_held(self.engines, self._policy)
+
+    def cache_state(self) -> CacheState:
+        return CacheState(CacheStatus.not_used, self._cache_reason)
+
+    def engine_objects(self) -> dict[str, Any]:
+        return {ref.path: ref.engine for ref in self.engines}
 
 
 class TensorRTRuntime(ModelRuntime):
@@ -311,67 +335,37 @@ class TensorRTRuntime(ModelRuntime):
         files: FileSource,
         device: torch.device,
         policy: RuntimeConfig | None = None,
-    ) -> nn.Module:
+    ) -> LoadedArtifact:
         """Deserialize the graph and its engines onto ``device`` (an indexed CUDA device): the
         runtime places an engine on the current device when that one is compatible.
 
         TensorRT-RTX engines run through :mod:`pipeline.runtime.rtx_runner` where
-        :func:`choose_runner` says so; :meth:`load_details` tells which runner and whether the
-        bundle's runtime cache was used."""
+        :func:`choose_runner` says so; the executor tells which runner and whether the bundle's
+        runtime cache was used."""
         policy = policy or RuntimeConfig()
         environment = runtime_environment(device)
         # Imported, not just found: bindings that are present but fail to import (another CUDA,
         # missing libraries) leave the engines to the C++ runtime instead of failing the load.
-        importable = environment.get("tensorrt_build") == RTX_BUILD and _imports(rtx_runner.tensorrt_rtx)
+        rtx = environment.get(HostKey.tensorrt_build.value) == RTX_BUILD
+        importable = rtx and _imports(rtx_runner.tensorrt_rtx)
         own, reason = choose_runner(environment, policy, artifact, importable)
         if own:
-            return self._load_with_runner(artifact, files, device, policy, environment, reason)
+            return rtx_runner.load_with_runner(
+                artifact, files, device, policy, reason, cache_decision(artifact, environment, policy)
+            )
         module = self._load_cpp(artifact, files, device)
-        cache = "not used: " + (
-            "standard TensorRT" if environment.get("tensorrt_build") != RTX_BUILD else reason
-        )
-        setattr(module, LOAD_DETAILS, {"runner": CPP_RUNTIME, "reason": reason, "runtime_cache": cache})
-        return module
+        cache = reason if rtx else "standard TensorRT"
+        return LoadedArtifact(module, CppEngines(find_engines(module), reason, cache))
 
-    def _load_with_runner(
-        self,
-        artifact: SavedArtifact,
-        files: FileSource,
-        device: torch.device,
-        policy: RuntimeConfig,
-        environment: dict[str, str],
-        reason: str,
-    ) -> nn.Module:
-        use_cache, why = cache_decision(artifact, environment, policy)
-        data = files.read(artifact.runtime_cache) if use_cache and artifact.runtime_cache else None
-        # Kept also under runtime_cache=off: set_runtime may switch it on (with an empty cache).
-        cache = rtx_runner.SharedRuntimeCache(data)
-        settings = rtx_runner.RunnerSettings.from_policy(policy)
-        with torch.cuda.device(device):
-            module = load_graph(files.read(artifact.model_file), device)
-            runners = {
-                record.attribute: rtx_runner.make_runner(
-                    record.serialized_info,
-                    files.read(record.file),
-                    device,
-                    cache,
-                    record.attribute,
-                    settings,
-                    lazy=artifact.lazy_init,
-                )
-                for record in artifact.engines
-            }
-            attach_engines(module, runners, rtx_runner.execute_rtx)
-        setattr(
-            module,
-            LOAD_DETAILS,
-            {"runner": OWN_RUNNER, "reason": reason, "runtime_cache": why, "_cache": cache},
+    def executor(self, module: nn.Module) -> EngineExecutor:
+        return CppEngines(
+            find_engines(module), "compiled in this process", "a module compiled in this process"
         )
-        return module
 
     def _load_cpp(self, artifact: SavedArtifact, files: FileSource, device: torch.device) -> nn.Module:
         """The engines as Torch-TensorRT's C++ runtime objects (what refit works on)."""
         load_runtime()
+        check_engine_layout(artifact.engines)
         with torch.cuda.device(device):
             module = load_graph(files.read(artifact.model_file), device)
             engines = {
@@ -386,89 +380,3 @@ class TensorRTRuntime(ModelRuntime):
         for attribute in escaping_engines(module, execute):
             engines[attribute].set_output_tensors_as_unowned(True)
         return module
-
-    def load_details(self, module: nn.Module) -> dict[str, Any]:
-        details = dict(getattr(module, LOAD_DETAILS, {}))
-        cache = details.pop("_cache", None)
-        if details.get("runner") == OWN_RUNNER and not details.get("runtime_cache"):
-            if cache is None or cache.loaded is None:
-                details["runtime_cache"] = "pending: the engines' contexts are created on the first call"
-            elif cache.loaded:
-                details["runtime_cache"] = "hit"
-            else:
-                details["runtime_cache"] = "miss: TensorRT-RTX refused the cache's contents"
-        return details
-
-    def runtime_cache_bytes(self, module: nn.Module) -> bytes | None:
-        cache = getattr(module, LOAD_DETAILS, {}).get("_cache")
-        if cache is None:
-            return None
-        return cache.serialize() or None
-
-    def apply_policy(
-        self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
-    ) -> PolicyReport:
-        runners = find_engines(module, rtx_runner.is_runner)
-        if runners:
-            return _apply_to_runners(runners, policy, previous)
-        reason = getattr(module, LOAD_DETAILS, {}).get("reason", "")
-        if refused := rtx_settings_refused(
-            policy, f"this model's engines run on the {CPP_RUNTIME} ({reason})"
-        ):
-            raise refused
-        engines = find_engines(module)
-        readback = apply_to_engines(engines, policy, previous)
-        return PolicyReport(
-            policy=policy,
-            applied=True,
-            engines_configured=len(engines),
-            details={"engines": readback, "cuda_graphs": policy.cuda_graphs, "runner": CPP_RUNTIME},
-        )
-
-    def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        return CUDA_GRAPHS_GATE.call(policy.cuda_graphs)
-
-    def call_context_for(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        # The own runner keeps its CUDA graphs itself: no process-wide mode to share.
-        if find_engines(module, rtx_runner.is_runner):
-            return nullcontext()
-        return self.call_context(policy)
-
-    def hold_resources(self, module: nn.Module, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        if runners := find_engines(module, rtx_runner.is_runner):
-            return _runner_memory_held(runners)
-        return resources_held(find_engines(module), policy)
-
-
-def _apply_to_runners(
-    runners: list[EngineRef], policy: RuntimeConfig, previous: RuntimeConfig | None
-) -> PolicyReport:
-    """Configure every runner for ``policy``; all or nothing, as :func:`apply_to_engines`."""
-    settings = rtx_runner.RunnerSettings.from_policy(policy)
-    configured: list[EngineRef] = []
-    try:
-        for ref in runners:
-            configured.append(ref)
-            ref.engine.configure(settings)
-    except BaseException:
-        if previous is not None:
-            for ref in configured:
-                ref.engine.configure(rtx_runner.RunnerSettings.from_policy(previous))
-        raise
-    return PolicyReport(
-        policy=policy,
-        applied=True,
-        engines_configured=len(runners),
-        details={"runner": OWN_RUNNER, "engines": {ref.path: str(settings) for ref in runners}},
-    )
-
-
-@contextmanager
-def _runner_memory_held(runners: list[EngineRef]) -> Iterator[None]:
-    try:
-        for ref in runners:
-            ref.engine.hold_memory(True)
-        yield
-    finally:
-        for ref in runners:
-            ref.engine.hold_memory(False)

@@ -263,13 +263,19 @@ class FreshModel:
         self, policy: RuntimeConfig, inputs: tuple[torch.Tensor, ...]
     ) -> tuple[Callable[[], object], Callable[[], object]]:
         """A call under ``policy`` and the preparation that puts the policy on the engines."""
-        context = self.backend.call_context(policy)
+        executor = self.backend.executor(self.module)
+        context = [executor.call_context()]
+
+        def prepare() -> object:
+            report = executor.configure(policy)
+            context[0] = executor.call_context()  # the one of the policy just configured
+            return report
 
         def call() -> object:
-            with context:
+            with context[0]:
                 return self.module(*inputs)
 
-        return call, lambda: self.backend.apply_policy(self.module, policy)
+        return call, prepare
 
 
 def report_rows(report: BenchReport) -> list[tuple[str, str]]:

@@ -21,10 +21,10 @@ def reload_model(
 ) -> LoadedModel:
     """Deserialize what was written and apply ``policy``; the engine count must be
     ``expected_engines`` (the fresh compile's, or the parent bundle's for a refit)."""
-    module = backend.load(serialized.artifact, serialized.files, device, policy)
+    artifact = backend.load(serialized.artifact, serialized.files, device, policy)
     return LoadedModel(
-        module=module,
-        backend=backend,
+        module=artifact.module,
+        executor=artifact.executor,
         specs=specs,
         precision=precision,
         device=device,

@@ -56,7 +56,7 @@ class CompileStep:
         if cached is None:
             return None
         # An earlier run may have timed other policies on these engines: start from the default.
-        work.backend.apply_policy(cached.compiled.module, RuntimeConfig())
+        work.backend.executor(cached.compiled.module).configure(RuntimeConfig())
         work.extra_timings[Stage.compile.value] = cached.seconds
         return cached.compiled, "the same engines were compiled earlier in this process"
 
@@ -140,7 +140,7 @@ def ship_runtime_cache(work: Work, loaded: LoadedModel) -> dict[str, Any]:
     """Write the loaded model's runtime cache into the bundle (TensorRT-RTX through the own
     runner), after every golden and random input set ran: the manifest's ``runtime_cache`` entry,
     empty when there is none. Later loads of this build (bench) use it too."""
-    if loaded.module is None or not (data := work.backend.runtime_cache_bytes(loaded.module)):
+    if loaded.closed or not (data := loaded.executor.cache_bytes()):
         return {}
     serialized = need(work.serialized, "serialized")
     target = serialized.root / RUNTIME_CACHE_NAME

@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline import load_bundle
 from pipeline.models import make_inputs
-from pipeline.runtime.engines import find_engines
-from pipeline.runtime.rtx_runner import is_runner
+from pipeline.runtime.executor import RunnerKind
 
 
 def host_and_wall(call: Callable[[], object], calls: int) -> tuple[float, float]:
@@ -80,7 +79,8 @@ def main() -> None:
     print(f"policy {loaded.policy.name}; runner {loaded.load_report.get('engines', {}).get('runner')}")
     print("loaded graph code:\n" + loaded.module.code)  # type: ignore[union-attr]
     inputs = make_inputs(loaded.specs, 0, loaded.precision, loaded.device)
-    runners = find_engines(loaded.module, is_runner)
+    own = loaded.executor.runner is RunnerKind.rtx
+    runners = list(loaded.executor.engine_objects().values()) if own else []
     checked = replace(loaded.policy, check_value_ranges=True)
     unchecked = replace(loaded.policy, check_value_ranges=False)
 
@@ -94,7 +94,7 @@ def main() -> None:
         "graph alone": (graph_alone, None),
     }
     if len(runners) == 1:
-        runner = runners[0].engine
+        runner = runners[0]
         paths["runner alone"] = (lambda: runner.execute(list(inputs)), None)
     # The first path again, last: a gap that closes here came from the order, not the path.
     paths["loaded, values checked (again, last)"] = paths["loaded, values checked"]

@@ -56,8 +56,10 @@ def pipeline_runners(config: Any, built: Any) -> dict[str, Runner]:
     print(f"pipeline compile {time.perf_counter() - start:.1f}s, {compiled.engine_count} engines", flush=True)
     root = Path(tempfile.mkdtemp(prefix="probe-"))
     artifact = backend.save(compiled, root, config.model.inputs)
-    reloaded = backend.load(artifact, DirectoryFiles(root), CUDA, RuntimeConfig())
-    print(f"reloaded: {backend.load_details(reloaded)}", flush=True)
+    loaded = backend.load(artifact, DirectoryFiles(root), CUDA, RuntimeConfig())
+    loaded.executor.configure(RuntimeConfig())
+    reloaded = loaded.module
+    print(f"reloaded: {loaded.executor.outcome().record()}", flush=True)
     return {
         "pipeline": lambda inputs: tuple(compiled.module(*inputs)),
         "pipeline-reloaded": lambda inputs: tuple(reloaded(*inputs)),

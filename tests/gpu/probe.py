@@ -25,19 +25,16 @@ import torch
 HEAVY_MODULES = ("torch_tensorrt", "hydra", "omegaconf", "pipeline.stages", "pipeline.config.loading")
 
 
-def any_engine(value: object) -> bool:
-    """A Torch-TensorRT engine object or one of our own TensorRT-RTX runners."""
-    from pipeline.runtime.engines import is_engine
-    from pipeline.runtime.rtx_runner import is_runner
-
-    return is_engine(value) or is_runner(value)
+def engine_states(loaded: Any) -> dict[str, dict[str, Any]]:
+    """Settings read back from each engine object (or own runner) of a loaded model."""
+    return {path: engine_state(engine) for path, engine in loaded.executor.engine_objects().items()}
 
 
 def engine_state(engine: Any) -> dict[str, Any]:
     """Settings read back from one engine object (or own runner)."""
-    from pipeline.runtime.rtx_runner import is_runner
+    from pipeline.runtime.rtx_runner import RtxEngineRunner
 
-    if is_runner(engine):
+    if isinstance(engine, RtxEngineRunner):
         settings = engine.settings
         return {
             "runner": "tensorrt_rtx",
@@ -135,7 +132,6 @@ def probe(bundle: str, runtime: str | None, iterations: int) -> dict[str, Any]:
         seen_modes.append(cudagraphs_enabled())
     seen_modes.append(cudagraphs_enabled())
 
-    from pipeline.runtime.engines import find_engines
     from pipeline.runtime.loader import verify_loaded
 
     golden = verify_loaded(loaded)
@@ -147,7 +143,7 @@ def probe(bundle: str, runtime: str | None, iterations: int) -> dict[str, Any]:
         "engines_configured": loaded.policy_report.engines_configured,
         "load_report_engines": loaded.load_report["engines"],
         "engines_in_manifest": loaded.manifest.engine_count,
-        "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module, any_engine)},
+        "engines": engine_states(loaded),
         "imported": imported,
         "cuda_graphs_during_call": seen_modes[0],
         "cuda_graphs_after_call": seen_modes[1],
@@ -195,12 +191,11 @@ def call_sequence(bundle: str, sequence: str, order: list[str], iterations: int)
     }
     turn = itertools.cycle((inputs[first], inputs[second]))
     alternating = measure_latency(lambda: loaded(*next(turn)), 20, iterations).median_ms
-    from pipeline.runtime.engines import find_engines
 
     return {
         "calls": calls,
         "policy": loaded.policy.name,
-        "engines": {ref.path: engine_state(ref.engine) for ref in find_engines(loaded.module, any_engine)},
+        "engines": engine_states(loaded),
         "steady_ms": steady,
         "alternating_ms": alternating,
         "shape_change_ms": alternating - (steady[first] + steady[second]) / 2,

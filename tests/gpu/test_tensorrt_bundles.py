@@ -34,13 +34,12 @@ from pipeline.config.schema import Tolerance
 from pipeline.errors import InputValidationError
 from pipeline.models import make_inputs
 from pipeline.runner import RunResult
-from pipeline.runtime.engines import find_engines
 from pipeline.runtime.format import GOLDEN_NAME, Manifest
 from pipeline.runtime.policy import runtime_preset
 from pipeline.runtime.tensorrt import OWN_RUNNER
 from pipeline.runtime.verification import compare
 from pipeline.timing import gpu_memory_in_use
-from tests.gpu.probe import HEAVY_MODULES, any_engine, engine_state, probe_many_in_fresh_process
+from tests.gpu.probe import HEAVY_MODULES, engine_states, probe_many_in_fresh_process
 from tests.helpers import run
 
 # Policies sharing one engine build come together: the runner compiles them once.
@@ -236,13 +235,13 @@ def test_loaded_bundle_switches_policy_on_every_engine_when_set_at_runtime(artif
     bundle = build(artifacts, (model, precision, "standard")).bundle
     assert bundle is not None
     switched = load_bundle(bundle.path)  # its own copy: the shared one keeps its policy
-    engines = find_engines(switched.module, any_engine)
-    assert engines and not any(engine_state(ref.engine)["pre_allocated_outputs"] for ref in engines)
+    engines = engine_states(switched)
+    assert engines and not any(state["pre_allocated_outputs"] for state in engines.values())
     inputs = make_inputs(switched.specs, 3, switched.precision, switched.device)
     before = switched(*inputs)
     report = switched.set_runtime("preallocated")
     assert report.engines_configured == len(engines)
-    assert all(engine_state(ref.engine)["pre_allocated_outputs"] for ref in engines)
+    assert all(state["pre_allocated_outputs"] for state in engine_states(switched).values())
     after = switched(*inputs)
     for a, b in zip(before, after, strict=True):
         torch.testing.assert_close(a, b)

@@ -33,7 +33,9 @@ from pipeline.models import state_dict_digest
 from pipeline.refit import refit_bundle
 from pipeline.refit import workflow as refit_workflow
 from pipeline.refit.cli import print_summary
+from pipeline.runtime.base import FileSource, SavedArtifact
 from pipeline.runtime.engine_graph import EngineRecord
+from pipeline.runtime.executor import EngineExecutor, LoadedArtifact, RunnerKind
 from pipeline.runtime.format import GOLDEN_NAME, describe_files, read_manifest, write_manifest
 from pipeline.runtime.loader import open_bundle
 from pipeline.runtime.policy import PolicyReport
@@ -95,9 +97,24 @@ class ReexportBackend(ExportBackend):
             (request.target / record.file).write_bytes(request.files.read(record.file))
         return RefitReport(engines=1, artifact=request.artifact)
 
-    def apply_policy(
-        self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
-    ) -> PolicyReport:
+    def load(
+        self,
+        artifact: SavedArtifact,
+        files: FileSource,
+        device: torch.device,
+        policy: RuntimeConfig | None = None,
+    ) -> LoadedArtifact:
+        loaded = super().load(artifact, files, device, policy)
+        return LoadedArtifact(loaded.module, StandInEngine())
+
+
+class StandInEngine(EngineExecutor):
+    """The stand-in engine's executor: it takes every policy, as one engine."""
+
+    runner = RunnerKind.cpp
+
+    def configure(self, policy: RuntimeConfig, previous: RuntimeConfig | None = None) -> PolicyReport:
+        self._policy = policy
         return PolicyReport(policy=policy, applied=True, engines_configured=1)
 
 

@@ -4,7 +4,6 @@ lifetime, devices and callers on several threads. tests/gpu/ runs the same contr
 from __future__ import annotations
 
 import threading
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ from torch import nn
 from pipeline.bundle.pack import pack_bundle
 from pipeline.errors import BundleError, InputValidationError, ModelClosedError
 from pipeline.runtime import load_bundle
-from pipeline.runtime.base import FileSource, ModelRuntime, SavedArtifact
+from pipeline.runtime.executor import EngineExecutor, RunnerKind
 from pipeline.runtime.loaded import LoadedModel
 from pipeline.runtime.policy import PolicyReport, RuntimeConfig, runtime_preset
-from pipeline.runtime.types import BackendKind, DType, InputSpec, Precision
+from pipeline.runtime.types import DType, InputSpec, Precision
 from pipeline.stages.package import PublishedBundle
 
 SPECS = [
@@ -32,43 +31,28 @@ class AddModule(nn.Module):
         return ids + types, ids * 2
 
 
-class FakeRuntime(ModelRuntime):
+class FakeExecutor(EngineExecutor):
     """Counts one engine per policy application; ``refuse`` names a policy its engine refuses."""
 
-    kind = BackendKind.tensorrt
+    runner = RunnerKind.cpp
 
     def __init__(self, engines: int = 1, refuse: str | None = None) -> None:
+        super().__init__("a stand-in")
         self.engines, self.refuse = engines, refuse
         self.applied: list[str] = []
 
-    def environment(self, device: torch.device | None = None) -> dict[str, str]:
-        return {}
-
-    def load(
-        self,
-        artifact: SavedArtifact,
-        files: FileSource,
-        device: torch.device,
-        policy: RuntimeConfig | None = None,
-    ) -> nn.Module:
-        raise NotImplementedError
-
-    def apply_policy(
-        self, module: nn.Module, policy: RuntimeConfig, previous: RuntimeConfig | None = None
-    ) -> PolicyReport:
+    def configure(self, policy: RuntimeConfig, previous: RuntimeConfig | None = None) -> PolicyReport:
         if policy.name == self.refuse:
             raise RuntimeError(f"engine refused {policy.name}")
         self.applied.append(policy.name)
+        self._policy = policy
         return PolicyReport(policy=policy, applied=True, engines_configured=self.engines)
 
-    def call_context(self, policy: RuntimeConfig) -> AbstractContextManager[Any]:
-        return nullcontext()
 
-
-def loaded(runtime: FakeRuntime | None = None, expected_engines: int | None = 1) -> LoadedModel:
+def loaded(runtime: FakeExecutor | None = None, expected_engines: int | None = 1) -> LoadedModel:
     return LoadedModel(
         module=AddModule(),
-        backend=runtime or FakeRuntime(),
+        executor=runtime or FakeExecutor(),
         specs=SPECS,
         precision=Precision.fp32,
         device="cpu",
@@ -109,7 +93,7 @@ def test_model_outputs_answer_to_attribute_names_when_outputs_are_named() -> Non
 
 
 def test_set_runtime_keeps_the_policy_in_force_when_an_engine_refuses_the_new_one() -> None:
-    runtime = FakeRuntime(refuse="cudagraphs")
+    runtime = FakeExecutor(refuse="cudagraphs")
     model = loaded(runtime)
     with pytest.raises(RuntimeError, match="refused cudagraphs"):
         model.set_runtime("cudagraphs")
@@ -117,7 +101,7 @@ def test_set_runtime_keeps_the_policy_in_force_when_an_engine_refuses_the_new_on
 
 
 def test_set_runtime_puts_previous_policy_back_when_engine_count_does_not_match() -> None:
-    runtime = FakeRuntime(engines=1)
+    runtime = FakeExecutor(engines=1)
     model = loaded(runtime, expected_engines=1)
     runtime.engines = 2  # as if a graph file held an extra engine
     with pytest.raises(BundleError, match="configured 2 TensorRT engines"):
@@ -200,7 +184,7 @@ RANGED = [
 def ranged(policy: RuntimeConfig | str = "standard") -> LoadedModel:
     return LoadedModel(
         module=AddModule(),
-        backend=FakeRuntime(),
+        executor=FakeExecutor(),
         specs=RANGED,
         precision=Precision.fp32,
         device="cpu",

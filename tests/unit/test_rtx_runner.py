@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.runtime import rtx_runner
 from pipeline.runtime.base import SavedArtifact
 from pipeline.runtime.engine_graph import EngineRecord
+from pipeline.runtime.executor import CacheState, CacheStatus
 from pipeline.runtime.format import Manifest
 from pipeline.runtime.policy import (
     PRESETS,
@@ -359,11 +360,13 @@ def artifact(cache: str | None = "engines/runtime.cache", key: dict[str, str] | 
 
 def test_cache_decision_says_hit_or_why_not_when_loading() -> None:
     auto = RuntimeConfig()
-    assert cache_decision(artifact(), HOST, auto) == (True, "")
-    assert cache_decision(artifact(cache=None), HOST, auto)[1] == "miss: the bundle has no runtime cache"
-    assert "sm" in cache_decision(artifact(), {**HOST, "sm": "8.6"}, auto)[1]
+    assert cache_decision(artifact(), HOST, auto) is None  # handed to TensorRT-RTX
+    no_cache = cache_decision(artifact(cache=None), HOST, auto)
+    assert no_cache is not None and no_cache.describe() == "miss: the bundle has no runtime cache"
+    other_gpu = cache_decision(artifact(), {**HOST, "sm": "8.6"}, auto)
+    assert other_gpu is not None and other_gpu.status is CacheStatus.miss and "sm" in other_gpu.reason
     off = RuntimeConfig(runtime_cache=RuntimeCacheMode.off)
-    assert cache_decision(artifact(), HOST, off) == (False, "miss: runtime.runtime_cache=off")
+    assert cache_decision(artifact(), HOST, off) == CacheState(CacheStatus.miss, "runtime.runtime_cache=off")
 
 
 def test_choose_runner_takes_the_own_runner_when_rtx_before_2_13() -> None:

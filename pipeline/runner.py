@@ -95,6 +95,7 @@ class BuildStep:
     name = Stage.build
     requires: tuple[str, ...] = ()
     produces = "built"
+    releases: tuple[str, ...] = ()
 
     def detail(self, work: Work) -> str:
         return work.config.model.name
@@ -154,7 +155,8 @@ def _run_stages(config: PipelineConfig, overrides: list[str], clock: StageClock)
         )
         result.bundle = outcome
         return result
-    result.bundle, result.verified, result.policy = work.bundle, work.verified, work.policy_report
+    result.bundle, result.verified = work.bundle, work.verified
+    result.policy = work.verified.policy if work.verified is not None else None
     result.compiled, result.bench = work.compiled, work.bench
     return result
 

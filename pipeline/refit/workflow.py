@@ -191,7 +191,7 @@ def refit_bundle(
         parent=root,
         bundle=need(work.bundle, "bundle"),
         engines_refitted=refit.engines,
-        policy=work.policy_report,
+        policy=work.verified.policy if work.verified is not None else None,
         verified=work.verified,
         seconds=dict(clock.seconds),
     )

@@ -26,7 +26,6 @@ from pipeline.console import StageClock, console
 from pipeline.errors import BundleError
 from pipeline.runtime.format import check_files, read_manifest
 from pipeline.runtime.loaded import LoadedModel
-from pipeline.runtime.policy import PolicyReport
 from pipeline.stages.bench import BenchReport
 from pipeline.stages.build import BuiltModel
 from pipeline.stages.package import PublishedBundle
@@ -80,10 +79,7 @@ class Work:
     serialized: SerializedModel | None = None
     expected_engines: int = 0
     loaded: LoadedModel | None = None
-    policy_report: PolicyReport | None = None
     verified: VerifiedModel | None = None
-    #: The manifest's ``runtime_cache`` entry, once the verify step shipped one.
-    runtime_cache: dict[str, Any] = field(default_factory=dict)
     bench: BenchReport | None = None
     bundle: PublishedBundle | None = None
     records: list[StepRecord] = field(default_factory=list)
@@ -115,6 +111,12 @@ class Step(Protocol):
         """The field of :class:`Work` the step's output goes to."""
         ...
 
+    @property
+    def releases(self) -> tuple[str, ...]:
+        """Fields of :class:`Work` no later step needs: dropped once the step ends (its outputs
+        freed, e.g. a reloaded model's engines), whether it succeeded or not."""
+        ...
+
     def detail(self, work: Work) -> str:
         """What the progress line says beside the name."""
         ...
@@ -129,7 +131,10 @@ class Step(Protocol):
 
 
 class StepDefaults:
-    """What most steps say and reuse: nothing beside their name, nothing made earlier."""
+    """What most steps say, reuse and release: nothing beside their name, nothing made earlier,
+    nothing."""
+
+    releases: tuple[str, ...] = ()
 
     def detail(self, work: Work) -> str:
         """What the progress line says beside the name."""
@@ -162,6 +167,9 @@ def run_steps(steps: Iterable[Step], work: Work) -> None:
                     StepRecord(step.name.value, StepStatus.failed, work.clock.seconds[step.name.value])
                 )
                 raise
+            finally:
+                for released in step.releases:
+                    setattr(work, released, None)
             work.records.append(
                 StepRecord(step.name.value, StepStatus.done, work.clock.seconds[step.name.value])
             )

@@ -47,6 +47,7 @@ class CompileStep:
     name = Stage.compile
     requires = ("built",)
     produces = "compiled"
+    releases: tuple[str, ...] = ()
 
     def detail(self, work: Work) -> str:
         return work.backend.kind.value
@@ -89,9 +90,12 @@ class SerializeStep(StepDefaults):
 
 
 def load_serialized(work: Work, policy: RuntimeConfig) -> LoadedModel:
-    """The serialized model loaded back as deployment hosts load it, under ``policy``."""
+    """The serialized model loaded back as deployment hosts load it, under ``policy`` (with the
+    runtime cache the verify step produced, once it has: the bundle ships it)."""
     engines = work.compiled.engine_count if work.compiled is not None else work.expected_engines
     serialized = need(work.serialized, "serialized")
+    if work.verified is not None:
+        serialized = serialized.with_runtime_cache(work.verified.runtime_cache)
     return reload_model(work.backend, serialized, work.specs, work.precision, work.device, policy, engines)
 
 
@@ -107,9 +111,7 @@ class ReloadStep(StepDefaults):
         return f"runtime={work.policy.name}"
 
     def run(self, work: Work) -> LoadedModel:
-        loaded = load_serialized(work, work.policy)
-        work.policy_report = loaded.policy_report
-        return loaded
+        return load_serialized(work, work.policy)
 
 
 @dataclass
@@ -123,32 +125,16 @@ class VerifyStep(StepDefaults):
     name: Enum = Stage.verify
     requires = ("built", "loaded")
     produces = "verified"
+    # Later steps load their own copies (bench) or none: the reloaded engines are freed after it.
+    releases = ("loaded",)
 
     def run(self, work: Work) -> VerifiedModel:
-        verified = verify_model(need(work.built, "built"), need(work.loaded, "loaded"), work.config)
-        if verified.report.passed:
-            work.runtime_cache = ship_runtime_cache(work, need(work.loaded, "loaded"))
-        # Later steps load their own copies (bench) or none: free this one's engines now.
-        work.loaded = None
+        built, loaded = need(work.built, "built"), need(work.loaded, "loaded")
+        verified = verify_model(built, loaded, work.config, cache_key(work.environment))
         if not verified.report.passed:
             raise VerificationError(self.failure(work.config, verified.report.summary()))
         console.print(f"verification: {verified.report.summary()}")
         return verified
-
-
-def ship_runtime_cache(work: Work, loaded: LoadedModel) -> dict[str, Any]:
-    """Write the loaded model's runtime cache into the bundle (TensorRT-RTX through the own
-    runner), after every golden and random input set ran: the manifest's ``runtime_cache`` entry,
-    empty when there is none. Later loads of this build (bench) use it too."""
-    if loaded.closed or not (data := loaded.executor.cache_bytes()):
-        return {}
-    serialized = need(work.serialized, "serialized")
-    target = serialized.root / RUNTIME_CACHE_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
-    key = cache_key(work.environment)
-    serialized.artifact.runtime_cache, serialized.artifact.runtime_cache_key = RUNTIME_CACHE_NAME, key
-    return {"file": RUNTIME_CACHE_NAME, "key": key}
 
 
 @dataclass
@@ -156,6 +142,7 @@ class BenchStep(StepDefaults):
     """Time the loaded model (and extra policies) against the configured baselines."""
 
     name = Stage.bench
+    # Where verify ran, the bench's loads take the runtime cache it produced, as deployments will.
     requires = ("built", "compiled", "serialized")
     produces = "bench"
 
@@ -163,7 +150,6 @@ class BenchStep(StepDefaults):
         return f"{work.config.bench.iterations} calls per variant"
 
     def run(self, work: Work) -> BenchReport:
-        work.loaded = None  # measure what the bench loads, not what reload left behind
         built, compiled = need(work.built, "built"), need(work.compiled, "compiled")
         report = bench_model(
             lambda policy: load_serialized(work, policy),
@@ -203,11 +189,11 @@ def common_manifest_fields(work: Work) -> dict[str, Any]:
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "environment": work.environment,
         "model_file": serialized.artifact.model_file,
-        "runtime": need(work.policy_report, "policy_report").manifest_record(),
+        "runtime": verified.policy.manifest_record(),
         "outputs": describe_outputs(verified.golden_outputs, verified.output_names),
         "verification": verified.report.to_dict(),
         "engines": [record.to_dict() for record in serialized.artifact.engines],
-        "runtime_cache": dict(work.runtime_cache),
+        "runtime_cache": verified.runtime_cache.manifest_entry() if verified.runtime_cache else {},
         "files": [],
     }
 
@@ -219,7 +205,8 @@ def step_timings(work: Work) -> dict[str, float]:
 
 @dataclass
 class PackageStep(StepDefaults):
-    """Assemble the manifest and publish the staging directory under the bundle's name.
+    """Place the files the verify step produced (the runtime cache), assemble the manifest and
+    publish the staging directory under the bundle's name.
 
     ``own_fields`` gives the manifest fields that depend on how the bundle was made (the config
     and overrides of a build; the parent's fields and the new weights of a refit).
@@ -227,7 +214,7 @@ class PackageStep(StepDefaults):
 
     own_fields: Callable[[Work], dict[str, Any]]
     name: Enum = Stage.package
-    requires = ("built", "serialized", "verified", "policy_report")
+    requires = ("built", "serialized", "verified")
     produces = "bundle"
 
     def run(self, work: Work) -> PublishedBundle:
@@ -240,12 +227,13 @@ class PackageStep(StepDefaults):
         name = bundle_dir_name(
             config.model.name, work.precision.value, work.policy.name, work.backend.kind.value, work.bundle_id
         )
-        verified = need(work.verified, "verified")
+        verified, staging = need(work.verified, "verified"), need(work.staging, "staging")
+        if verified.runtime_cache is not None:  # listed and hashed in the manifest like every other file
+            (staging / RUNTIME_CACHE_NAME).parent.mkdir(parents=True, exist_ok=True)
+            (staging / RUNTIME_CACHE_NAME).write_bytes(verified.runtime_cache.data)
         calibration = need(work.built, "built").calibration
-        if calibration is not None:  # listed and hashed in the manifest like every other file
-            (need(work.staging, "staging") / CALIBRATION_NAME).write_text(
-                calibration.to_json(), encoding="utf-8"
-            )
+        if calibration is not None:
+            (staging / CALIBRATION_NAME).write_text(calibration.to_json(), encoding="utf-8")
         return package_bundle(
             work.store,
             need(work.staging, "staging"),

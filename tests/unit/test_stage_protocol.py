@@ -79,6 +79,7 @@ class NeedsVerified:
     name = Probe.late
     requires = ("verified",)
     produces = "bench"
+    releases: tuple[str, ...] = ()
 
     def detail(self, work: Work) -> str:
         return ""
@@ -115,3 +116,58 @@ def test_run_pipeline_records_each_step_with_status_and_time_when_run(tmp_path: 
         (stage.value, StepStatus.done) for stage in Stage if stage is not Stage.bench
     ]
     assert all(r.seconds >= 0 for r in result.steps)
+
+
+class FailsAndReleases:
+    name = Probe.late
+    requires: tuple[str, ...] = ()
+    produces = "bench"
+    releases = ("loaded",)
+
+    def detail(self, work: Work) -> str:
+        return ""
+
+    def reuse(self, work: Work) -> None:
+        return None
+
+    def run(self, work: Work) -> Any:
+        raise RuntimeError("the step failed")
+
+
+def test_run_steps_drops_what_a_step_releases_when_the_step_fails(tmp_path: Path) -> None:
+    config = resolve(compose(["model=tiny_cnn"]))
+    work = Work(
+        config=config,
+        resolved=config_dict(config),
+        backend=get_backend(BackendKind.export),
+        device=torch.device("cpu"),
+        store=BundleStore(tmp_path),
+        policy=config.runtime,
+        specs=config.model.inputs,
+        precision=config.precision,
+    )
+    work.loaded = object()  # type: ignore[assignment]  # a reloaded model holding engines
+    with pytest.raises(RuntimeError, match="the step failed"):
+        run_steps([FailsAndReleases()], work)
+    assert work.loaded is None and [r.status for r in work.records] == [StepStatus.failed]
+
+
+def test_package_places_the_runtime_cache_the_verify_step_produced_when_the_model_has_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.runtime.executor import NoEngines
+    from pipeline.runtime.format import RUNTIME_CACHE_NAME, read_manifest
+    from pipeline.runtime.rtx_runner import cache_key
+    from tests.helpers import run
+
+    monkeypatch.setattr(NoEngines, "cache_bytes", lambda self: b"compiled kernels")
+    result = run(tmp_path, "model=tiny_cnn")
+    assert result.bundle is not None and result.verified is not None
+    assert (
+        result.verified.runtime_cache is not None
+        and result.verified.runtime_cache.data == b"compiled kernels"
+    )
+    assert (result.bundle.path / RUNTIME_CACHE_NAME).read_bytes() == b"compiled kernels"
+    manifest = read_manifest(result.bundle.path)
+    assert manifest.runtime_cache == {"file": RUNTIME_CACHE_NAME, "key": cache_key(manifest.environment)}
+    assert RUNTIME_CACHE_NAME in {entry.path for entry in manifest.files}

@@ -10,7 +10,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-bert bench-resnet bench-sweep bench-precisions bench-refit report lint typecheck check clean
+.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-bert bench-resnet bench-sweep bench-precisions bench-refit report lint typecheck docs check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,9 +55,9 @@ test-install: $(STAMP) ## a wheel installed as users do (deployment-only, then w
 reliability: $(STAMP) ## tampering, unpacking, signatures, kill -9, concurrency, compatibility, fuzzing: a table of counts
 	$(PY) -m pytest -q -p no:logging tests/reliability
 
-# The GPU host has no network: it runs with its own python3 plus the wheelhouse (README).
+# The GPU host has no network: it runs with its own python3 plus the wheelhouse (docs/gpu-host.md).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
-test-gpu: ## GPU suite (<= 5 min on an H200): needs a CUDA GPU and torch_tensorrt (README, "GPU host")
+test-gpu: ## GPU suite (<= 5 min on an H200): needs a CUDA GPU and torch_tensorrt (docs/gpu-host.md)
 	$(GPU_PY) -m pytest -m "gpu and not gpu_extended" tests/gpu -v -p no:cacheprovider --durations=12
 
 test-gpu-full: ## the GPU suite plus the tests that document settled facts (SDPA on Hopper, format 1 vs 2)
@@ -127,6 +127,9 @@ lint: $(STAMP) ## ruff lint and format check
 
 typecheck: $(STAMP) ## mypy on pipeline/
 	$(PY) -m mypy
+
+docs: $(STAMP) ## build the documentation site (strict: broken links fail)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 check: lint typecheck test ## lint + typecheck + tests
 

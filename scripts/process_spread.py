@@ -7,7 +7,7 @@ Sequential (the default): each process runs ``python -m pipeline.bundle bench BU
 the recorded policy, warm up, time the loaded model), one after another; the medians side by side
 and slowest / fastest. TensorRT-RTX picks kernels when an engine's context is created; a runtime
 cache from the build fixes them, so with the cache the spread between processes should shrink
-(README, TensorRT-RTX section).
+(docs/performance.md, process-to-process spread).
 
 ``--interleaved``: the processes are alive at once and take turns (one at a time on the GPU, the
 order rotated every round), each timing ``--iterations / --rounds`` calls per turn as the bench

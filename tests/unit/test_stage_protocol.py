@@ -91,9 +91,10 @@ class NeedsVerified:
         raise AssertionError("ran without what it requires")
 
 
-def test_run_steps_refuses_a_step_when_no_earlier_step_produced_what_it_requires(tmp_path: Path) -> None:
+def cpu_work(tmp_path: Path) -> Work:
+    """The shared state of a tiny_cnn build on the CPU, before any step ran."""
     config = resolve(compose(["model=tiny_cnn"]))
-    work = Work(
+    return Work(
         config=config,
         resolved=config_dict(config),
         backend=get_backend(BackendKind.export),
@@ -103,6 +104,10 @@ def test_run_steps_refuses_a_step_when_no_earlier_step_produced_what_it_requires
         specs=config.model.inputs,
         precision=config.precision,
     )
+
+
+def test_run_steps_refuses_a_step_when_no_earlier_step_produced_what_it_requires(tmp_path: Path) -> None:
+    work = cpu_work(tmp_path)
     with pytest.raises(RuntimeError, match="requires verified"):
         run_steps([NeedsVerified()], work)
     assert work.records == []
@@ -135,17 +140,7 @@ class FailsAndReleases:
 
 
 def test_run_steps_drops_what_a_step_releases_when_the_step_fails(tmp_path: Path) -> None:
-    config = resolve(compose(["model=tiny_cnn"]))
-    work = Work(
-        config=config,
-        resolved=config_dict(config),
-        backend=get_backend(BackendKind.export),
-        device=torch.device("cpu"),
-        store=BundleStore(tmp_path),
-        policy=config.runtime,
-        specs=config.model.inputs,
-        precision=config.precision,
-    )
+    work = cpu_work(tmp_path)
     work.loaded = object()  # type: ignore[assignment]  # a reloaded model holding engines
     with pytest.raises(RuntimeError, match="the step failed"):
         run_steps([FailsAndReleases()], work)

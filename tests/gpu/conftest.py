@@ -31,10 +31,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """A short table of what the fresh processes saw: policy, engines, golden check, latency."""
     from tests.gpu.test_tensorrt_bundles import REPORT
 
+    write = terminalreporter.write_line
+    accuracy = REPORT.get("bert_dynamic-fp16-accuracy", {})
+    if accuracy:
+        write("")
+        header = f"{'bert_dynamic fp16, golden set':<44} {'vs eager fp16':>13} {'allowed':>8}"
+        write(f"{header} {'eager fp16 vs fp32':>19}")
+        for label, row in accuracy.items():
+            write(
+                f"{label:<44} {row['bundle_vs_eager_fp16']:>13.4f} {row['allowed']:>8.4f} "
+                f"{row['eager_fp16_vs_fp32']:>19.4f}"
+            )
     rows = [(case, r) for case, r in REPORT.items() if "engines_configured" in r]
     if not rows:
         return
-    write = terminalreporter.write_line
     write("")
     write(f"{'bundle':<34} {'policy':<13} {'engines':>7} {'golden':>7} {'median ms':>10} {'load s':>7}")
     for case, report in rows:

@@ -21,14 +21,17 @@ from pipeline import load_bundle
 from pipeline.bundle.pack import pack_bundle
 from pipeline.config.schema import Tolerance
 from pipeline.models import make_inputs
-from pipeline.runtime.format import GOLDEN_NAME, OPT_SET, golden_tensors
+from pipeline.runner import RunResult
+from pipeline.runtime.format import GOLDEN_NAME, OPT_SET, golden_sets, golden_tensors
 from pipeline.stages.build import build_model
 from tests.gpu.probe import HEAVY_MODULES, probe_many_in_fresh_process
 from tests.gpu.test_concurrency import THREADS, answers, hammer
 from tests.gpu.test_tensorrt_bundles import REPORT
-from tests.helpers import run
+from tests.helpers import config_for, run
 
 BATCHES = {OPT_SET: 1, "b7": 7, "b32": 32}
+#: Where the per-shape errors go in the GPU report (the run's summary prints them).
+ACCURACY = "bert_dynamic-fp16-accuracy"
 ORDER = [OPT_SET, "b7", "b32", "b7", OPT_SET]
 
 
@@ -54,6 +57,7 @@ def test_preallocated_dynamic_batch_bert_matches_eager_when_batch_changes_betwee
     golden = load_file(str(result.bundle.path / GOLDEN_NAME))
     lengths = golden["max/input.attention_mask"].sum(dim=1)
     assert int(lengths.min()) < 512 == int(lengths.max())  # padded rows in the batch of 32
+    REPORT[ACCURACY] = accuracy_by_set(result, artifacts)
 
     config = result.config
     eager = build_model(config, torch.device("cuda")).eager
@@ -108,3 +112,34 @@ def test_preallocated_dynamic_batch_bert_matches_eager_when_batch_changes_betwee
     REPORT["threads-bert_dynamic-batches-1-7-32"] = dict(counts)
     wrong = {key: n for key, n in counts.items() if "another" in key or "neither" in key}
     assert wrong == {}, counts
+
+
+def accuracy_by_set(result: RunResult, artifacts: Path) -> dict[str, dict[str, float]]:
+    """Per golden set and output: the bundle's max_abs error against eager fp16 (what verify
+    checks) and what verify allowed, beside eager fp16's own max_abs error against eager fp32."""
+    assert result.bundle is not None and result.verified is not None
+    names = [spec.name for spec in result.config.model.inputs]
+    sets = golden_sets(
+        load_file(str(result.bundle.path / GOLDEN_NAME)), names, len(result.bundle.manifest.outputs)
+    )
+    device = torch.device(result.device)
+    fp32 = build_model(
+        config_for(artifacts, f"model={result.config.model.name}", "precision=fp32"), device
+    ).eager
+    checks = {(c.input_set, c.output): c for c in result.verified.report.comparisons}
+    rows: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for name, (inputs, reference) in sets.items():
+            label = "golden" if name == OPT_SET else f"golden-{name}"
+            outputs = fp32(*(tensor.to(device) for tensor in inputs))
+            for index, (half, full) in enumerate(zip(reference, outputs, strict=True)):
+                check = checks[(label, index)]
+                rows[f"{label} {tuple(inputs[0].shape)} output {index}"] = {
+                    "bundle_vs_eager_fp16": check.max_abs_error,
+                    "allowed": check.allowed_abs_error,
+                    "eager_fp16_vs_fp32": float((half.double() - full.double().cpu()).abs().max()),
+                }
+    del fp32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows

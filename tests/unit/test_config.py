@@ -209,3 +209,14 @@ def test_parse_refuses_a_value_of_another_type_when_omegaconf_would_convert_it(
     node[leaf] = value
     with pytest.raises(ConfigError, match=f"{key}: expected"):
         parse(data)
+
+
+@pytest.mark.parametrize("model", ["bert", "bert_dynamic", "tiny_bert", "tiny_bert_dynamic"])
+def test_bert_configs_send_what_a_tokenizer_sends_when_composed(model: str) -> None:
+    config = resolve(compose([f"model={model}"]))
+    inputs = {spec.name: spec for spec in config.model.inputs}
+    vocab = config.model.architecture["vocab_size"]
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert (ids.low, ids.high, ids.max_value) == (0, vocab, vocab - 1)  # the whole vocabulary
+    assert mask.padding is not None and (mask.min_value, mask.max_value) == (0, 1)
+    assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]

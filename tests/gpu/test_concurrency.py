@@ -20,6 +20,7 @@ import torch
 from pipeline import LoadedBundle, load_bundle
 from pipeline.config.schema import Tolerance
 from pipeline.models import make_inputs
+from pipeline.runtime.verification import compare
 from pipeline.timing import gpu_memory_in_use
 from tests.gpu.test_tensorrt_bundles import MODELS, REPORT, RUNTIMES, build, loaded, write_report
 
@@ -60,12 +61,11 @@ def tally(
         return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
     def near(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        # The bundle's own rule (verification's): max error within atol + rtol * max|reference|.
         assert tolerance is not None
-        return all(
-            x.shape == y.shape
-            and torch.allclose(x.float(), y.float(), atol=tolerance.atol, rtol=tolerance.rtol)
-            for x, y in zip(a, b, strict=True)
-        )
+        if any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+            return False
+        return all(c.passed for c in compare("thread", a, b, tolerance))
 
     others = [other for i, other in enumerate(expected) if i != index]
     if same(got, expected[index]):

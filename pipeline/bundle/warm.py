@@ -39,7 +39,7 @@ from typing import Any
 
 from pipeline.bundle.pack import compression_for_name, write_archive
 from pipeline.errors import BundleError, ConfigError
-from pipeline.runtime.archive import is_archive, release_unpacked
+from pipeline.runtime.archive import is_archive, release_unpacked, split_archive_suffix
 from pipeline.runtime.base import SavedArtifact
 from pipeline.runtime.executor import CacheStatus, RunnerKind
 from pipeline.runtime.format import (
@@ -68,7 +68,6 @@ from pipeline.runtime.types import BackendKind
 RTX_BUILD = "tensorrt-rtx"
 #: Suffix of a warmed copy's directory name, before the host's SM (``-warm-sm90``).
 WARM_SUFFIX = "-warm-sm"
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 @dataclass(frozen=True)
@@ -132,15 +131,6 @@ def warm_target_name(source: Path, environment: dict[str, str]) -> str:
     archive of the same kind (``<bundle>-warm-sm<SM>.tar``)."""
     name, suffix = split_archive_suffix(source)
     return f"{name}{WARM_SUFFIX}{environment.get('sm', 'unknown').replace('.', '')}{suffix}"
-
-
-def split_archive_suffix(path: Path) -> tuple[str, str]:
-    """``path``'s name without its archive suffix, and the suffix ('' for a directory)."""
-    if is_archive(path):
-        for suffix in _ARCHIVE_SUFFIXES:
-            if path.name.endswith(suffix):
-                return path.name[: -len(suffix)], suffix
-    return path.name, ""
 
 
 def write_runtime_cache(

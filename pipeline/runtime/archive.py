@@ -70,6 +70,14 @@ def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_SUFFIXES)
 
 
+def split_archive_suffix(path: Path) -> tuple[str, str]:
+    """``path``'s name without its archive suffix, and the suffix ('' for a directory)."""
+    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):  # .tar.gz before .tar
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)], suffix
+    return path.name, ""
+
+
 #: Bundle directories unpacked by this process -> the temporary directory holding each.
 _unpacked: dict[Path, Path] = {}
 

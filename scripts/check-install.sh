@@ -70,12 +70,16 @@ PIPELINE_TRUSTED_KEYS=signer.pub.pem PIPELINE_REQUIRE_SIGNATURE=1 deploy 0 pipel
 grep -q "signature: signed, verified with signer.pub.pem" "$work/out.txt" || { cat "$work/out.txt"; exit 1; }
 deploy 1 pipeline.bundle warm tiny_cnn.tar   # an export bundle has no engines to warm: one line
 grep -q "not a TensorRT bundle" "$work/err.txt" || { cat "$work/err.txt"; exit 1; }
-deploy 0 pipeline.serve export-triton tiny_cnn.tar "$work/repository"
-deploy 1 pipeline.serve tiny_cnn.tar --port 0   # tritonserver comes with the serve extra
-grep -q "pip install 'trt-pipeline\[serve\]'" "$work/err.txt" || { cat "$work/err.txt"; exit 1; }
+# Triton's server, client and config schema come with the serve extra: each asks for it in one line.
+for command in "tiny_cnn.tar --port 0" "export-triton tiny_cnn.tar $work/repository" "check http://127.0.0.1:1 tiny_cnn.tar"; do
+  # shellcheck disable=SC2086
+  deploy 1 pipeline.serve $command
+  grep -q "pip install 'trt-pipeline\[serve\]'" "$work/err.txt" || { cat "$work/err.txt"; exit 1; }
+done
 
 echo "== the same wheel with the serve extra: tritonserver serves the bundle"
 "$work/venv/bin/python" -m pip install -q $(versions torch) "$wheel[serve]"
+deploy 0 pipeline.serve export-triton tiny_cnn.tar "$work/repository"
 "$work/venv/bin/python" -m pipeline.serve tiny_cnn.tar --port 0 >"$work/serve.txt" 2>"$work/serve-err.txt" &
 server=$!
 for _ in $(seq 120); do grep -q "^ready:" "$work/serve.txt" && break; sleep 0.5; done

@@ -110,8 +110,8 @@ def latency(bundle: Path, requests: int, block: int = 1, warmup: int = 50) -> di
             # From the first request on: the served model's profile covers every request too.
             counters = (*SERVER_TIMES, "nv_inference_request_success")
             before = {key: server.metric(key, name) for key in counters}
-            client = ServeClient(server.url, keep_alive=True)
-            answer = client.infer_binary(name, on_host)
+            client = ServeClient(server.url)
+            answer = client.infer(name, on_host, binary=True)
             reference = served.run([on_host])[0].outputs
             result["http_equals_in_process"] = all(
                 np.array_equal(answer[key], reference[key]) for key in reference
@@ -121,10 +121,10 @@ def latency(bundle: Path, requests: int, block: int = 1, warmup: int = 50) -> di
             result["smallest_output"] = smallest
 
             def http() -> None:
-                client.infer_binary(name, on_host)
+                client.infer(name, on_host, binary=True)
 
             def http_smallest_output() -> None:
-                client.infer_binary(name, on_host, outputs=[smallest])
+                client.infer(name, on_host, outputs=[smallest], binary=True)
 
             calls = {
                 "in_process_gpu": in_process_gpu,
@@ -202,7 +202,7 @@ def throughput(
     def loop(index: int) -> None:
         try:
             while time.perf_counter() < deadline:
-                client.infer_binary(name, request)
+                client.infer(name, request, binary=True)
                 counts[index] += 1
         except BaseException as exc:  # reported below, not swallowed
             failures.append(exc)
@@ -233,9 +233,9 @@ def batching(bundle: Path, seconds: float, clients: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
         server, name = started_server(bundle, Path(workdir))
         try:
-            client = ServeClient(server.url, keep_alive=True, timeout_s=120)
+            client = ServeClient(server.url, timeout_s=120)
             for _ in range(20):
-                client.infer_binary(name, request)
+                client.infer(name, request, binary=True)
             client.close()
             runs = (("serial", 1), ("concurrent", clients))
             for label, threads in runs:

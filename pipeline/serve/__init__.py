@@ -11,17 +11,24 @@ or config loading), like deployment code:
 
 from __future__ import annotations
 
-from pipeline.serve.client import RequestError, ServeClient, ServerCheck, check_server
-from pipeline.serve.repository import ExportedModel, export_triton
-from pipeline.serve.triton_config import TritonModelConfig, triton_config
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ExportedModel",
-    "RequestError",
-    "ServeClient",
-    "ServerCheck",
-    "TritonModelConfig",
-    "check_server",
-    "export_triton",
-    "triton_config",
-]
+# Imported on first use: the serving libraries (tritonclient, protobuf) come with the serve extra,
+# and `python -m pipeline.serve` must say so in one line where they are missing.
+_EXPORTS = {
+    "ExportedModel": "repository",
+    "RequestError": "client",
+    "ServeClient": "client",
+    "ServerCheck": "client",
+    "TritonModelConfig": "triton_config",
+    "check_server": "client",
+    "export_triton": "repository",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline.serve' has no attribute {name!r}")
+    return getattr(import_module(f"pipeline.serve.{_EXPORTS[name]}"), name)

@@ -13,6 +13,7 @@ never became ready, a failed check), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -21,9 +22,10 @@ from pathlib import Path
 from types import FrameType
 
 from pipeline.errors import PipelineError
-from pipeline.serve.client import check_server
-from pipeline.serve.repository import export_triton, models_in
 from pipeline.signals import clean_stop
+
+#: Top-level modules that the serve extra brings (Triton's client, its protobuf schema, metrics).
+SERVE_EXTRA = {"tritonclient", "google", "grpc", "prometheus_client", "pytriton"}
 
 
 def _gpus(text: str) -> tuple[int, ...]:
@@ -42,6 +44,8 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
     parser.add_argument("--gpus", type=_gpus, default=(), help="GPU indices for a GPU bundle (default: all)")
     args = parser.parse_args(argv)
+    from pipeline.serve.repository import export_triton
+
     exported = export_triton(
         args.bundle,
         args.repository,
@@ -63,6 +67,8 @@ def check_main(argv: Sequence[str]) -> int:
     parser.add_argument("--model", help="model name on the server (default: the bundle's)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     args = parser.parse_args(argv)
+    from pipeline.serve.client import check_server
+
     result = check_server(args.url, args.bundle, model=args.model, timeout_s=args.timeout)
     print(result.summary())
     return 0 if result.passed else 1
@@ -85,13 +91,22 @@ def serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
     args = parser.parse_args(argv)
     if args.ray:
-        from pipeline.serve.ray_app import serve_on_ray
-
+        if not os.environ.get("RAY_ADDRESS"):
+            # A local instance stays on the loopback: with clustering off, Ray binds its own
+            # services (GCS, raylet, agents) to 127.0.0.1. Ray reads it at import.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        try:
+            from pipeline.serve.ray_app import serve_on_ray
+        except ModuleNotFoundError as missing:
+            raise PipelineError(
+                f"--ray needs Ray Serve ({missing.name} is not installed): pip install 'trt-pipeline[ray]'"
+            ) from None
         return serve_on_ray(args.bundle, host=args.host, port=args.port, replicas=args.replicas)
     return _serve_triton(args)
 
 
 def _serve_triton(args: argparse.Namespace) -> int:
+    from pipeline.serve.repository import export_triton, models_in
     from pipeline.serve.server import TritonServer, metadata_summary
 
     stopping = False
@@ -150,6 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").partition(".")[0] not in SERVE_EXTRA:
+            raise
+        print(
+            f"error: serving needs the serve extra ({missing.name} is not installed): "
+            "pip install 'trt-pipeline[serve]'",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A small KServe v2 JSON client (standard library only) and the post-deploy smoke test.
+"""The KServe v2 client (Triton's own ``tritonclient``) and the post-deploy smoke test.
 
 ``check_server(url, bundle)`` sends every golden set of the bundle (opt, and min/max/odd for
 dynamic models) to a running server (Triton or Ray Serve: the same routes) and compares the
@@ -9,33 +9,18 @@ check URL BUNDLE`` is the same from a shell.
 from __future__ import annotations
 
 import http.client
-import json
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from pipeline.errors import PipelineError
-
-# KServe v2 datatypes and numpy's names for them.
-_NUMPY_TYPES: dict[str, str] = {
-    "FP32": "float32",
-    "FP16": "float16",
-    "FP64": "float64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "UINT8": "uint8",
-    "BOOL": "bool",
-}
-_V2_TYPES = {numpy: v2 for v2, numpy in _NUMPY_TYPES.items()}
 
 
 class RequestError(PipelineError):
@@ -47,261 +32,96 @@ class RequestError(PipelineError):
         self.message = message
 
 
-def encode_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
-    """One v2 JSON tensor: name, shape, datatype and row-major data."""
-    datatype = _V2_TYPES.get(value.dtype.name)
-    if datatype is None:
-        raise ValueError(f"input '{name}': dtype {value.dtype} has no KServe v2 datatype")
-    return {
-        "name": name,
-        "shape": list(value.shape),
-        "datatype": datatype,
-        "data": value.reshape(-1).tolist(),
-    }
-
-
-def decode_tensor(entry: Mapping[str, Any]) -> tuple[str, np.ndarray]:
-    """A v2 JSON tensor as (name, array); :class:`ValueError` with one line if malformed."""
-    name = entry.get("name")
-    if not isinstance(name, str):
-        raise ValueError("a tensor without a name")
-    datatype, shape, data = entry.get("datatype"), entry.get("shape"), entry.get("data")
-    if datatype not in _NUMPY_TYPES:
-        raise ValueError(f"input '{name}': datatype {datatype!r} not supported ({', '.join(_NUMPY_TYPES)})")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"input '{name}': shape must be a list of non-negative integers")
-    try:
-        array = np.asarray(data, dtype=_NUMPY_TYPES[datatype])
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"input '{name}': data is not {datatype} ({exc})") from None
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"input '{name}': {array.size} values for shape {shape}")
-    return name, array.reshape(shape)
-
-
-#: Triton's binary tensor data extension: the JSON header's length, in a request and an answer.
-HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-def encode_binary_request(
-    inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None
-) -> tuple[bytes, int]:
-    """A v2 request in Triton's binary tensor data extension: the JSON header (each input's
-    ``binary_data_size``, every output asked for as binary) followed by the inputs' raw bytes;
-    returns the body and the header's length."""
-    tensors, blobs = _pack_tensors(inputs, "input")
-    header: dict[str, Any] = {"inputs": tensors, "parameters": {"binary_data_output": True}}
-    if outputs:
-        header["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
-    head = json.dumps(header).encode()
-    return head + blobs, len(head)
-
-
-def encode_binary_answer(model: str, outputs: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
-    """A v2 answer with every output as raw bytes (Triton's binary extension); body and header length."""
-    tensors, blobs = _pack_tensors(outputs, "output")
-    head = json.dumps({"model_name": model, "model_version": "1", "outputs": tensors}).encode()
-    return head + blobs, len(head)
-
-
-def decode_binary_answer(payload: bytes, header_length: int | None) -> dict[str, np.ndarray]:
-    """The outputs of a v2 answer, binary (Triton's extension) or JSON."""
-    if header_length is None:
-        answer = json.loads(payload)
-        return dict(decode_tensor(entry) for entry in answer.get("outputs", []))
-    answer = json.loads(payload[:header_length])
-    return _unpack_tensors(answer.get("outputs", []), payload, header_length, "output")[0]
-
-
-def decode_binary_request(body: bytes, header_length: int) -> dict[str, np.ndarray]:
-    """The inputs of a request in Triton's binary tensor data extension (the server's side);
-    :class:`ValueError` with one line if malformed."""
-    try:
-        header = json.loads(body[:header_length])
-        entries = header["inputs"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"malformed binary request header ({exc})") from None
-    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-        raise ValueError("malformed binary request header: 'inputs' must be a list of tensors")
-    inputs, end = _unpack_tensors(entries, body, header_length, "input")
-    if end != len(body):
-        raise ValueError(f"{len(body) - end} bytes after the last tensor of the binary request")
-    return inputs
-
-
-def _pack_tensors(arrays: Mapping[str, np.ndarray], kind: str) -> tuple[list[dict[str, Any]], bytes]:
-    """Header entries (``binary_data_size`` each) and the raw little-endian bytes of ``arrays``."""
-    tensors, blobs = [], []
-    for name, value in arrays.items():
-        array = _little_endian(value)
-        datatype = _V2_TYPES.get(array.dtype.name)
-        if datatype is None:
-            raise ValueError(f"{kind} '{name}': dtype {array.dtype} has no KServe v2 datatype")
-        blob = array.tobytes()
-        blobs.append(blob)
-        tensors.append(
-            {
-                "name": name,
-                "shape": list(array.shape),
-                "datatype": datatype,
-                "parameters": {"binary_data_size": len(blob)},
-            }
-        )
-    return tensors, b"".join(blobs)
-
-
-def _unpack_tensors(
-    entries: list[dict[str, Any]], payload: bytes, offset: int, kind: str
-) -> tuple[dict[str, np.ndarray], int]:
-    """The arrays ``entries`` describe, raw bytes read from ``payload`` from ``offset`` on (JSON
-    ``data`` where an entry has no ``binary_data_size``); and the offset after the last one."""
-    arrays = {}
-    for entry in entries:
-        name: object
-        parameters = entry.get("parameters") or {}
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
-        if size is None:
-            name, array = decode_tensor(entry)
-        else:
-            name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
-            if datatype not in _NUMPY_TYPES or not isinstance(shape, list):
-                raise ValueError(f"{kind} '{name}': datatype or shape missing or not supported")
-            dtype = np.dtype(_NUMPY_TYPES[datatype]).newbyteorder("<")  # the extension is little-endian
-            if (
-                not isinstance(size, int)
-                or size != int(np.prod(shape)) * dtype.itemsize
-                or offset + size > len(payload)
-            ):
-                raise ValueError(f"{kind} '{name}': {size} bytes do not hold shape {shape} of {datatype}")
-            count = size // dtype.itemsize
-            array = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
-            offset += size
-        arrays[str(name)] = array
-    return arrays, offset
-
-
-def _little_endian(value: np.ndarray) -> np.ndarray:
-    """``value`` contiguous and little-endian, as the binary tensor extension carries it."""
-    array = np.ascontiguousarray(value)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return array
-
-
 @dataclass
 class ServeClient:
-    """KServe v2 over HTTP/JSON to one server (``url``: ``http://host:port``).
+    """KServe v2 over HTTP to one server (``url``: ``http://host:port[/prefix]``), through
+    ``tritonclient.http``.
 
-    ``keep_alive``: each thread keeps one HTTP connection open between requests (what a
-    latency-sensitive caller does) instead of connecting per request.
+    A tritonclient client is not thread-safe: each thread gets its own, which keeps its
+    connection open between requests.
     """
 
     url: str
     timeout_s: float = 60.0
-    keep_alive: bool = False
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def ready(self) -> bool:
         """True when the server reports every model ready (``/v2/health/ready``)."""
         try:
-            status, _ = self._request("GET", "/v2/health/ready")
-        except (OSError, RequestError):
+            return bool(self._client().is_server_ready())
+        except (OSError, http.client.HTTPException, InferenceServerException):
             return False
-        return status == 200
 
     def metadata(self, model: str) -> dict[str, Any]:
         """The model's v2 metadata: name, versions, platform, inputs and outputs."""
-        return self._json("GET", f"/v2/models/{model}")
+        return dict(self._call(lambda client: client.get_model_metadata(model)))
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run ``model`` on ``inputs``; the outputs by name. :class:`RequestError` if refused."""
-        body = {"inputs": [encode_tensor(name, value) for name, value in inputs.items()]}
-        answer = self._json("POST", f"/v2/models/{model}/infer", body)
-        return dict(decode_tensor(entry) for entry in answer.get("outputs", []))
-
-    def infer_binary(
-        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        binary: bool = False,
+        outputs: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """:meth:`infer` with tensors as raw bytes (Triton's binary tensor data extension; Ray
-        Serve speaks JSON only): what a large tensor, e.g. BERT's hidden states, needs."""
-        body, header_length = encode_binary_request(inputs, outputs)
-        _, payload, headers = self._send(
-            "POST",
-            f"/v2/models/{model}/infer",
-            body,
-            {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(header_length)},
+        """Run ``model`` on ``inputs``; its outputs by name (``outputs``: only those).
+        :class:`RequestError` if refused.
+
+        ``binary``: tensors travel as raw bytes (Triton's binary tensor data extension), what a
+        large tensor, e.g. BERT's hidden states, needs and the only way Triton answers FP16.
+        """
+        # Native byte order: tritonclient knows no datatype of a big-endian array.
+        arrays = [np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("=")) for v in inputs.values()]
+        requested = [
+            triton_http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            for name, value in zip(inputs, arrays, strict=True)
+        ]
+        for tensor, value in zip(requested, arrays, strict=True):
+            tensor.set_data_from_numpy(value, binary_data=binary)
+        names = outputs if outputs is not None or binary else self._output_names(model)
+        wanted = (
+            None
+            if names is None
+            else [triton_http.InferRequestedOutput(n, binary_data=binary) for n in names]
         )
-        length = headers.get(HEADER_LENGTH.lower())
-        return decode_binary_answer(payload, int(length) if length is not None else None)
+        result = self._call(lambda client: client.infer(model, requested, outputs=wanted))
+        return {entry["name"]: result.as_numpy(entry["name"]) for entry in result.get_response()["outputs"]}
 
     def close(self) -> None:
-        """Close this thread's kept-alive connection, if any."""
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        """Close this thread's client and its connection, if any."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            self._local.client = None
 
-    def _json(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        _, payload = self._request(method, path, body)
-        result: dict[str, Any] = json.loads(payload)
-        return result
+    def _output_names(self, model: str) -> list[str]:
+        # JSON answers must be asked for by name (tritonclient asks for all outputs in binary).
+        return [str(entry["name"]) for entry in self.metadata(model)["outputs"]]
 
-    def _request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-        data = None if body is None else json.dumps(body).encode()
-        status, payload, _ = self._send(method, path, data, {"Content-Type": "application/json"})
-        return status, payload
+    def _client(self) -> triton_http.InferenceServerClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            parts = urllib.parse.urlsplit(self.url if "://" in self.url else f"http://{self.url}")
+            client = triton_http.InferenceServerClient(
+                parts.netloc + parts.path.rstrip("/"),
+                ssl=parts.scheme == "https",
+                connection_timeout=self.timeout_s,
+                network_timeout=self.timeout_s,
+            )
+            self._local.client = client
+        return client
 
-    def _send(
-        self, method: str, path: str, data: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, bytes, dict[str, str]]:
-        if self.keep_alive:
-            return self._send_kept_alive(method, path, data, headers)
-        request = urllib.request.Request(
-            self.url.rstrip("/") + path, data=data, method=method, headers=headers
-        )
+    def _call(self, send: Any) -> Any:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return (
-                    int(response.status),
-                    response.read(),
-                    {k.lower(): v for k, v in response.headers.items()},
-                )
-        except urllib.error.HTTPError as error:
-            raise _refusal(error.code, error.read()) from None
-
-    def _send_kept_alive(
-        self, method: str, path: str, data: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, bytes, dict[str, str]]:
-        parts = urllib.parse.urlsplit(self.url)
-        target = parts.path.rstrip("/") + path
-        for attempt in (1, 2):
-            connection = getattr(self._local, "connection", None)
-            reused = connection is not None
-            if connection is None:
-                kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-                connection = kind(parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout_s)
-                self._local.connection = connection
-            try:
-                connection.request(method, target, body=data, headers=headers)
-                response = connection.getresponse()
-                payload = response.read()
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()  # the next request connects again
-                # A kept connection the server closed while idle: send once more on a new one.
-                if not (reused and attempt == 1 and isinstance(exc, http.client.RemoteDisconnected)):
-                    raise
-        if response.status >= 400:
-            raise _refusal(response.status, payload)
-        return int(response.status), payload, {k.lower(): v for k, v in response.getheaders()}
-
-
-def _refusal(status: int, raw: bytes) -> RequestError:
-    try:
-        message = str(json.loads(raw).get("error", raw.decode(errors="replace")))
-    except (ValueError, AttributeError):
-        message = raw.decode(errors="replace")
-    return RequestError(status, message)
+            return send(self._client())
+        except http.client.HTTPException as exc:  # geventhttpclient's: the server closed the connection
+            self.close()
+            raise ConnectionError(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        except InferenceServerException as exc:
+            status = exc.status()
+            raise RequestError(
+                int(status) if status and status.isdigit() else 0, str(exc.message())
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -346,7 +166,7 @@ def golden_requests(
     from pipeline.runtime.archive import release_unpacked
     from pipeline.runtime.format import GOLDEN_NAME, golden_sets
     from pipeline.runtime.types import Tolerance
-    from pipeline.serve.triton_config import output_name
+    from pipeline.serve.serving import output_name
 
     opened = open_bundle(bundle)
     root, manifest = opened.root, opened.manifest
@@ -383,7 +203,7 @@ def check_server(
     for set_name, (inputs, expected) in requests.items():
         try:
             # Binary tensors: Triton answers FP16 outputs only that way, and it is exact.
-            answer = client.infer_binary(model, inputs)
+            answer = client.infer(model, inputs, binary=True)
         except (RequestError, OSError) as exc:
             checks.append(SetCheck(set_name, False, str(exc)))
             continue

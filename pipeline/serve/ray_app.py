@@ -13,8 +13,7 @@ Routes: ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/<name>``,
 loaded model's one-line message.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the routes' parameter types at runtime.
 import asyncio
 import io
 import json
@@ -25,94 +24,24 @@ import sys
 import tarfile
 import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pipeline.errors import PipelineError, one_line
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from ray import serve
+
 from pipeline.runtime import open_bundle
 from pipeline.runtime.archive import release_unpacked
-from pipeline.serve.client import (
-    HEADER_LENGTH,
-    decode_binary_request,
-    decode_tensor,
-    encode_binary_answer,
-    encode_tensor,
-)
 from pipeline.serve.serving import Outcome, ServedBundle
 from pipeline.serve.triton_config import read_golden_shapes, triton_config, v2_metadata
+from pipeline.serve.v2_http import HEADER_LENGTH, infer_answer, parse_infer_request
 
 #: Seconds a replica waits to stack requests that arrive together.
 BATCH_WAIT_S = 0.002
 
-
-@dataclass(frozen=True)
-class HttpAnswer:
-    """An HTTP answer of the v2 routes: status, body and its headers."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
-
-    @classmethod
-    def error(cls, status: int, message: str) -> HttpAnswer:
-        """``{"error": message}`` with ``status``: 400 the caller's fault, 500 the server's."""
-        return cls(status, json.dumps({"error": message}).encode())
-
-
-def parse_infer_request(body: bytes, header_length: str | None) -> dict[str, Any] | HttpAnswer:
-    """The inputs of a v2 infer request (JSON, or Triton's binary tensor extension when
-    ``header_length`` is given), or the 400 answer saying in one line why it is malformed.
-
-    Whatever the body holds, the result is inputs or a 400: a malformed request is never the
-    server's error."""
-    try:
-        if header_length is not None:
-            length = int(header_length)
-            if not 0 < length <= len(body):
-                raise ValueError(f"{HEADER_LENGTH} {header_length} outside the body's {len(body)} bytes")
-            return decode_binary_request(body, length)
-        if not body.strip():
-            raise ValueError('empty body; expected a KServe v2 infer request: {"inputs": [...]}')
-        payload = json.loads(body)
-        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-            raise ValueError("expected a JSON object with an 'inputs' list")
-        entries = payload["inputs"]
-        if not all(isinstance(entry, dict) for entry in entries):
-            raise ValueError("each of 'inputs' must be a JSON object (name, shape, datatype, data)")
-        names = [entry.get("name") for entry in entries]
-        if len(set(map(str, names))) != len(names):
-            raise ValueError("an input is given twice")
-        return dict(decode_tensor(entry) for entry in entries)
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        OverflowError,
-        RecursionError,
-        MemoryError,
-    ) as exc:
-        return HttpAnswer.error(400, f"malformed v2 request: {one_line(exc)}")
-
-
-def infer_answer(model: str, outcome: Outcome, binary: bool) -> HttpAnswer:
-    """The answer to one request: its outputs (JSON, or binary as asked), or its one-line error
-    (400: the caller's inputs, 500: the server's failure)."""
-    if outcome.error is not None:
-        return HttpAnswer.error(400 if outcome.invalid else 500, outcome.error)
-    if binary:
-        answer, length = encode_binary_answer(model, outcome.outputs)
-        return HttpAnswer(
-            200, answer, {"content-type": "application/octet-stream", HEADER_LENGTH: str(length)}
-        )
-    outputs = [encode_tensor(name, value) for name, value in outcome.outputs.items()]
-    # allow_nan=False: served answers are finite (ServedBundle refuses others); JSON has no NaN.
-    return HttpAnswer(
-        200,
-        json.dumps({"model_name": model, "model_version": "1", "outputs": outputs}, allow_nan=False).encode(),
-    )
+routes = FastAPI()
 
 
 def bundle_archive(bundle: Path) -> bytes:
@@ -125,11 +54,12 @@ def bundle_archive(bundle: Path) -> bytes:
     return buffer.getvalue()
 
 
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(routes)
 class BundleReplica:
-    """One Ray Serve replica: the loaded bundle and the v2 routes (wrapped by ``serve.deployment``
-    in :func:`build_app`)."""
+    """One Ray Serve replica: the loaded bundle behind the v2 routes."""
 
-    def __init__(self, archive: list[Any], metadata: dict[str, Any], batching: bool) -> None:
+    def __init__(self, archive: list[Any], metadata: dict[str, Any], max_batch_size: int) -> None:
         import ray
         import torch
 
@@ -138,49 +68,57 @@ class BundleReplica:
         self._scratch = tempfile.TemporaryDirectory(prefix="pipeline-ray-")
         path = Path(self._scratch.name) / "bundle.tar"
         path.write_bytes(ray.get(archive[0]))
-        self.served = ServedBundle.load(path, device=device, batching=batching)
+        self.served = ServedBundle.load(path, device=device, batching=max_batch_size > 0)
+        batched: Any = self._run_batch  # serve.batch's wrapper (typed as the plain method)
+        batched.set_max_batch_size(max(max_batch_size, 1))
         self.metadata = metadata
         self.name = str(metadata["name"])
 
-    async def __call__(self, request: Any) -> Any:
-        """Route a Starlette request."""
-        from starlette.responses import JSONResponse
+    @routes.get("/v2/health/live")
+    @routes.get("/v2/health/ready")
+    async def health(self) -> dict[str, Any]:
+        """Live and ready: a replica takes requests only after its golden check passed."""
+        return {}
 
-        path = request.url.path.rstrip("/")
-        model_path = f"/v2/models/{self.name}"
-        if request.method == "GET" and path in ("/v2/health/live", "/v2/health/ready", f"{model_path}/ready"):
-            return JSONResponse({})
-        if request.method == "GET" and path in (model_path, f"{model_path}/versions/1"):
-            return JSONResponse(self.metadata)
-        if request.method == "POST" and path in (f"{model_path}/infer", f"{model_path}/versions/1/infer"):
-            header_length = request.headers.get(HEADER_LENGTH)
-            return await self._infer(await request.body(), header_length)
-        return JSONResponse(
-            {"error": f"no route {request.method} {path}; model: {self.name}"}, status_code=404
-        )
+    @routes.get("/v2")
+    async def server_metadata(self) -> dict[str, Any]:
+        """v2 server metadata: the binary tensor data extension is spoken here too."""
+        return {"name": "pipeline-ray-serve", "version": "1", "extensions": ["binary_tensor_data"]}
 
-    async def _infer(self, body: bytes, header_length: str | None = None) -> Any:
+    @routes.get("/v2/models/{model}")
+    @routes.get("/v2/models/{model}/versions/1")
+    @routes.get("/v2/models/{model}/ready")
+    async def model_metadata(self, model: str) -> Response:
+        """The model's v2 metadata (or ready: the same, 200)."""
+        return self._unknown(model) or JSONResponse(self.metadata)
+
+    @routes.post("/v2/models/{model}/infer")
+    @routes.post("/v2/models/{model}/versions/1/infer")
+    async def infer(self, model: str, request: Request) -> Response:
         """A v2 infer request, JSON or in Triton's binary tensor extension (answered the same way)."""
-        from starlette.responses import Response
+        unknown = self._unknown(model)
+        if unknown is not None:
+            return unknown
+        header_length = request.headers.get(HEADER_LENGTH)
+        parsed = parse_infer_request(await request.body(), header_length)
+        if isinstance(parsed, dict):
+            parsed = infer_answer(self.name, await self._run_batch(parsed), binary=header_length is not None)
+        return Response(parsed.body, status_code=parsed.status, headers=parsed.headers)
 
-        parsed = parse_infer_request(body, header_length)
-        if isinstance(parsed, HttpAnswer):
-            answer = parsed
-        else:
-            # serve.batch turns one call per request into one call per batch of requests.
-            batched: Any = self._infer_batch
-            answer = infer_answer(self.name, await batched(parsed), binary=header_length is not None)
-        return Response(answer.body, status_code=answer.status, headers=answer.headers)
-
-    async def _infer_batch(self, requests: list[dict[str, Any]]) -> list[Any]:
-        # Wrapped by serve.batch in build_app: the requests that arrived together, one call.
+    @serve.batch(batch_wait_timeout_s=BATCH_WAIT_S)
+    async def _run_batch(self, requests: list[dict[str, Any]]) -> list[Outcome]:
+        # The requests that arrived together (up to the model's maximum batch): one call.
         return await asyncio.to_thread(self.served.run, requests)
+
+    def _unknown(self, model: str) -> Response | None:
+        if model == self.name:
+            return None
+        return JSONResponse({"error": f"no model {model!r}; this server has {self.name!r}"}, status_code=404)
 
 
 def build_app(bundle: Path, replicas: int = 1) -> tuple[Any, dict[str, Any]]:
     """The Ray Serve application for ``bundle`` and its v2 metadata (call after ``ray.init``)."""
     import ray
-    from ray import serve
 
     opened = open_bundle(bundle)
     root, manifest = opened.root, opened.manifest
@@ -190,36 +128,23 @@ def build_app(bundle: Path, replicas: int = 1) -> tuple[Any, dict[str, Any]]:
         release_unpacked(root)
     metadata = v2_metadata(config, platform="ray_serve")
     gpu = manifest.device.startswith("cuda")
-    batch = serve.batch(max_batch_size=max(config.max_batch_size, 1), batch_wait_timeout_s=BATCH_WAIT_S)
-    replica_class = type(
-        "BundleReplica", (BundleReplica,), {"_infer_batch": batch(BundleReplica._infer_batch)}
-    )
-    deployment = serve.deployment(
+    replica: Any = BundleReplica  # a serve.deployment (typed as the plain class)
+    deployment = replica.options(
         name=config.name,
         num_replicas=replicas,
         ray_actor_options={"num_gpus": 1 if gpu else 0, "num_cpus": 1 if not gpu else 0},
-        max_ongoing_requests=64,
-    )(replica_class)
+    )
     archive_ref = ray.put(bundle_archive(bundle))
     # Nested in a list, so Ray hands the replica the reference, not 200 MB in its constructor args.
-    app = deployment.bind([archive_ref], metadata, config.max_batch_size > 0)
+    app = deployment.bind([archive_ref], metadata, config.max_batch_size)
     return app, metadata
 
 
 def serve_on_ray(bundle: Path, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1) -> int:
     """Serve ``bundle`` on Ray Serve until SIGTERM or Ctrl-C; returns the exit code."""
+    import ray
+
     joining = bool(os.environ.get("RAY_ADDRESS"))
-    if not joining:
-        # A local instance stays on the loopback: with clustering off, Ray binds its own services
-        # (GCS, raylet, agents) to 127.0.0.1 instead of the host's address. Read at import.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        import ray
-        from ray import serve
-    except ModuleNotFoundError as missing:
-        raise PipelineError(
-            f"--ray needs Ray Serve ({missing.name} is not installed): pip install 'trt-pipeline[ray]'"
-        ) from None
     from pipeline.serve.server import free_port
 
     if port == 0:

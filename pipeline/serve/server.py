@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -57,19 +56,21 @@ class TritonInstall:
 
     @classmethod
     def find(cls) -> TritonInstall:
-        """The installed server, or :class:`ServeError` saying how to install it."""
-        spec = importlib.util.find_spec("pytriton")
-        if spec is None or spec.origin is None:
+        """The installed server (where pytriton says it keeps it), or :class:`ServeError` saying
+        how to install it."""
+        try:
+            from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
+        except ModuleNotFoundError:
             raise ServeError(
                 "tritonserver is not installed: pip install 'trt-pipeline[serve]' (the nvidia-pytriton wheel)"
-            )
-        package = Path(spec.origin).parent
+            ) from None
+        server = get_root_module_path() / "tritonserver"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         install = cls(
-            binary=package / "tritonserver" / "bin" / "tritonserver",
-            python_backend=package / "tritonserver" / "backends" / "python",
-            stub=package / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub",
-            libraries=package.parent / "nvidia_pytriton.libs",
+            server / "bin" / "tritonserver",
+            server / "backends" / "python",
+            get_stub_path(version),
+            get_libs_path(),
         )
         for path in (install.binary, install.python_backend, install.stub):
             if not path.exists():
@@ -221,12 +222,16 @@ class TritonServer:
 
     def metric(self, name: str, model: str) -> float:
         """One of Triton's Prometheus counters for ``model`` (e.g. ``nv_inference_exec_count``)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
             text = response.read().decode()
-        match = re.search(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.MULTILINE)
-        if match is None:
-            raise ServeError(f"{name} for model {model} is not in the server's metrics")
-        return float(match.group(1))
+        # By family: the parser names a counter's samples with a ``_total`` suffix.
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples if family.name == name else ():
+                if sample.labels.get("model") == model:
+                    return float(sample.value)
+        raise ServeError(f"{name} for model {model} is not in the server's metrics")
 
     def metadata(self, model: str) -> dict[str, Any]:
         """The model's KServe v2 metadata."""

@@ -20,7 +20,19 @@ from pipeline.errors import BundleError, InputValidationError, one_line
 from pipeline.runtime import LoadedBundle, load_bundle, verify_loaded
 from pipeline.runtime.loaded import InputChecker
 from pipeline.runtime.types import torch_dtype
-from pipeline.serve.triton_config import BF16_NOT_SERVED, output_name
+
+#: Why a bundle with bfloat16 inputs or outputs is refused by the servers (one line).
+BF16_NOT_SERVED = (
+    "bfloat16 tensors cannot be served yet: requests and answers travel as numpy arrays (Triton's "
+    "Python backend, Ray Serve), and numpy has no bfloat16; serve an fp16 or fp32 bundle"
+)
+
+
+def output_name(entry: Mapping[str, object], index: int) -> str:
+    """An output's name in Triton and v2 JSON: its recorded name, else ``output_<index>``."""
+    name = entry.get("name")
+    return name if isinstance(name, str) and name else f"output_{index}"
+
 
 #: One request's inputs (or outputs) by name.
 Tensors = Mapping[str, np.ndarray]

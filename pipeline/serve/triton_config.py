@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+import numpy as np
 from safetensors import safe_open
+from tritonclient.utils import np_to_triton_dtype
 
 from pipeline.errors import BundleError
 from pipeline.runtime.format import GOLDEN_INPUT_PREFIX, GOLDEN_NAME, GOLDEN_OUTPUT_PREFIX, OPT_SET, Manifest
 from pipeline.runtime.loader import input_specs
 from pipeline.runtime.types import DType, Precision, dim_names, torch_dtype
+from pipeline.serve.serving import BF16_NOT_SERVED, output_name
 
 #: Triton's name for a dimension whose size each request chooses.
 DYNAMIC = -1
@@ -36,36 +39,18 @@ class InstanceKind(str, Enum):
     KIND_GPU = "KIND_GPU"
 
 
-# torch dtype names (as the manifest writes them) to Triton's config and KServe v2 names.
-_TRITON_TYPES: dict[str, str] = {
-    "float32": "FP32",
-    "float16": "FP16",
-    "float64": "FP64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "uint8": "UINT8",
-    "bool": "BOOL",
-}
-
-
-#: Why a bundle with bfloat16 inputs or outputs is refused by the servers (one line).
-BF16_NOT_SERVED = (
-    "bfloat16 tensors cannot be served yet: requests and answers travel as numpy arrays (Triton's "
-    "Python backend, Ray Serve), and numpy has no bfloat16; serve an fp16 or fp32 bundle"
-)
-
-
 def v2_datatype(torch_name: str) -> str:
     """KServe v2 datatype (``FP32``) of a torch dtype name (``float32`` or ``torch.float32``)."""
     name = torch_name.removeprefix("torch.")
     if name == "bfloat16":
         raise BundleError(BF16_NOT_SERVED)
     try:
-        return _TRITON_TYPES[name]
-    except KeyError:
-        raise BundleError(f"dtype {name!r} has no Triton equivalent") from None
+        datatype = np_to_triton_dtype(np.dtype(name))
+    except TypeError:  # not a numpy dtype name
+        datatype = None
+    if datatype is None:
+        raise BundleError(f"dtype {name!r} has no Triton equivalent")
+    return str(datatype)
 
 
 @dataclass(frozen=True)
@@ -103,39 +88,20 @@ class TritonModelConfig:
     max_queue_delay_microseconds: int = 0
 
     def to_pbtxt(self) -> str:
-        """The model configuration in Triton's protobuf text format."""
-        lines = [f'name: "{self.name}"', 'backend: "python"', f"max_batch_size: {self.max_batch_size}"]
-        lines += _tensor_block("input", self.inputs)
-        lines += _tensor_block("output", self.outputs)
+        """The model configuration in Triton's protobuf text format (Triton's own schema)."""
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as schema
+
+        config = schema.ModelConfig(name=self.name, backend="python", max_batch_size=self.max_batch_size)
+        for tensors, field_of in ((self.inputs, config.input), (self.outputs, config.output)):
+            for tensor in tensors:
+                field_of.add(name=tensor.name, data_type=f"TYPE_{tensor.datatype}", dims=tensor.dims)
         if self.max_batch_size > 0:
-            lines.append("dynamic_batching {")
-            if self.preferred_batch_sizes:
-                sizes = ", ".join(map(str, self.preferred_batch_sizes))
-                lines.append(f"  preferred_batch_size: [ {sizes} ]")
-            lines.append(f"  max_queue_delay_microseconds: {self.max_queue_delay_microseconds}")
-            lines.append("}")
-        lines.append("instance_group [")
-        groups = []
+            config.dynamic_batching.preferred_batch_size.extend(self.preferred_batch_sizes)
+            config.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_microseconds
         for group in self.instance_groups:
-            gpus = f", gpus: [ {', '.join(map(str, group.gpus))} ]" if group.gpus else ""
-            groups.append(f"  {{ kind: {group.kind.value}, count: {group.count}{gpus} }}")
-        lines.append(",\n".join(groups))
-        lines.append("]")
-        return "\n".join(lines) + "\n"
-
-
-def _tensor_block(kind: str, tensors: Sequence[TensorConfig]) -> list[str]:
-    entries = [
-        f'  {{ name: "{t.name}", data_type: TYPE_{t.datatype}, dims: [ {", ".join(map(str, t.dims))} ] }}'
-        for t in tensors
-    ]
-    return [f"{kind} [", ",\n".join(entries), "]"]
-
-
-def output_name(entry: Mapping[str, object], index: int) -> str:
-    """An output's name in Triton and v2 JSON: its recorded name, else ``output_<index>``."""
-    name = entry.get("name")
-    return name if isinstance(name, str) and name else f"output_{index}"
+            config.instance_group.add(kind=group.kind.value, count=group.count, gpus=group.gpus)
+        return str(text_format.MessageToString(config))
 
 
 @dataclass(frozen=True)

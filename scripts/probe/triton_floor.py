@@ -5,7 +5,7 @@
 Serves an "echo" model through the same ``tritonserver`` launch as ``python -m pipeline.serve``
 (Python backend, one CPU instance): it reads BERT-base's two 1x128 int32 inputs and answers
 BERT-base fp16's outputs (1x128x768 hidden states, 196 KB, and the 1x768 pooled output) from
-arrays made once, without copying or computing anything. Through ``ServeClient.infer_binary`` on
+arrays made once, without copying or computing anything. Through ``ServeClient.infer(..., binary=True)`` on
 one kept-alive connection (the client ``serve_bench.py`` times), p50/p99 of: the readiness route
 (HTTP alone), the echo with both outputs, the echo asking for the pooled output only. Whatever a
 served model does, a request through this path costs at least the echo's time: the floor under
@@ -115,12 +115,12 @@ def main() -> None:
             server = TritonServer(workdir / "models", port=0, metrics_port=0, workdir=workdir, log=log)
             server.start(timeout_s=120)
             try:
-                client = ServeClient(server.url, keep_alive=True)
+                client = ServeClient(server.url)
                 calls: dict[str, Callable[[], object]] = {
                     "http_ready": client.ready,
-                    "echo_all_outputs": lambda: client.infer_binary("echo", request),
-                    "echo_pooler_output_only": lambda: client.infer_binary(
-                        "echo", request, outputs=["pooler_output"]
+                    "echo_all_outputs": lambda: client.infer("echo", request, binary=True),
+                    "echo_pooler_output_only": lambda: client.infer(
+                        "echo", request, outputs=["pooler_output"], binary=True
                     ),
                 }
                 samples: dict[str, list[float]] = {name: [] for name in calls}

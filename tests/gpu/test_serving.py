@@ -83,10 +83,10 @@ def test_triton_server_answers_golden_sets_and_each_of_16_threads_gets_its_own_a
                 [o.cpu() for o in in_process(*[torch.from_numpy(a).cuda() for a in r.values()])]
                 for r in requests
             ]
-            client = ServeClient(server.url, timeout_s=60, keep_alive=True)
+            client = ServeClient(server.url, timeout_s=60)
 
             def ask(index: int) -> dict[str, np.ndarray]:
-                return client.infer_binary(exported.config.name, requests[index])
+                return client.infer(exported.config.name, requests[index], binary=True)
 
             with ThreadPoolExecutor(16) as pool:
                 answers = list(pool.map(ask, range(64)))

@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.serve.client import HEADER_LENGTH, encode_binary_request
-from pipeline.serve.ray_app import infer_answer, parse_infer_request
 from pipeline.serve.repository import export_triton
 from pipeline.serve.serving import ServedBundle
+from pipeline.serve.v2_http import HEADER_LENGTH, infer_answer, parse_infer_request
 from pipeline.stages.package import PublishedBundle
 from tests.reliability.conftest import Tally
 from tests.reliability.test_fuzz import TREES
 from tests.serve.helpers import bert_request
+from tests.serve.test_binary_tensors import tritonclient_body
 
 pytestmark = pytest.mark.reliability
 
@@ -191,7 +191,7 @@ def test_ray_ingress_answers_400_or_a_binary_answer_when_fed_damaged_binary_requ
     cut: int,
     tally: Callable[[str], Tally],
 ) -> None:
-    body, length = encode_binary_request(bert_request(batch, seq))
+    body, length = tritonclient_body(bert_request(batch, seq))
     damaged = body[: len(body) - cut] + tail if cut or tail else body
     status, answer = ingress_status(
         served, damaged, str(header if isinstance(header, str) else length + header)
@@ -260,7 +260,7 @@ def test_triton_answers_400_in_one_line_when_a_binary_request_holds_nan_or_inf(
     triton: str, value: float
 ) -> None:
     images = np.full((1, 3, 32, 32), value, np.float32)
-    body, length = encode_binary_request({"images": images})
+    body, length = tritonclient_body({"images": images})
     status, answer = post(triton, body, {HEADER_LENGTH: str(length)}, model="tiny_cnn")
     assert status == 400, answer[:300]
     assert strict_json(answer)["error"].endswith("input 'images': holds NaN or Inf; send finite values")

@@ -72,7 +72,7 @@ def test_served_bundle_and_triton_export_refuse_in_one_line_when_bundle_is_bf16(
     session_artifacts: Path, tmp_path: Path
 ) -> None:
     from pipeline.serve import export_triton
-    from pipeline.serve.triton_config import BF16_NOT_SERVED
+    from pipeline.serve.serving import BF16_NOT_SERVED
 
     result = run(session_artifacts, "model=tiny_bert", "precision=bf16")
     assert result.bundle is not None

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as schema
 
 from pipeline.errors import BundleError
 from pipeline.runtime.format import read_manifest
 from pipeline.runtime.trust import generate_key_pair, sign_bundle
-from pipeline.serve import export_triton, triton_config
-from pipeline.serve.triton_config import InstanceKind, read_golden_shapes
+from pipeline.serve import export_triton
+from pipeline.serve.triton_config import InstanceKind, read_golden_shapes, triton_config
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import cli, flip_byte, python_snippet, sample_manifest
 
@@ -20,25 +23,26 @@ def config_of(bundle: Path) -> str:
     return triton_config(read_manifest(bundle), read_golden_shapes(bundle)).to_pbtxt()
 
 
+def parsed(pbtxt: str) -> schema.ModelConfig:
+    """``config.pbtxt`` read back with Triton's own schema, as tritonserver reads it."""
+    return text_format.Parse(pbtxt, schema.ModelConfig())
+
+
+def tensors(entries: Iterable[schema.ModelInput | schema.ModelOutput]) -> list[tuple[str, str, list[int]]]:
+    return [(t.name, schema.DataType.Name(t.data_type), list(t.dims)) for t in entries]
+
+
 def test_triton_config_batches_along_dim0_when_model_is_tiny_cnn(cnn_bundle: PublishedBundle) -> None:
-    assert config_of(cnn_bundle.path) == (
-        'name: "tiny_cnn"\n'
-        'backend: "python"\n'
-        "max_batch_size: 8\n"
-        "input [\n"
-        '  { name: "images", data_type: TYPE_FP32, dims: [ 3, 32, 32 ] }\n'
-        "]\n"
-        "output [\n"
-        '  { name: "output_0", data_type: TYPE_FP32, dims: [ 10 ] }\n'
-        "]\n"
-        "dynamic_batching {\n"
-        "  preferred_batch_size: [ 2 ]\n"
-        "  max_queue_delay_microseconds: 2000\n"
-        "}\n"
-        "instance_group [\n"
-        "  { kind: KIND_CPU, count: 1 }\n"
-        "]\n"
-    )
+    config = parsed(config_of(cnn_bundle.path))
+    assert (config.name, config.backend, config.max_batch_size) == ("tiny_cnn", "python", 8)
+    assert tensors(config.input) == [("images", "TYPE_FP32", [3, 32, 32])]
+    assert tensors(config.output) == [("output_0", "TYPE_FP32", [10])]
+    assert list(config.dynamic_batching.preferred_batch_size) == [2]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    groups = [
+        (schema.ModelInstanceGroup.Kind.Name(g.kind), g.count, list(g.gpus)) for g in config.instance_group
+    ]
+    assert groups == [("KIND_CPU", 1, [])]
 
 
 def test_triton_config_marks_shared_dims_dynamic_when_model_is_tiny_bert_dynamic(
@@ -60,7 +64,7 @@ def test_triton_config_marks_shared_dims_dynamic_when_model_is_tiny_bert_dynamic
     ]
     # opt batch is 1: a preferred size of 1 would stop the batcher from stacking requests.
     assert config.preferred_batch_sizes == ()
-    assert "dynamic_batching {" in config.to_pbtxt()
+    assert parsed(config.to_pbtxt()).HasField("dynamic_batching")
 
 
 def static_manifest(**fields: object) -> tuple[object, dict[str, list[int]]]:
@@ -77,7 +81,7 @@ def test_triton_config_lists_every_dim_without_batching_when_model_is_static() -
     config = triton_config(manifest, shapes)  # type: ignore[arg-type]
     assert config.max_batch_size == 0
     assert [t.dims for t in (*config.inputs, *config.outputs)] == [(4, 3), (4, 2)]
-    assert "dynamic_batching" not in config.to_pbtxt()
+    assert not parsed(config.to_pbtxt()).HasField("dynamic_batching")
 
 
 def test_triton_config_uses_gpu_instances_and_fp16_types_when_bundle_is_cuda_fp16() -> None:
@@ -85,7 +89,8 @@ def test_triton_config_uses_gpu_instances_and_fp16_types_when_bundle_is_cuda_fp1
     manifest.outputs[0]["dtype"] = "float16"  # type: ignore[attr-defined]
     config = triton_config(manifest, shapes, gpus=(0, 1), instances_per_device=2)  # type: ignore[arg-type]
     assert config.instance_groups[0].kind is InstanceKind.KIND_GPU
-    assert "{ kind: KIND_GPU, count: 2, gpus: [ 0, 1 ] }" in config.to_pbtxt()
+    (group,) = parsed(config.to_pbtxt()).instance_group
+    assert (group.kind, group.count, list(group.gpus)) == (schema.ModelInstanceGroup.KIND_GPU, 2, [0, 1])
     assert [t.datatype for t in (*config.inputs, *config.outputs)] == ["FP16", "FP16"]
 
 

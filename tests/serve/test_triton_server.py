@@ -93,18 +93,18 @@ def test_serve_client_binary_answers_equal_json_answers_when_connection_is_kept_
     from pipeline.serve.client import golden_requests
 
     model, sets, _ = golden_requests(request.getfixturevalue(bundle_fixture).path)
-    json_client, binary_client = ServeClient(server.url), ServeClient(server.url, keep_alive=True)
+    json_client, binary_client = ServeClient(server.url), ServeClient(server.url)
     try:
         for inputs, expected in sets.values():
             by_json = json_client.infer(model, inputs)
             for _ in range(2):  # the second request reuses the connection
-                by_binary = binary_client.infer_binary(model, inputs)
+                by_binary = binary_client.infer(model, inputs, binary=True)
                 assert list(by_binary) == list(expected)
                 for name in expected:
                     assert by_binary[name].dtype == by_json[name].dtype
                     np.testing.assert_array_equal(by_binary[name], by_json[name])
         with pytest.raises(RequestError) as refused:  # a refusal keeps its message in binary too
-            binary_client.infer_binary(model, {"nothing": np.zeros((1,), np.float32)})
+            binary_client.infer(model, {"nothing": np.zeros((1,), np.float32)}, binary=True)
         assert refused.value.status == 400
     finally:
         binary_client.close()

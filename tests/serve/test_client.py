@@ -1,0 +1,67 @@
+"""ServeClient over tritonclient, against a stand-in HTTP server: what reaches the wire."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from pipeline.serve import RequestError, ServeClient
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers ready, and refuses every infer request with a v2 error; records the paths."""
+
+    protocol_version = "HTTP/1.1"
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        self._answer(200, b"{}")
+
+    def do_POST(self) -> None:
+        self.paths.append(self.path)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(400, json.dumps({"error": "input 'x': expected 2 dims, got 1"}).encode())
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    Recorder.paths = []
+    running = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{running.server_address[1]}"
+    running.shutdown()
+    running.server_close()
+
+
+def test_serve_client_keeps_the_url_path_when_server_sits_behind_a_gateway_prefix(server: str) -> None:
+    client = ServeClient(f"{server}/models-gateway")
+    assert client.ready() and client.ready()
+    assert Recorder.paths == ["/models-gateway/v2/health/ready"] * 2
+
+
+def test_serve_client_raises_request_error_with_status_and_message_when_server_refuses(server: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        ServeClient(server).infer("m", {"x": np.zeros((3,), np.float32)}, binary=True, outputs=["y"])
+    assert (refused.value.status, refused.value.message) == (400, "input 'x': expected 2 dims, got 1")
+    assert Recorder.paths == ["/v2/models/m/infer"]
+
+
+def test_serve_client_is_not_ready_when_nothing_listens() -> None:
+    assert not ServeClient("http://127.0.0.1:1", timeout_s=2).ready()

@@ -10,7 +10,7 @@ ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run bundle serve test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-bert bench-resnet bench-sweep bench-precisions bench-refit report lint typecheck docs check clean
+.PHONY: help setup run bundle serve tune test test-serve-ray test-gpu test-gpu-full test-install reliability bench bench-bert bench-resnet bench-sweep bench-precisions bench-refit report lint typecheck docs check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ BUNDLE ?=
 PORT ?= 8000
 serve: $(STAMP) ## serve a bundle with tritonserver over KServe v2 HTTP: make serve BUNDLE=path [PORT=8000]
 	$(PY) -m pipeline.serve $(BUNDLE) --port $(PORT) $(ARGS)
+
+P99_MS ?= 10
+tune: $(STAMP) ## the serving configuration with most throughput at p99 <= P99_MS: make tune BUNDLE=path [P99_MS=10] [ARGS=...]
+	$(PY) -m pipeline.serve tune $(BUNDLE) --p99-ms $(P99_MS) $(ARGS)
 
 test-install: $(STAMP) ## a wheel installed as users do (deployment-only, then with the build extra), used from another directory
 	scripts/check-install.sh $(PY)

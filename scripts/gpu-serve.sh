@@ -9,6 +9,11 @@
 #     installs nvidia-pytriton and numpy<2 (the backend stub's) into /tmp/serve-site, runs the GPU
 #     serving tests (a real tritonserver) and scripts/serve_bench.py: HTTP vs in-process latency on
 #     the static bundle, dynamic batching vs serial requests on the dynamic one. Results under $OUT.
+#     SERVE_TESTS=0 skips all of it: the call only installs (the client wheels come in call 3).
+#   call 3, carry .serve-client-wheelhouse: OUT=$OUT PHASE=tune bash scripts/gpu-serve.sh
+#     installs tritonclient & co. into /tmp/serve-client, runs the GPU serving tests, then
+#     `python -m pipeline.serve tune` on the bert_dynamic bundle (TUNE_ARGS adds to its command
+#     line), serves the winner's repository and runs `check` against it.
 set -uo pipefail
 OUT=${OUT:-artifacts/gpu}
 mkdir -p "$OUT"
@@ -37,6 +42,7 @@ serve)
   export PYTHONPATH=.:/tmp/serve-site:/tmp/gpu-site LD_LIBRARY_PATH=/tmp/gpu-site/tensorrt_rtx_libs \
     PIPELINE_SERVE_BACKEND_PATH=/tmp/serve-numpy
   python3 -c "import numpy, torch; print('numpy', numpy.__version__, '| torch', torch.__version__)"
+  [ "${SERVE_TESTS:-1}" = 0 ] && exit 0
   timeout -k 5 "${SERVE_TEST_LIMIT:-240}" python3 -m pytest -v -p no:cacheprovider tests/gpu/test_serving.py \
     >"$OUT/test-serving.log" 2>&1
   status=$?
@@ -60,6 +66,36 @@ serve)
   python3 scripts/serve_bench.py batching "$dynamic" --seconds 8 --clients 32 --json "$OUT/serve-batching.json" \
     >"$OUT/serve-batching.log" 2>&1 || { tail -n 20 "$OUT/serve-batching.log"; status=1; }
   cat "$OUT"/serve-*.json 2>/dev/null
+  exit "$status"
+  ;;
+tune)
+  [ -d /tmp/serve-site/pytriton ] || { echo "no nvidia-pytriton in /tmp/serve-site: run PHASE=serve first"; exit 3; }
+  rm -rf /tmp/serve-client
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/serve-client \
+    .serve-client-wheelhouse/*.whl >"$OUT/client-install.txt" 2>&1 || { cat "$OUT/client-install.txt"; exit 3; }
+  export PYTHONPATH=.:/tmp/serve-client:/tmp/serve-site:/tmp/gpu-site LD_LIBRARY_PATH=/tmp/gpu-site/tensorrt_rtx_libs \
+    PIPELINE_SERVE_BACKEND_PATH=/tmp/serve-numpy
+  status=0
+  if [ "${SERVE_TESTS:-1}" != 0 ]; then
+    timeout -k 5 "${SERVE_TEST_LIMIT:-200}" python3 -m pytest -v -p no:cacheprovider tests/gpu/test_serving.py \
+      >"$OUT/test-serving.log" 2>&1 || status=1
+    grep -E "passed|failed|error" "$OUT/test-serving.log" | tail -3
+  fi
+  dynamic=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert_dynamic-fp16-* $BUNDLES/bundles/bert_dynamic-fp16-* 2>/dev/null | head -n 1)
+  echo "bundle: $dynamic"
+  # shellcheck disable=SC2086
+  timeout -k 5 "${TUNE_LIMIT:-330}" python3 -m pipeline.serve tune "$dynamic" --p99-ms "${P99_MS:-10}" \
+    --outputs pooler_output --out /tmp/tune ${TUNE_ARGS:-} >"$OUT/tune.txt" 2>"$OUT/tune-progress.txt" || status=1
+  cat "$OUT/tune.txt"; tail -n 5 "$OUT/tune-progress.txt"
+  cp /tmp/tune/results.json /tmp/tune/tune.png "$OUT/" 2>/dev/null
+  if [ -d /tmp/tune/model_repository ]; then
+    python3 -m pipeline.serve /tmp/tune/model_repository --port 0 >/tmp/winner.txt 2>"$OUT/winner-server.log" &
+    server=$!
+    for _ in $(seq 240); do grep -q "^ready:" /tmp/winner.txt && break; sleep 0.5; done
+    url=$(sed -n 's/^url: //p' /tmp/winner.txt)
+    python3 -m pipeline.serve check "$url" "$dynamic" --timeout 120 | tail -n 1 | sed 's/^/winner repository: /' || status=1
+    kill -TERM "$server"; wait "$server"
+  fi
   exit "$status"
   ;;
 esac

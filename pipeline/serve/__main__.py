@@ -5,6 +5,7 @@
     python -m pipeline.serve BUNDLE --ray [--replicas N]
     python -m pipeline.serve export-triton BUNDLE REPO_DIR [--name NAME] [--instances N] [--gpus 0,1]
     python -m pipeline.serve check URL BUNDLE [--model NAME]
+    python -m pipeline.serve tune BUNDLE --p99-ms 10 [--max-batch 8,32] [--instances 1,2] ...
 
 Errors are one line on stderr; exit codes: 0 done, 1 failed (a refused bundle, a server that
 never became ready, a failed check), 2 bad usage.
@@ -74,12 +75,62 @@ def check_main(argv: Sequence[str]) -> int:
     return 0 if result.passed else 1
 
 
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _items(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,8, got {text!r}") from None
+
+
+def tune_main(argv: Sequence[str]) -> int:
+    """``tune BUNDLE --p99-ms X``: the configuration with the most throughput under the target."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serve tune")
+    parser.add_argument("bundle", type=Path, help="bundle directory, .tar or .tar.gz")
+    parser.add_argument("--p99-ms", type=float, required=True, help="p99 latency target in ms")
+    parser.add_argument("--max-batch", type=_numbers, default=(), help="max batch sizes (default: max/4,max)")
+    parser.add_argument("--queue-delay-us", type=_numbers, default=(0, 1000), help="batcher delays (0,1000)")
+    parser.add_argument("--instances", type=_numbers, default=(1, 2), help="instances per device (1,2)")
+    parser.add_argument("--policies", type=_items, default=("recorded",), help="runtime presets (recorded)")
+    parser.add_argument(
+        "--shapes", type=_items, default=("opt",), help="golden sets to send (opt; max,odd,...)"
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per level (3)")
+    parser.add_argument("--max-concurrency", type=int, default=64, help="highest concurrency tried (64)")
+    parser.add_argument("--outputs", type=_items, default=(), help="outputs to ask for (default: all)")
+    parser.add_argument("--out", type=Path, help="output directory (default: artifacts/tune/<bundle name>)")
+    args = parser.parse_args(argv)
+    from pipeline.serve.tune import REPOSITORY_DIR, TuneGrid, TuneSettings, tune
+
+    policies = tuple(None if policy == "recorded" else policy for policy in args.policies)
+    settings = TuneSettings(
+        target_p99_ms=args.p99_ms,
+        grid=TuneGrid(args.max_batch, args.queue_delay_us, args.instances, policies),
+        shapes=args.shapes,
+        seconds=args.seconds,
+        max_concurrency=args.max_concurrency,
+        outputs=args.outputs,
+    )
+    out = args.out or Path("artifacts") / "tune" / args.bundle.name.split(".tar")[0]
+    report = tune(args.bundle, settings, out, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(report.table())
+    print(f"results: {out}")
+    print(f"reproduce: {report.command}")
+    if report.winner is None:
+        return 1
+    print(f"serve the winner: python -m pipeline.serve {out / REPOSITORY_DIR}")
+    return 0
+
+
 def serve_main(argv: Sequence[str]) -> int:
     """``BUNDLE``: serve it until SIGTERM or Ctrl-C."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.serve",
         description="Serve a bundle over KServe v2 HTTP (Triton, or Ray Serve with --ray). "
-        "Other commands: export-triton, check.",
+        "Other commands: export-triton, check, tune.",
     )
     parser.add_argument("bundle", type=Path, help="bundle (directory, .tar, .tar.gz) or exported repository")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -157,7 +208,7 @@ def _serve_triton(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"export-triton": export_main, "check": check_main}
+    commands = {"export-triton": export_main, "check": check_main, "tune": tune_main}
     try:
         if args and args[0] in commands:
             return commands[args[0]](args[1:])

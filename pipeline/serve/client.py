@@ -87,6 +87,15 @@ class ServeClient:
         result = self._call(lambda client: client.infer(model, requested, outputs=wanted))
         return {entry["name"]: result.as_numpy(entry["name"]) for entry in result.get_response()["outputs"]}
 
+    def load_model(self, model: str, config_json: str | None = None) -> None:
+        """Load (or load again) ``model``, with ``config_json`` instead of its ``config.pbtxt``
+        when given: Triton's model-control API (a server in explicit model-control mode)."""
+        self._call(lambda client: client.load_model(model, config=config_json))
+
+    def unload_model(self, model: str) -> None:
+        """Unload ``model`` (Triton's model-control API)."""
+        self._call(lambda client: client.unload_model(model))
+
     def close(self) -> None:
         """Close this thread's client and its connection, if any."""
         client = getattr(self._local, "client", None)

@@ -14,6 +14,7 @@ before anything is written, and checked again by every instance that loads it.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -47,10 +48,12 @@ def export_triton(
     model_name: str | None = None,
     instances_per_device: int = 1,
     gpus: tuple[int, ...] = (),
+    adjust: Callable[[TritonModelConfig], TritonModelConfig] | None = None,
 ) -> ExportedModel:
     """Write a Triton model repository for ``bundle`` (directory, .tar or .tar.gz) under
     ``repository``; refuses a bundle that fails its integrity or signature checks, and a model
-    directory that already exists."""
+    directory that already exists. ``adjust`` changes the derived configuration (e.g. the
+    batching and instances ``tune`` chose)."""
     source = Path(bundle)
     opened = open_bundle(source)
     root, manifest = opened.root, opened.manifest
@@ -60,6 +63,8 @@ def export_triton(
         )
     finally:
         release_unpacked(root)
+    if adjust is not None:
+        config = adjust(config)
     if model_name is not None:
         config = replace(config, name=model_name)
     repo = Path(repository)

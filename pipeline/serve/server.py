@@ -122,6 +122,8 @@ class TritonServer:
     metrics_port: int | None = None
     workdir: Path | None = None
     log: IO[str] | None = None
+    #: Load no model at start; models are loaded (with a configuration each time) through the API.
+    explicit_models: bool = False
     process: subprocess.Popen[str] | None = None
     log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=400))
     _reader: threading.Thread | None = None
@@ -152,6 +154,7 @@ class TritonServer:
             f"--allow-gpu-metrics={'true' if _gpu_visible() else 'false'}",
             "--strict-readiness=true",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            *(["--model-control-mode=explicit"] if self.explicit_models else []),
             # Unique shared-memory names: several servers on one host must not share regions.
             f"--backend-config=python,shm-region-prefix-name=pipeline_serve_{uuid.uuid4().hex[:12]}",
         ]

@@ -97,10 +97,13 @@ class ServedBundle:
         self.profile: Profile | None = Profile() if os.environ.get(PROFILE_VARIABLE, "0") != "0" else None
 
     @classmethod
-    def load(cls, bundle: str | Path, device: str | None = None, batching: bool = False) -> ServedBundle:
-        """Load ``bundle`` on ``device`` with its recorded runtime policy and run its golden
-        check; raises :class:`BundleError` (the model must not report ready) if it fails."""
-        loaded = load_bundle(bundle, device=device)
+    def load(
+        cls, bundle: str | Path, device: str | None = None, batching: bool = False, runtime: str | None = None
+    ) -> ServedBundle:
+        """Load ``bundle`` on ``device`` with its recorded runtime policy (or the ``runtime``
+        preset) and run its golden check; raises :class:`BundleError` (the model must not report
+        ready) if it fails."""
+        loaded = load_bundle(bundle, runtime=runtime, device=device)
         dtypes = [str(entry.get("dtype", "")) for entry in loaded.manifest.outputs]
         dtypes += [str(torch_dtype(spec.dtype, loaded.precision)) for spec in loaded.specs]
         if any("bfloat16" in dtype for dtype in dtypes):

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.errors import one_line
 from pipeline.serve.repository import bundle_in
 from pipeline.serve.serving import ServedBundle
+from pipeline.serve.triton_config import RUNTIME_POLICY_PARAMETER
 
 
 class TritonPythonModel:
@@ -35,8 +36,12 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{int(args['model_instance_device_id'])}"
         try:
+            policy = config.get("parameters", {}).get(RUNTIME_POLICY_PARAMETER, {}).get("string_value")
             self.served = ServedBundle.load(
-                bundle_in(version_dir), device=device, batching=int(config.get("max_batch_size", 0)) > 0
+                bundle_in(version_dir),
+                device=device,
+                batching=int(config.get("max_batch_size", 0)) > 0,
+                runtime=policy or None,
             )
         except Exception as exc:
             # Triton logs this message as the reason the model failed to load.

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import safe_open
@@ -28,6 +29,8 @@ from pipeline.runtime.loader import input_specs
 from pipeline.runtime.types import DType, Precision, dim_names, torch_dtype
 from pipeline.serve.serving import BF16_NOT_SERVED, output_name
 
+#: The ``config.pbtxt`` parameter that names a runtime preset to load the bundle with.
+RUNTIME_POLICY_PARAMETER = "runtime_policy"
 #: Triton's name for a dimension whose size each request chooses.
 DYNAMIC = -1
 
@@ -87,9 +90,11 @@ class TritonModelConfig:
     instance_groups: tuple[InstanceGroup, ...] = field(default_factory=tuple)
     max_queue_delay_microseconds: int = 0
 
-    def to_pbtxt(self) -> str:
-        """The model configuration in Triton's protobuf text format (Triton's own schema)."""
-        from google.protobuf import text_format
+    #: A runtime preset the backend loads the bundle with instead of the recorded policy.
+    runtime_policy: str | None = None
+
+    def to_proto(self) -> Any:
+        """The configuration as Triton's own protobuf message (``inference.ModelConfig``)."""
         from tritonclient.grpc import model_config_pb2 as schema
 
         config = schema.ModelConfig(name=self.name, backend="python", max_batch_size=self.max_batch_size)
@@ -101,7 +106,21 @@ class TritonModelConfig:
             config.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_microseconds
         for group in self.instance_groups:
             config.instance_group.add(kind=group.kind.value, count=group.count, gpus=group.gpus)
-        return str(text_format.MessageToString(config))
+        if self.runtime_policy is not None:
+            config.parameters[RUNTIME_POLICY_PARAMETER].string_value = self.runtime_policy
+        return config
+
+    def to_pbtxt(self) -> str:
+        """``config.pbtxt``: the configuration in protobuf text format."""
+        from google.protobuf import text_format
+
+        return str(text_format.MessageToString(self.to_proto()))
+
+    def to_json(self) -> str:
+        """The configuration as JSON, what Triton's model-control API takes to load a model with it."""
+        from google.protobuf import json_format
+
+        return str(json_format.MessageToJson(self.to_proto(), preserving_proto_field_name=True))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""``tune`` on a real tritonserver with a tiny model and a small grid: the winner, its repository,
+the plot and the results a user reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.serve.tune import (
+    PLOT_FILE,
+    REPOSITORY_DIR,
+    RESULTS_FILE,
+    Candidate,
+    Level,
+    Measured,
+    TuneGrid,
+    TuneSettings,
+    pareto_front,
+    tune,
+)
+from pipeline.stages.package import PublishedBundle
+from tests.helpers import cli
+
+pytestmark = pytest.mark.usefixtures("triton_installed")
+
+
+def level(concurrency: int, throughput: float, p99: float, errors: int = 0) -> Level:
+    return Level(concurrency, 100, errors, throughput, p99 / 2, p99)
+
+
+def test_tune_grid_lists_every_combination_when_model_batches() -> None:
+    grid = TuneGrid(
+        max_batch_sizes=(4, 8), queue_delays_us=(0, 100), instances=(1,), policies=(None, "cudagraphs")
+    )
+    candidates = grid.candidates(bundle_max_batch=8)
+    assert len(candidates) == 8
+    assert Candidate(8, 100, 1, "cudagraphs") in candidates
+
+
+def test_tune_grid_defaults_to_a_quarter_and_the_maximum_when_no_batch_sizes_are_given() -> None:
+    assert {c.max_batch_size for c in TuneGrid().candidates(bundle_max_batch=32)} == {8, 32}
+
+
+def test_tune_grid_refuses_batch_sizes_over_the_engines_maximum() -> None:
+    with pytest.raises(
+        PipelineError, match=r"--max-batch \[64\]: the bundle's engines take batches of 1..32"
+    ):
+        TuneGrid(max_batch_sizes=(8, 64)).candidates(bundle_max_batch=32)
+
+
+def test_measured_best_is_the_most_throughput_at_p99_within_target_without_errors() -> None:
+    measured = Measured(
+        Candidate(8, 0, 1),
+        "opt",
+        [level(1, 100, 2), level(2, 180, 4), level(4, 300, 9, errors=1), level(8, 320, 12)],
+    )
+    assert measured.best(10.0) == level(2, 180, 4)
+    assert measured.best(1.0) is None
+
+
+def test_pareto_front_keeps_points_no_other_beats_on_latency_and_throughput() -> None:
+    points = [(1.0, 100.0), (2.0, 90.0), (3.0, 250.0), (4.0, 240.0), (5.0, 400.0)]
+    assert pareto_front(points) == [(1.0, 100.0), (3.0, 250.0), (5.0, 400.0)]
+
+
+def test_tune_writes_results_plot_and_a_repository_that_serves_the_winner_when_run_on_tiny_cnn(
+    cnn_bundle: PublishedBundle, tmp_path: Path
+) -> None:
+    settings = TuneSettings(
+        target_p99_ms=2000.0,
+        grid=TuneGrid(max_batch_sizes=(2, 8), queue_delays_us=(0,), instances=(1,)),
+        seconds=0.5,
+        warmup_s=0.2,
+        max_concurrency=2,
+    )
+    out = tmp_path / "tune"
+    lines: list[str] = []
+    report = tune(cnn_bundle.path, settings, out, progress=lines.append)
+
+    assert [r.candidate.max_batch_size for r in report.results] == [2, 8]
+    assert all(r.levels and r.levels[0].requests > 0 for r in report.results)
+    assert report.serial.concurrency == 1 and report.serial.inferences_per_s > 0
+    assert report.winner is not None
+    best = report.winner.best(settings.target_p99_ms)
+    assert best is not None
+    assert best.inferences_per_s == max(r.best(2000.0).inferences_per_s for r in report.results)  # type: ignore[union-attr]
+    assert lines[0].startswith("batch-1 serial:") and len(lines) == 3
+    assert "winner: batch<=" in report.table()
+
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert results["winner"]["max_batch_size"] == report.winner.candidate.max_batch_size
+    assert results["command"].startswith("python -m pipeline.serve tune ")
+    assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = (out / REPOSITORY_DIR / "tiny_cnn" / "config.pbtxt").read_text()
+    assert f"max_batch_size: {report.winner.candidate.max_batch_size}\n" in config
+
+
+def test_tune_cli_refuses_in_one_line_when_output_directory_is_not_empty(
+    cnn_bundle: PublishedBundle, tmp_path: Path
+) -> None:
+    (tmp_path / "kept.txt").write_text("a user's file")
+    completed = cli("pipeline.serve", "tune", str(cnn_bundle.path), "--p99-ms", "5", "--out", str(tmp_path))
+    assert completed.returncode == 1
+    assert completed.stderr.strip() == (
+        f"error: {tmp_path}: exists and is not an empty directory; pick another --out"
+    )
+    assert (tmp_path / "kept.txt").read_text() == "a user's file"
+
+
+def test_tune_cli_refuses_in_one_line_when_a_shape_is_not_a_golden_set(
+    cnn_bundle: PublishedBundle, tmp_path: Path
+) -> None:
+    completed = cli(
+        "pipeline.serve",
+        "tune",
+        str(cnn_bundle.path),
+        "--p99-ms",
+        "5",
+        "--shapes",
+        "huge",
+        "--out",
+        str(tmp_path / "t"),
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.strip().startswith("error: --shapes ['huge']: the bundle's golden sets are [")

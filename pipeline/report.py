@@ -22,7 +22,7 @@ from pipeline.config.schema import Identity, Stage, identity_of
 from pipeline.console import console
 from pipeline.errors import BundleError
 from pipeline.runtime.format import MANIFEST_NAME, Manifest, read_manifest
-from pipeline.stages.bench import LOADED
+from pipeline.stages.bench import LOADED, PEERS, not_faster_note, peer_ratios
 
 COLUMNS = [
     "model",
@@ -155,6 +155,41 @@ def rows_for(manifest: Manifest) -> list[Row]:
         }
         rows.append(Row(cells=cells))
     return rows
+
+
+#: The peers table's column per peer, named after it.
+PEER_COLUMNS: dict[str, str] = {peer: f"vs {label}" for peer, label in PEERS.items()}
+PEERS_HEADER = ["model", "precision", "policy", "bundle median ms", *PEER_COLUMNS.values(), "note"]
+
+
+def peer_rows(manifest: Manifest) -> list[list[str]]:
+    """Per loaded variant of ``manifest``'s bundle, its median over each peer's ('-': not timed)
+    and, where it is not faster than a peer, a note that says so."""
+    latency = timed_variants(manifest)
+    medians = {name: stats["median_ms"] for name, stats in latency.items()}
+    rows = []
+    for name in (name for name in latency if name.startswith(LOADED)):
+        ratios = peer_ratios(medians, name)
+        if not ratios:
+            continue
+        policy = loaded_policy(name, manifest.bench["policy"])
+        rows.append(
+            [
+                manifest.model_name,
+                manifest.precision,
+                policy_label(manifest, policy),
+                _fmt(medians[name]),
+                *(f"{ratios[peer]:.2f}x" if peer in ratios else "-" for peer in PEER_COLUMNS),
+                not_faster_note(ratios) or "faster than every peer timed",
+            ]
+        )
+    return rows
+
+
+def peers_markdown(manifests: list[Manifest]) -> str:
+    """Every benchmarked bundle against its peers as a markdown table ('' when none timed a peer)."""
+    rows = [row for manifest in manifests for row in peer_rows(manifest)]
+    return markdown_table(PEERS_HEADER, rows) if rows else ""
 
 
 @dataclass
@@ -330,6 +365,8 @@ _VARIANT_ORDER = (
     "fresh",
     "fresh:",
     "inductor",
+    "inductor_reduce_overhead",
+    "inductor_max_autotune",
     "eager",
 )
 
@@ -634,6 +671,13 @@ def write_report(directory: Path) -> tuple[Path, Path] | None:
         return None
     table, picture = directory / "report.md", directory / "report.png"
     text = "# Runtime policy comparison\n\n" + markdown(rows)
+    peers = peers_markdown(manifests)
+    if peers:
+        text += (
+            "\n# The bundle against its peers\n\n"
+            "Median latency of the loaded bundle over each peer's, timed side by side in one process "
+            "(below 1.00x the bundle is faster).\n\n" + peers
+        )
     text += "\n# Fastest bundle per model, precision and policy\n\n" + fastest_markdown(
         fastest_bundles(manifests)
     )

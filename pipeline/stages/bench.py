@@ -1,7 +1,8 @@
 """bench: what a runtime policy buys, measured side by side on the loaded artifact.
 
-The loaded model (with its policy, plus any ``bench.policies``) is timed against eager PyTorch,
-``torch.compile`` (inductor) and the freshly compiled module, in interleaved rounds. On CUDA the
+The loaded model (with its policy, plus any ``bench.policies``) is timed against its peers (eager
+PyTorch and ``torch.compile`` in the modes ``bench.baselines`` names) and the freshly compiled
+module, on the same inputs in the same process, in interleaved rounds. On CUDA the
 second seed's memory measure is taken around each loaded variant alone, before the next one (or
 any baseline) is loaded: in use before loading, after loading, after the first call and idle after
 the warm-up calls (after freeing PyTorch's cache), so each figure counts that variant's engines only.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,13 +180,9 @@ def bench_model(
     extra_seconds: dict[str, float] = {}
     if eager is not None and Baseline.eager in settings.baselines:
         calls[Baseline.eager.value] = lambda: eager(*inputs)
-    if eager is not None and Baseline.inductor in settings.baselines:
-        compiled = torch.compile(eager)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            compiled(*inputs)
-        extra_seconds["inductor_compile"] = time.perf_counter() - start
-        calls[Baseline.inductor.value] = lambda: compiled(*inputs)
+    if eager is not None:
+        compiled_calls, extra_seconds = compile_peers(eager, inputs, settings.baselines)
+        calls.update(compiled_calls)
     prepare: dict[str, Callable[[], object]] = {}
     if fresh is not None and Baseline.fresh in settings.baselines:
         variants = {Baseline.fresh.value: RuntimeConfig()}
@@ -212,6 +209,66 @@ def bench_model(
         not_applied=not_applied,
         variant_loads=variant_loads,
     )
+
+
+#: ``torch.compile``'s ``mode`` for each baseline that compiles the eager model with inductor.
+TORCH_COMPILE_MODES: dict[Baseline, str | None] = {
+    Baseline.inductor: None,  # no mode argument: what the bench has always timed as "inductor"
+    Baseline.inductor_reduce_overhead: "reduce-overhead",
+    Baseline.inductor_max_autotune: "max-autotune-no-cudagraphs",
+}
+
+#: The bundle's peers (what a user could serve instead), in words a reader knows them by.
+PEERS: dict[str, str] = {
+    Baseline.eager.value: "eager PyTorch",
+    Baseline.inductor.value: "torch.compile (default mode)",
+    Baseline.inductor_reduce_overhead.value: "torch.compile reduce-overhead",
+    Baseline.inductor_max_autotune.value: "torch.compile max-autotune-no-cudagraphs",
+}
+
+
+def compile_peers(
+    eager: nn.Module, inputs: tuple[torch.Tensor, ...], baselines: list[Baseline]
+) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
+    """A call per requested ``torch.compile`` mode and each mode's compile time (its first call),
+    under ``<baseline>_compile``."""
+    calls: dict[str, Callable[[], object]] = {}
+    seconds: dict[str, float] = {}
+    for baseline, mode in TORCH_COMPILE_MODES.items():
+        if baseline not in baselines:
+            continue
+        compiled = torch.compile(eager) if mode is None else torch.compile(eager, mode=mode)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(*inputs)
+        if any(t.is_cuda for t in inputs):
+            torch.cuda.synchronize()  # the first call's kernels belong to the compile time
+        seconds[f"{baseline.value}_compile"] = time.perf_counter() - start
+        calls[baseline.value] = lambda compiled=compiled: compiled(*inputs)  # type: ignore[misc]
+    return calls, seconds
+
+
+def peer_ratios(medians: Mapping[str, float], variant: str = LOADED) -> dict[str, float]:
+    """``variant``'s median latency over each timed peer's (below 1: the bundle is faster)."""
+    if variant not in medians:
+        return {}
+    return {peer: medians[variant] / medians[peer] for peer in PEERS if peer in medians}
+
+
+def not_faster_note(ratios: Mapping[str, float]) -> str:
+    """Words for a bundle that is not faster than its fastest peer, naming every peer it does
+    not beat (fastest first); '' when it beats every peer timed."""
+    beaten_by = sorted((peer for peer, ratio in ratios.items() if ratio >= 1.0), key=lambda p: -ratios[p])
+    if not beaten_by:
+        return ""
+    first, *others = beaten_by
+    note = f"the bundle is not faster than {PEERS[first]} here ({ratios[first]:.2f}x)"
+    return note + "".join(f", nor than {PEERS[peer]} ({ratios[peer]:.2f}x)" for peer in others)
+
+
+def peer_summary(ratios: Mapping[str, float]) -> str:
+    """Each peer's ratio in one line, e.g. ``0.20x eager PyTorch, 0.95x torch.compile ...``."""
+    return ", ".join(f"{ratio:.2f}x {PEERS[peer]}" for peer, ratio in ratios.items())
 
 
 SWITCHING = "switching"
@@ -292,6 +349,14 @@ def report_rows(report: BenchReport) -> list[tuple[str, str]]:
                 f"min {value.min_ms:.3f}{device}{versus}",
             )
         )
+    medians = {name: value.median_ms for name, value in report.latency.items()}
+    for name in (name for name in report.latency if name.startswith(LOADED)):
+        ratios = peer_ratios(medians, name)
+        if ratios:
+            rows.append((f"{name} vs peers", peer_summary(ratios)))
+        note = not_faster_note(ratios)
+        if note:
+            rows.append((f"{name} note", note))
     for name, reason in report.not_applied.items():
         timed = "timed as the loaded bundle" if name == report.policy else "not timed"
         rows.append((f"policy {name}", f"not applied ({reason}): {timed}"))

@@ -24,14 +24,32 @@ from pipeline.backends.base import Backend
 from pipeline.config.schema import Baseline, BenchConfig, RuntimeConfig
 from pipeline.runtime.loaded import LoadedModel
 from pipeline.runtime.policy import runtime_preset
-from pipeline.timing import Latency, compare_latency, gpu_memory_in_use
+from pipeline.timing import (
+    Latency,
+    compare_latency,
+    device_memory_used,
+    gpu_memory_in_use,
+    process_memory_used,
+)
 
 LOADED = "loaded"
 
 
+def _over(value: int | None, baseline: int | None) -> int | None:
+    return None if value is None or baseline is None else value - baseline
+
+
 @dataclass
 class LoadMeasurement:
-    """Cost of bringing a model up: time and (on CUDA) device memory in use around it."""
+    """Cost of bringing a model up: time and (on CUDA) GPU memory around it, in two views.
+
+    Allocator view (``memory_*``, ``peak_allocated``): device memory in use with PyTorch's
+    unused cache handed back first, and torch's peak allocated. Device view (``device_*``): in
+    use with that cache kept, what ``nvidia-smi`` shows a deployment host, sampled after the
+    first call and idle after the warm-up calls; ``process_*`` is NVML's figure for this process
+    alone, where NVML gives one. Both views are taken over ``memory_before_load``, measured
+    after the CUDA context exists. None: not measured (CPU, or benched before it was recorded).
+    """
 
     load_seconds: float
     first_call_seconds: float
@@ -42,13 +60,49 @@ class LoadMeasurement:
     memory_idle_after_calls: int | None = None
     #: torch's peak allocated from before the load to the end of the warm-up calls.
     peak_allocated: int | None = None
+    device_after_first_call: int | None = None
+    device_idle_after_calls: int | None = None
+    process_before_load: int | None = None
+    process_after_first_call: int | None = None
+    process_idle_after_calls: int | None = None
 
     @property
     def idle_engine_memory(self) -> int | None:
-        """Memory the loaded model holds while idle between calls."""
-        if self.memory_idle_after_calls is None or self.memory_before_load is None:
-            return None
-        return self.memory_idle_after_calls - self.memory_before_load
+        """Memory the loaded model holds while idle between calls (allocator view)."""
+        return _over(self.memory_idle_after_calls, self.memory_before_load)
+
+    @property
+    def device_idle_memory(self) -> int | None:
+        """What ``nvidia-smi`` shows the model adding while idle, PyTorch's cache included."""
+        return _over(self.device_idle_after_calls, self.memory_before_load)
+
+    @property
+    def device_peak_memory(self) -> int | None:
+        """The larger of the device view's two samples (after the first call, after the warm-up)."""
+        samples = [v for v in (self.device_after_first_call, self.device_idle_after_calls) if v is not None]
+        return _over(max(samples), self.memory_before_load) if samples else None
+
+    @property
+    def process_idle_memory(self) -> int | None:
+        """NVML's figure for this process while idle, over its figure before the load."""
+        return _over(self.process_idle_after_calls, self.process_before_load)
+
+    @property
+    def process_peak_memory(self) -> int | None:
+        """The larger of NVML's two samples for this process, over its figure before the load."""
+        samples = [v for v in (self.process_after_first_call, self.process_idle_after_calls) if v is not None]
+        return _over(max(samples), self.process_before_load) if samples else None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready form: the samples and the figures over the baseline that readers use."""
+        return {
+            **asdict(self),
+            "idle_engine_memory": self.idle_engine_memory,
+            "device_idle_memory": self.device_idle_memory,
+            "device_peak_memory": self.device_peak_memory,
+            "process_idle_memory": self.process_idle_memory,
+            "process_peak_memory": self.process_peak_memory,
+        }
 
 
 @dataclass
@@ -80,14 +134,11 @@ class BenchReport:
         return {
             "policy": self.policy,
             "latency": {name: asdict(value) for name, value in self.latency.items()},
-            "load": {**asdict(self.load), "idle_engine_memory": self.load.idle_engine_memory},
+            "load": self.load.record(),
             "extra_seconds": self.extra_seconds,
             "shapes": {name: asdict(value) for name, value in self.shapes.items()},
             "policies_not_applied": self.not_applied,
-            "variant_loads": {
-                name: {**asdict(load), "idle_engine_memory": load.idle_engine_memory}
-                for name, load in self.variant_loads.items()
-            },
+            "variant_loads": {name: load.record() for name, load in self.variant_loads.items()},
         }
 
 
@@ -97,6 +148,7 @@ def measure_load(
     """Load a model and make its first call, recording time and device memory around both."""
     cuda = torch.cuda.is_available()
     before = gpu_memory_in_use() if cuda else None
+    process_before = process_memory_used() if cuda else None
     start = time.perf_counter()
     loaded = load()
     load_seconds = time.perf_counter() - start
@@ -111,14 +163,22 @@ def measure_load(
         first_call_seconds=first_call,
         memory_before_load=before,
         memory_after_load=after_load,
-        memory_after_first_call=gpu_memory_in_use() if cuda else None,
+        process_before_load=process_before,
     )
+    if cuda:
+        # The device view first: gpu_memory_in_use hands back the cache that view must count.
+        measurement.device_after_first_call = device_memory_used()
+        measurement.process_after_first_call = process_memory_used()
+        measurement.memory_after_first_call = gpu_memory_in_use()
     return loaded, measurement
 
 
 def finish_load_measurement(measurement: LoadMeasurement, peak_from: int | None) -> None:
-    """Record idle memory now and torch's peak allocated since ``peak_from``."""
+    """Record idle memory now (device view, then allocator view) and torch's peak allocated
+    since ``peak_from``."""
     if torch.cuda.is_available():
+        measurement.device_idle_after_calls = device_memory_used()
+        measurement.process_idle_after_calls = process_memory_used()
         measurement.memory_idle_after_calls = gpu_memory_in_use()
         measurement.peak_allocated = torch.cuda.max_memory_allocated() - (peak_from or 0)
 
@@ -363,19 +423,38 @@ def report_rows(report: BenchReport) -> list[tuple[str, str]]:
     load = report.load
     rows.append(("load / first call", f"{load.load_seconds:.2f} s / {load.first_call_seconds * 1e3:.1f} ms"))
     if load.idle_engine_memory is not None:
-        rows.append(
-            (
-                "memory idle (loaded alone)",
-                f"{load.idle_engine_memory / 2**20:.0f} MiB held by the loaded model",
-            )
-        )
-        rows.append(("peak allocated (torch)", f"{(load.peak_allocated or 0) / 2**20:.0f} MiB"))
+        rows.extend(memory_rows(load))
     for name, seconds in report.extra_seconds.items():
         rows.append((name, f"{seconds:.1f} s"))
     for name, value in report.shapes.items():
         label = "every call a new shape" if name == SWITCHING else f"{name} shape"
         rows.append((f"latency loaded, {label}", f"median {value.median_ms:.3f} ms, p90 {value.p90_ms:.3f}"))
     return rows
+
+
+def mib(value: int | None) -> str:
+    """Bytes as whole MiB, or ``-`` where not measured."""
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def memory_rows(load: LoadMeasurement) -> list[tuple[str, str]]:
+    """The loaded model's idle and peak memory in the allocator view and the device views."""
+    return [
+        (
+            "memory idle / peak, allocator",
+            f"{mib(load.idle_engine_memory)} / {mib(load.peak_allocated)} MiB "
+            "(torch cache freed / torch peak allocated)",
+        ),
+        (
+            "memory idle / peak, device (nvidia-smi)",
+            f"{mib(load.device_idle_memory)} / {mib(load.device_peak_memory)} MiB "
+            "(torch cache kept, over the CUDA context)",
+        ),
+        (
+            "memory idle / peak, this process (NVML)",
+            f"{mib(load.process_idle_memory)} / {mib(load.process_peak_memory)} MiB",
+        ),
+    ]
 
 
 def bench_bundle(path: str | Path, runtime: str | None, settings: BenchConfig) -> BenchReport:

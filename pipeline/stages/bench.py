@@ -281,7 +281,7 @@ TORCH_COMPILE_MODES: dict[Baseline, str | None] = {
 #: The bundle's peers (what a user could serve instead), in words a reader knows them by.
 PEERS: dict[str, str] = {
     Baseline.eager.value: "eager PyTorch",
-    Baseline.inductor.value: "torch.compile (default mode)",
+    Baseline.inductor.value: "torch.compile default mode",
     Baseline.inductor_reduce_overhead.value: "torch.compile reduce-overhead",
     Baseline.inductor_max_autotune.value: "torch.compile max-autotune-no-cudagraphs",
 }

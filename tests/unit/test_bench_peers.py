@@ -118,14 +118,14 @@ def test_report_rows_say_bundle_is_not_faster_when_its_median_is_at_least_a_peer
         report_with({"loaded": 1.02, "eager": 5.0, "inductor": 1.5, "inductor_reduce_overhead": 1.0})
     )
     assert rows["loaded vs peers"] == (
-        "0.20x eager PyTorch, 0.68x torch.compile (default mode), 1.02x torch.compile reduce-overhead"
+        "0.20x eager PyTorch, 0.68x torch.compile default mode, 1.02x torch.compile reduce-overhead"
     )
     assert rows["loaded note"] == "the bundle is not faster than torch.compile reduce-overhead here (1.02x)"
 
 
 def test_report_rows_flag_a_tie_with_a_peer_when_medians_are_equal() -> None:
     rows = terminal(report_with({"loaded": 2.0, "inductor": 2.0, "eager": 4.0}))
-    assert rows["loaded note"] == "the bundle is not faster than torch.compile (default mode) here (1.00x)"
+    assert rows["loaded note"] == "the bundle is not faster than torch.compile default mode here (1.00x)"
 
 
 def test_report_rows_name_every_peer_not_beaten_fastest_first_when_several_are_faster() -> None:
@@ -133,7 +133,7 @@ def test_report_rows_name_every_peer_not_beaten_fastest_first_when_several_are_f
         report_with({"loaded": 3.0, "eager": 2.5, "inductor": 2.0, "inductor_reduce_overhead": 6.0})
     )
     assert rows["loaded note"] == (
-        "the bundle is not faster than torch.compile (default mode) here (1.50x), "
+        "the bundle is not faster than torch.compile default mode here (1.50x), "
         "nor than eager PyTorch (1.20x)"
     )
 
@@ -142,7 +142,7 @@ def test_report_rows_have_no_note_when_bundle_beats_every_peer() -> None:
     rows = terminal(report_with({"loaded": 0.9, "eager": 5.0, "inductor": 1.0, "fresh": 0.5}))
     # fresh is the same engines compiled in-process, not a peer: being slower than it is no note.
     assert "loaded note" not in rows
-    assert rows["loaded vs peers"] == "0.18x eager PyTorch, 0.90x torch.compile (default mode)"
+    assert rows["loaded vs peers"] == "0.18x eager PyTorch, 0.90x torch.compile default mode"
 
 
 def test_report_rows_compare_each_extra_policy_with_the_peers_when_policies_are_timed() -> None:
@@ -182,7 +182,7 @@ def test_peers_markdown_gives_each_peers_ratio_and_says_not_faster_when_a_peer_i
     manifest = benched({"loaded": 1.02, "eager": 4.0, "inductor": 2.0, "inductor_reduce_overhead": 1.0})
     (row,) = table(peers_markdown([manifest]))
     assert row["vs eager PyTorch"] == "0.26x"
-    assert row["vs torch.compile (default mode)"] == "0.51x"
+    assert row["vs torch.compile default mode"] == "0.51x"
     assert row["vs torch.compile reduce-overhead"] == "1.02x"
     assert row["vs torch.compile max-autotune-no-cudagraphs"] == "-"
     assert row["note"] == "the bundle is not faster than torch.compile reduce-overhead here (1.02x)"
@@ -203,7 +203,7 @@ def test_report_reads_manifest_without_new_peers_or_memory_fields_when_benched_b
         load={"load_seconds": 0.5, "first_call_seconds": 0.01, "idle_engine_memory": 100 * 2**20},
     )
     (row,) = table(peers_markdown([old]))
-    assert row["vs torch.compile (default mode)"] == "0.50x"
+    assert row["vs torch.compile default mode"] == "0.50x"
     assert row["vs torch.compile reduce-overhead"] == "-"
     assert [r.cells["variant"] for r in rows_for(old)] == ["loaded bundle", "eager", "inductor", "fresh"]
 

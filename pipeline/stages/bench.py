@@ -291,7 +291,8 @@ def compile_peers(
     eager: nn.Module, inputs: tuple[torch.Tensor, ...], baselines: list[Baseline]
 ) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
     """A call per requested ``torch.compile`` mode and each mode's compile time (its first call),
-    under ``<baseline>_compile``."""
+    under ``<baseline>_compile``. reduce-overhead records its CUDA graphs on later calls: in the
+    untimed warm-up, not in that figure."""
     calls: dict[str, Callable[[], object]] = {}
     seconds: dict[str, float] = {}
     for baseline, mode in TORCH_COMPILE_MODES.items():

@@ -1,8 +1,9 @@
 """``python -m pipeline.report [DIR]``: compare runtime policies across benchmarked bundles.
 
 Reads the ``bench`` section of every bundle manifest under ``DIR`` (default ``artifacts``) and
-writes ``DIR/report.md`` (a markdown table) and ``DIR/report.png`` (latency per model on linear
-axes from zero, idle memory, cold start beside compile time; every value printed).
+writes ``DIR/report.md`` (markdown tables: policies, the bundle against its peers, memory in the
+allocator and device views, ...) and ``DIR/report.png`` (latency per model on linear axes from
+zero, idle memory, cold start beside compile time; every value printed).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pipeline.config.schema import Identity, Stage, identity_of
 from pipeline.console import console
 from pipeline.errors import BundleError
 from pipeline.runtime.format import MANIFEST_NAME, Manifest, read_manifest
-from pipeline.stages.bench import LOADED
+from pipeline.stages.bench import LOADED, PEERS, not_faster_note, peer_ratios
 
 COLUMNS = [
     "model",
@@ -37,7 +38,7 @@ COLUMNS = [
     "vs fresh same policy",
     "vs eager",
     "vs inductor",
-    "idle MiB",
+    "allocator idle MiB",
     "load s",
     "first call ms",
     "compile s",
@@ -146,7 +147,9 @@ def rows_for(manifest: Manifest) -> list[Row]:
             ),
             "vs eager": ratio("eager"),
             "vs inductor": ratio("inductor"),
-            "idle MiB": _fmt(idle / 2**20, 0) if is_loaded and name == "loaded" and idle is not None else "",
+            "allocator idle MiB": (
+                _fmt(idle / 2**20, 0) if is_loaded and name == "loaded" and idle is not None else ""
+            ),
             "load s": _fmt(load.get("load_seconds"), 2) if name == "loaded" else "",
             "first call ms": _fmt(load.get("first_call_seconds", 0) * 1e3, 1) if name == "loaded" else "",
             "compile s": _fmt(manifest.timings.get("compile"), 1) if name == "loaded" else "",
@@ -155,6 +158,92 @@ def rows_for(manifest: Manifest) -> list[Row]:
         }
         rows.append(Row(cells=cells))
     return rows
+
+
+#: The peers table's column per peer, named after it.
+PEER_COLUMNS: dict[str, str] = {peer: f"vs {label}" for peer, label in PEERS.items()}
+PEERS_HEADER = ["model", "precision", "policy", "bundle median ms", *PEER_COLUMNS.values(), "note"]
+
+
+def peer_rows(manifest: Manifest) -> list[list[str]]:
+    """Per loaded variant of ``manifest``'s bundle, its median over each peer's ('-': not timed)
+    and, where it is not faster than a peer, a note that says so."""
+    latency = timed_variants(manifest)
+    medians = {name: stats["median_ms"] for name, stats in latency.items()}
+    rows = []
+    for name in (name for name in latency if name.startswith(LOADED)):
+        ratios = peer_ratios(medians, name)
+        if not ratios:
+            continue
+        policy = loaded_policy(name, manifest.bench["policy"])
+        rows.append(
+            [
+                manifest.model_name,
+                manifest.precision,
+                policy_label(manifest, policy),
+                _fmt(medians[name]),
+                *(f"{ratios[peer]:.2f}x" if peer in ratios else "-" for peer in PEER_COLUMNS),
+                not_faster_note(ratios) or "faster than every peer timed",
+            ]
+        )
+    return rows
+
+
+def peers_markdown(manifests: list[Manifest]) -> str:
+    """Every benchmarked bundle against its peers as a markdown table ('' when none timed a peer)."""
+    rows = [row for manifest in manifests for row in peer_rows(manifest)]
+    return markdown_table(PEERS_HEADER, rows) if rows else ""
+
+
+#: The memory table's columns: each figure's view is in its header (docs/benchmarks.md says how
+#: each is measured), over the memory in use before the load.
+MEMORY_HEADER = [
+    "model",
+    "precision",
+    "policy",
+    "allocator idle MiB",
+    "allocator peak MiB",
+    "device idle MiB (nvidia-smi)",
+    "device peak MiB (nvidia-smi)",
+    "process idle MiB (NVML)",
+    "process peak MiB (NVML)",
+]
+#: The load record's key behind each figure column of :data:`MEMORY_HEADER`.
+MEMORY_KEYS = [
+    "idle_engine_memory",
+    "peak_allocated",
+    "device_idle_memory",
+    "device_peak_memory",
+    "process_idle_memory",
+    "process_peak_memory",
+]
+
+
+def _mib(value: Any) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def memory_rows(manifest: Manifest) -> list[list[str]]:
+    """Per loaded variant measured alone (the bundle's own policy, then each extra policy's own
+    load), its idle and peak memory in each view; ``-`` where not measured (CPU, NVML without a
+    figure for the process, or a bundle benched before the view was recorded)."""
+    bench = manifest.bench
+    loads = {bench["policy"]: bench.get("load", {}), **bench.get("variant_loads", {})}
+    return [
+        [
+            manifest.model_name,
+            manifest.precision,
+            policy_label(manifest, policy),
+            *(_mib(load.get(key)) for key in MEMORY_KEYS),
+        ]
+        for policy, load in loads.items()
+    ]
+
+
+def memory_markdown(manifests: list[Manifest]) -> str:
+    """Every benchmarked bundle's memory, allocator and device views side by side."""
+    rows = [row for manifest in manifests for row in memory_rows(manifest)]
+    return markdown_table(MEMORY_HEADER, rows) if rows else ""
 
 
 @dataclass
@@ -330,6 +419,8 @@ _VARIANT_ORDER = (
     "fresh",
     "fresh:",
     "inductor",
+    "inductor_reduce_overhead",
+    "inductor_max_autotune",
     "eager",
 )
 
@@ -421,7 +512,7 @@ def build_chart(manifests: list[Manifest], measured: ColdStarts) -> Any:
     ]
     memory = memory_bars(manifests)
     if memory:
-        panels.append(("GPU memory held while idle", "MiB", memory, "{:.0f}"))
+        panels.append(("GPU memory held while idle (allocator view)", "MiB", memory, "{:.0f}"))
     cold = cold_start_bars(measured)
     if cold:
         panels.append(("cold start (fresh process) vs compile", "seconds, whiskers min-max", cold, "{:.2f}"))
@@ -568,7 +659,7 @@ def precision_markdown(rows: list[PrecisionRow]) -> str:
         "precision",
         "median ms",
         "vs fp16",
-        "idle MiB",
+        "allocator idle MiB",
         "accuracy",
         "bundle MB",
         "note",
@@ -634,6 +725,22 @@ def write_report(directory: Path) -> tuple[Path, Path] | None:
         return None
     table, picture = directory / "report.md", directory / "report.png"
     text = "# Runtime policy comparison\n\n" + markdown(rows)
+    peers = peers_markdown(manifests)
+    if peers:
+        text += (
+            "\n# The bundle against its peers\n\n"
+            "Median latency of the loaded bundle over each peer's, timed side by side in one process "
+            "(below 1.00x the bundle is faster).\n\n" + peers
+        )
+    memory = memory_markdown(manifests)
+    if memory:
+        text += (
+            "\n# GPU memory of each loaded bundle, allocator and device views\n\n"
+            "Over the memory in use before the load. Allocator: torch's unused cache freed (idle), "
+            "torch's peak allocated (peak). Device: what nvidia-smi shows, torch's cache kept; "
+            "peak is the larger of the samples after the first call and after the warm-up. "
+            "Process: NVML's figure for the benchmarking process. `-`: not measured.\n\n" + memory
+        )
     text += "\n# Fastest bundle per model, precision and policy\n\n" + fastest_markdown(
         fastest_bundles(manifests)
     )

@@ -3,12 +3,16 @@
 Latency: host wall-clock around each call ending in ``torch.cuda.synchronize()`` (the first
 seed's measure) and, on CUDA, the device time between CUDA events around the same call.
 Variants are measured in interleaved rounds so that clock and thermal drift hit all alike.
-Memory: device-wide bytes in use from ``torch.cuda.mem_get_info`` (the second seed's measure).
+Memory: device-wide bytes in use from ``torch.cuda.mem_get_info`` (the second seed's measure),
+with PyTorch's unused cache handed back first (:func:`gpu_memory_in_use`) or kept, as a
+deployment host's ``nvidia-smi`` sees it (:func:`device_memory_used`); and this process's own
+figure from NVML where it can be had (:func:`process_memory_used`).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -138,3 +142,41 @@ def gpu_memory_in_use() -> int:
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info()
     return int(total - free)
+
+
+def device_memory_used() -> int:
+    """Bytes in use on the current GPU as the driver counts them, what ``nvidia-smi`` shows.
+
+    Unlike :func:`gpu_memory_in_use`, PyTorch's cached but unused blocks count: a serving
+    process keeps them, so they are memory the host cannot give to anything else.
+    """
+    torch.cuda.synchronize()
+    free, total = torch.cuda.mem_get_info()
+    return int(total - free)
+
+
+def process_memory_used() -> int | None:
+    """This process's memory on the current GPU according to NVML (``nvidia-smi``'s process list).
+
+    None where NVML cannot tell: ``nvidia-ml-py`` not installed, no NVML driver library, a MIG
+    slice, a PID namespace (a container) that hides this process's id from the driver, or a
+    driver that withholds per-process figures.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # pynvml's errors differ between its releases; no NVML means no figure
+        return None
+    try:
+        uuid = torch.cuda.get_device_properties(torch.cuda.current_device()).uuid
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception:  # an optional figure: whatever NVML refuses, the bench goes on without it
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+    used = [process.usedGpuMemory for process in processes if process.pid == os.getpid()]
+    return int(used[0]) if used and used[0] is not None else None

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import WeightsConfig, compose, resolve
+from pipeline.config import RuntimeConfig, WeightsConfig, compose, resolve
 from pipeline.config.schema import PipelineConfig
 from pipeline.runner import RunResult, run_pipeline
 from pipeline.runtime.format import FORMAT_VERSION, Manifest
+from pipeline.runtime.policy import PolicyReport
 
 
 def config_for(artifacts: Path, *overrides: str) -> PipelineConfig:
@@ -236,3 +237,15 @@ SLEEPY = (
     "model.inputs.0.min_shape=[1,3,8,8]",
     "model.inputs.0.max_shape=[4,3,8,8]",
 )
+
+
+class EagerAsLoaded:
+    """Stands in for a loaded bundle in the bench: runs the eager module, its policy applied."""
+
+    def __init__(self, module: nn.Module, policy: RuntimeConfig) -> None:
+        self.module = module
+        self.policy = policy
+        self.policy_report = PolicyReport(policy=policy, applied=True)
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        return self.module(*inputs)

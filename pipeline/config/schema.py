@@ -236,10 +236,19 @@ class VerifyConfig:
 
 
 class Baseline(str, Enum):
-    """What the loaded bundle is compared against in the ``bench`` stage."""
+    """What the loaded bundle is compared against in the ``bench`` stage.
+
+    ``eager`` and the ``inductor*`` members are the bundle's peers: what a user could serve
+    instead. ``fresh`` is the same model compiled by Torch-TensorRT in the same process.
+    """
 
     eager = "eager"
+    #: ``torch.compile`` in its default mode.
     inductor = "inductor"
+    #: ``torch.compile(mode="reduce-overhead")``: inductor with CUDA graphs (without them on CPU).
+    inductor_reduce_overhead = "inductor_reduce_overhead"
+    #: ``torch.compile(mode="max-autotune-no-cudagraphs")``: opt-in, its kernel search takes long.
+    inductor_max_autotune = "inductor_max_autotune"
     fresh = "fresh"
 
 
@@ -258,7 +267,12 @@ class BenchConfig:
     iterations: int = 200
     rounds: int = 5
     baselines: list[Baseline] = field(
-        default_factory=lambda: [Baseline.eager, Baseline.inductor, Baseline.fresh]
+        default_factory=lambda: [
+            Baseline.eager,
+            Baseline.inductor,
+            Baseline.inductor_reduce_overhead,
+            Baseline.fresh,
+        ]
     )
     # Further runtime presets to time on the same engines (one load each), e.g. [standard, cudagraphs].
     policies: list[str] = field(default_factory=list)

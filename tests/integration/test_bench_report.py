@@ -6,10 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+from pipeline.config import BenchConfig, RuntimeConfig
+from pipeline.config.schema import Baseline
 from pipeline.report import COLUMNS, main, write_report
+from pipeline.stages.bench import bench_model, report_rows
 from pipeline.stages.package import PublishedBundle
-from tests.helpers import run
+from tests.helpers import EagerAsLoaded, run
 from tests.integration.test_cli import cli
 
 BENCH = [
@@ -129,3 +134,22 @@ def test_bundle_bench_cli_writes_json_report_naming_policies_not_applied_when_ru
     assert set(report["latency"]) == {"loaded"} and set(report["policies_not_applied"]) == {"preallocated"}
     assert "policy preallocated" in completed.stderr and "not applied" in completed.stderr
     assert report["latency"]["loaded"]["iterations"] == 6
+
+
+def test_bench_model_times_reduce_overhead_without_cuda_graphs_when_run_on_cpu() -> None:
+    # A real torch.compile(mode="reduce-overhead"): on CPU inductor skips CUDA graphs and runs.
+    eager = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval()
+    settings = BenchConfig(
+        warmup=1, iterations=4, rounds=2, baselines=[Baseline.eager, Baseline.inductor_reduce_overhead]
+    )
+    report = bench_model(
+        lambda policy: EagerAsLoaded(eager, policy),
+        RuntimeConfig(),
+        (torch.randn(2, 8),),
+        settings,
+        eager=eager,
+    )
+    assert list(report.latency) == ["loaded", "eager", "inductor_reduce_overhead"]
+    assert report.latency["inductor_reduce_overhead"].iterations == 4
+    assert report.extra_seconds["inductor_reduce_overhead_compile"] > 0
+    assert "loaded vs peers" in dict(report_rows(report))

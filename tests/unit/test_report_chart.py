@@ -70,7 +70,7 @@ def test_chart_draws_every_panel_linear_from_zero_with_values_printed_when_built
     assert titles == [
         "bert fp32: latency per call",
         "resnet50 fp32: latency per call",
-        "GPU memory held while idle",
+        "GPU memory held while idle (allocator view)",
     ]
     for axis in figure.axes:
         assert axis.get_xscale() == "linear" and axis.get_xlim()[0] == 0

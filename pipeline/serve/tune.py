@@ -404,9 +404,8 @@ def _plot(report: TuneReport, path: Path) -> None:
         axes.plot(xs, ys, marker="o", label=result.candidate.label)
     front = pareto_front(points)
     if front:
-        xs, ys = zip(*front, strict=True)
-        style = {"color": "black", "marker": "*", "markersize": 14, "linewidth": 2.5, "alpha": 0.45}
-        axes.plot(xs, ys, label="Pareto front", **style)
+        p99s, throughputs = [p for p, _ in front], [t for _, t in front]
+        axes.plot(p99s, throughputs, "k*-", markersize=14, linewidth=2.5, alpha=0.45, label="Pareto front")
     axes.axvline(report.settings.target_p99_ms, color="red", linestyle="--", label="p99 target")
     axes.axhline(report.serial.inferences_per_s, color="grey", linestyle=":", label="batch-1 serial")
     axes.set_xlabel("p99 latency (ms)")

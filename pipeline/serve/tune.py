@@ -226,17 +226,15 @@ def tune(
             server.explicit_models = True
             server.start()
             try:
-                control = ServeClient(server.url, timeout_s=600)
+                measured = _Server(server.url, ServeClient(server.url, timeout_s=600), model, base, settings)
                 first = settings.shapes[0]
                 serial_candidate = Candidate(1 if base.max_batch_size else 0, 0, 1)
-                serial = _measure(
-                    server.url, control, model, base, serial_candidate, requests[first], settings, (1,)
-                )
+                serial = measured.levels(serial_candidate, requests[first], (1,))[0]
                 progress(f"batch-1 serial: {serial.inferences_per_s:.1f} inf/s, p99 {serial.p99_ms:.2f} ms")
                 results = []
                 for index, candidate in enumerate(candidates, 1):
                     for shape in settings.shapes:
-                        levels = _ramp(server.url, control, model, base, candidate, requests[shape], settings)
+                        levels = measured.ramp(candidate, requests[shape])
                         results.append(Measured(candidate, shape, levels))
                         best = results[-1].best(settings.target_p99_ms)
                         summary = "no level met the target" if best is None else best.describe()
@@ -257,59 +255,40 @@ def _one_row(inputs: Mapping[str, np.ndarray], batching: bool) -> dict[str, np.n
     return {name: np.ascontiguousarray(value[:1] if batching else value) for name, value in inputs.items()}
 
 
-def _ramp(
-    url: str,
-    control: ServeClient,
-    model: str,
-    base: TritonModelConfig,
-    candidate: Candidate,
-    request: Mapping[str, np.ndarray],
-    settings: TuneSettings,
-) -> list[Level]:
-    """Levels at concurrency 1, 2, 4, ... up to the first whose p99 passes the target (kept)."""
-    concurrencies = [
-        2**k for k in range(settings.max_concurrency.bit_length()) if 2**k <= settings.max_concurrency
-    ]
-    return _measure_levels(
-        url, control, model, base, candidate, request, settings, concurrencies, stop_early=True
-    )
+@dataclass
+class _Server:
+    """The server under test: loads a candidate through the model-control API and measures it."""
 
+    url: str
+    control: ServeClient
+    model: str
+    base: TritonModelConfig
+    settings: TuneSettings
 
-def _measure(
-    url: str,
-    control: ServeClient,
-    model: str,
-    base: TritonModelConfig,
-    candidate: Candidate,
-    request: Mapping[str, np.ndarray],
-    settings: TuneSettings,
-    concurrencies: Sequence[int],
-) -> Level:
-    return _measure_levels(url, control, model, base, candidate, request, settings, concurrencies)[0]
+    def ramp(self, candidate: Candidate, request: Mapping[str, np.ndarray]) -> list[Level]:
+        """Levels at concurrency 1, 2, 4, ... up to the first whose p99 passes the target (kept)."""
+        top = self.settings.max_concurrency
+        return self.levels(candidate, request, [2**k for k in range(top.bit_length())], stop_early=True)
 
-
-def _measure_levels(
-    url: str,
-    control: ServeClient,
-    model: str,
-    base: TritonModelConfig,
-    candidate: Candidate,
-    request: Mapping[str, np.ndarray],
-    settings: TuneSettings,
-    concurrencies: Sequence[int],
-    stop_early: bool = False,
-) -> list[Level]:
-    control.load_model(model, candidate.apply(base).to_json())
-    try:
-        levels = []
-        for concurrency in concurrencies:
-            level = asyncio.run(_drive(url, model, request, settings, concurrency))
-            levels.append(level)
-            if stop_early and (level.p99_ms > settings.target_p99_ms or level.errors):
-                break
-        return levels
-    finally:
-        control.unload_model(model)
+    def levels(
+        self,
+        candidate: Candidate,
+        request: Mapping[str, np.ndarray],
+        concurrencies: Sequence[int],
+        stop_early: bool = False,
+    ) -> list[Level]:
+        """``candidate`` loaded, measured at each concurrency, unloaded."""
+        self.control.load_model(self.model, candidate.apply(self.base).to_json())
+        try:
+            levels = []
+            for concurrency in concurrencies:
+                level = asyncio.run(_drive(self.url, self.model, request, self.settings, concurrency))
+                levels.append(level)
+                if stop_early and (level.p99_ms > self.settings.target_p99_ms or level.errors):
+                    break
+            return levels
+        finally:
+            self.control.unload_model(self.model)
 
 
 async def _drive(

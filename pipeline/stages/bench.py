@@ -39,6 +39,11 @@ def _over(value: int | None, baseline: int | None) -> int | None:
     return None if value is None or baseline is None else value - baseline
 
 
+def _peak_over(samples: tuple[int | None, ...], baseline: int | None) -> int | None:
+    taken = [sample for sample in samples if sample is not None]
+    return _over(max(taken), baseline) if taken else None
+
+
 @dataclass
 class LoadMeasurement:
     """Cost of bringing a model up: time and (on CUDA) GPU memory around it, in two views.
@@ -79,8 +84,9 @@ class LoadMeasurement:
     @property
     def device_peak_memory(self) -> int | None:
         """The larger of the device view's two samples (after the first call, after the warm-up)."""
-        samples = [v for v in (self.device_after_first_call, self.device_idle_after_calls) if v is not None]
-        return _over(max(samples), self.memory_before_load) if samples else None
+        return _peak_over(
+            (self.device_after_first_call, self.device_idle_after_calls), self.memory_before_load
+        )
 
     @property
     def process_idle_memory(self) -> int | None:
@@ -90,8 +96,9 @@ class LoadMeasurement:
     @property
     def process_peak_memory(self) -> int | None:
         """The larger of NVML's two samples for this process, over its figure before the load."""
-        samples = [v for v in (self.process_after_first_call, self.process_idle_after_calls) if v is not None]
-        return _over(max(samples), self.process_before_load) if samples else None
+        return _peak_over(
+            (self.process_after_first_call, self.process_idle_after_calls), self.process_before_load
+        )
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form: the samples and the figures over the baseline that readers use."""

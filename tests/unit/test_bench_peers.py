@@ -30,29 +30,36 @@ def fake_compile(modes: list[str | None]) -> Callable[..., Callable[..., Any]]:
     return compile_
 
 
-def test_bench_model_times_each_compile_mode_and_records_its_compile_time_when_baselines_name_them(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def bench_linear(
+    monkeypatch: pytest.MonkeyPatch, baselines: list[Baseline], iterations: int
+) -> tuple[BenchReport, list[str | None]]:
+    """A Linear benched as the loaded model under ``baselines``; torch.compile faked."""
     modes: list[str | None] = []
     monkeypatch.setattr(torch, "compile", fake_compile(modes))
     eager = nn.Linear(4, 4).eval()
-    settings = BenchConfig(
-        warmup=1,
-        iterations=4,
-        rounds=2,
-        baselines=[
-            Baseline.eager,
-            Baseline.inductor,
-            Baseline.inductor_reduce_overhead,
-            Baseline.inductor_max_autotune,
-        ],
-    )
+    settings = BenchConfig(warmup=1, iterations=iterations, rounds=2, baselines=baselines)
     report = bench.bench_model(
         lambda policy: EagerAsLoaded(eager, policy),
         RuntimeConfig(),
         (torch.ones(2, 4),),
         settings,
         eager=eager,
+    )
+    return report, modes
+
+
+def test_bench_model_times_each_compile_mode_and_records_its_compile_time_when_baselines_name_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    report, modes = bench_linear(
+        monkeypatch,
+        [
+            Baseline.eager,
+            Baseline.inductor,
+            Baseline.inductor_reduce_overhead,
+            Baseline.inductor_max_autotune,
+        ],
+        iterations=4,
     )
 
     assert modes == [None, "reduce-overhead", "max-autotune-no-cudagraphs"]
@@ -75,17 +82,7 @@ def test_bench_model_times_each_compile_mode_and_records_its_compile_time_when_b
 def test_bench_model_compiles_no_mode_when_baselines_name_no_compile_peer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    modes: list[str | None] = []
-    monkeypatch.setattr(torch, "compile", fake_compile(modes))
-    eager = nn.Linear(4, 4).eval()
-    settings = BenchConfig(warmup=1, iterations=2, rounds=1, baselines=[Baseline.eager])
-    report = bench.bench_model(
-        lambda policy: EagerAsLoaded(eager, policy),
-        RuntimeConfig(),
-        (torch.ones(2, 4),),
-        settings,
-        eager=eager,
-    )
+    report, modes = bench_linear(monkeypatch, [Baseline.eager], iterations=2)
     assert modes == [] and report.extra_seconds == {}
     assert list(report.latency) == ["loaded", "eager"]
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import BundleError, InputValidationError, ModelClosedError
-from pipeline.runtime.executor import EngineExecutor
+from pipeline.runtime.executor import EngineExecutor, NoEngines
 from pipeline.runtime.policy import PolicyReport, RuntimeConfig, as_policy
 from pipeline.runtime.types import InputSpec, Precision, dim_names, torch_dtype
 
@@ -365,6 +365,8 @@ class LoadedModel:
             self.module = None
             self._call_context = nullcontext()
             self._wait_for_last_call()
+            # The executor holds the engines (or the runners) too: they must go with the module.
+            self.executor = NoEngines(reason="closed: the engines were freed")
         gc.collect()  # graph modules hold reference cycles; engines free their memory when collected
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

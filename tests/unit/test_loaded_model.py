@@ -3,7 +3,9 @@ lifetime, devices and callers on several threads. tests/gpu/ runs the same contr
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,17 @@ def test_loaded_model_refuses_calls_when_closed() -> None:
     with pytest.raises(ModelClosedError):
         model.set_runtime("preallocated")
     model.close()  # idempotent
+
+
+def test_loaded_model_lets_go_of_its_engines_when_closed() -> None:
+    # The executor holds the engines too (TensorRT's GPU memory is freed when they are collected).
+    executor = FakeExecutor()
+    model = loaded(executor)
+    module, held = weakref.ref(model.module), weakref.ref(executor)
+    del executor
+    model.close()
+    gc.collect()
+    assert module() is None and held() is None
 
 
 def test_loaded_model_gives_each_thread_its_own_answer_when_threads_call_at_once() -> None:

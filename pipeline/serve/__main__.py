@@ -101,6 +101,7 @@ def tune_main(argv: Sequence[str]) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per level (3)")
     parser.add_argument("--max-concurrency", type=int, default=64, help="highest concurrency tried (64)")
     parser.add_argument("--outputs", type=_items, default=(), help="outputs to ask for (default: all)")
+    parser.add_argument("--client-processes", type=int, default=1, help="load generator processes (1)")
     parser.add_argument("--out", type=Path, help="output directory (default: artifacts/tune/<bundle name>)")
     args = parser.parse_args(argv)
     from pipeline.serve.tune import REPOSITORY_DIR, TuneGrid, TuneSettings, tune
@@ -113,6 +114,7 @@ def tune_main(argv: Sequence[str]) -> int:
         seconds=args.seconds,
         max_concurrency=args.max_concurrency,
         outputs=args.outputs,
+        client_processes=args.client_processes,
     )
     out = args.out or Path("artifacts") / "tune" / args.bundle.name.split(".tar")[0]
     report = tune(args.bundle, settings, out, progress=lambda line: print(line, file=sys.stderr, flush=True))

@@ -48,8 +48,8 @@ class ServeClient:
     def ready(self) -> bool:
         """True when the server reports every model ready (``/v2/health/ready``)."""
         try:
-            return bool(self._client().is_server_ready())
-        except (OSError, http.client.HTTPException, InferenceServerException):
+            return bool(self._call(lambda client: client.is_server_ready()))
+        except (OSError, RequestError):
             return False
 
     def metadata(self, model: str) -> dict[str, Any]:
@@ -121,16 +121,20 @@ class ServeClient:
         return client
 
     def _call(self, send: Any) -> Any:
-        try:
-            return send(self._client())
-        except http.client.HTTPException as exc:  # geventhttpclient's: the server closed the connection
-            self.close()
-            raise ConnectionError(f"{self.url}: {type(exc).__name__}: {exc}") from None
-        except InferenceServerException as exc:
-            status = exc.status()
-            raise RequestError(
-                int(status) if status and status.isdigit() else 0, str(exc.message())
-            ) from None
+        for attempt in (1, 2):
+            try:
+                return send(self._client())
+            except http.client.HTTPException as exc:  # geventhttpclient's: the connection broke
+                self.close()
+                # A kept connection the server closed while it sat idle: once more, on a new one.
+                if attempt == 1 and type(exc).__name__ == "HTTPConnectionClosed":
+                    continue
+                raise ConnectionError(f"{self.url}: {type(exc).__name__}: {exc}") from None
+            except InferenceServerException as exc:
+                status = exc.status()
+                code = int(status) if status and status.isdigit() else 0
+                raise RequestError(code, str(exc.message())) from None
+        raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,15 @@ repository, beside a table, a plot and the command that reproduces the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import multiprocessing
 import shlex
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -105,6 +108,8 @@ class TuneSettings:
     max_concurrency: int = 64
     #: Outputs asked for (empty: all of them).
     outputs: tuple[str, ...] = ()
+    #: Processes the load generator's callers are spread over (each its own event loop).
+    client_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -221,12 +226,13 @@ def tune(
         base = export_triton(bundle, workdir / "models").config
         candidates = settings.grid.candidates(base.max_batch_size)
         requests = {shape: _one_row(golden[shape][0], base.max_batch_size > 0) for shape in settings.shapes}
-        with (workdir / "tritonserver.log").open("w") as log:
+        with (workdir / "tritonserver.log").open("w") as log, _client_pool(settings.client_processes) as pool:
             server = TritonServer(workdir / "models", port=0, metrics_port=0, workdir=workdir, log=log)
             server.explicit_models = True
             server.start()
             try:
-                measured = _Server(server.url, ServeClient(server.url, timeout_s=600), model, base, settings)
+                control = ServeClient(server.url, timeout_s=600)
+                measured = _Server(server.url, control, model, base, settings, pool)
                 first = settings.shapes[0]
                 serial_candidate = Candidate(1 if base.max_batch_size else 0, 0, 1)
                 serial = measured.levels(serial_candidate, requests[first], (1,))[0]
@@ -250,6 +256,21 @@ def tune(
     return report
 
 
+@contextlib.contextmanager
+def _client_pool(processes: int) -> Iterator[Executor | None]:
+    """Client processes, started and ready before anything is measured (None: callers run here)."""
+    if processes <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_import_client, range(processes)))
+        yield pool
+
+
+def _import_client(_: int) -> None:
+    import tritonclient.http.aio  # noqa: F401  (what each level's callers need, imported once)
+
+
 def _one_row(inputs: Mapping[str, np.ndarray], batching: bool) -> dict[str, np.ndarray]:
     # Online clients send one item per request; the dynamic batcher stacks them.
     return {name: np.ascontiguousarray(value[:1] if batching else value) for name, value in inputs.items()}
@@ -264,6 +285,7 @@ class _Server:
     model: str
     base: TritonModelConfig
     settings: TuneSettings
+    pool: Executor | None = None
 
     def ramp(self, candidate: Candidate, request: Mapping[str, np.ndarray]) -> list[Level]:
         """Levels at concurrency 1, 2, 4, ... up to the first whose p99 passes the target (kept)."""
@@ -282,7 +304,7 @@ class _Server:
         try:
             levels = []
             for concurrency in concurrencies:
-                level = asyncio.run(_drive(self.url, self.model, request, self.settings, concurrency))
+                level = _drive(self.url, self.model, request, self.settings, concurrency, self.pool)
                 levels.append(level)
                 if stop_early and (level.p99_ms > self.settings.target_p99_ms or level.errors):
                     break
@@ -291,47 +313,44 @@ class _Server:
             self.control.unload_model(self.model)
 
 
-async def _drive(
-    url: str, model: str, request: Mapping[str, np.ndarray], settings: TuneSettings, concurrency: int
+@dataclass
+class _Samples:
+    """What callers saw in the measured window: latencies (s), errors, and when the last answer
+    came (``time.monotonic``, one clock for every process of the host)."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    last_answer: float = 0.0
+
+
+def _drive(
+    url: str,
+    model: str,
+    request: Mapping[str, np.ndarray],
+    settings: TuneSettings,
+    concurrency: int,
+    pool: Executor | None = None,
 ) -> Level:
-    """``concurrency`` callers, each sending its next request when the last is answered."""
-    import tritonclient.http as triton_http
-    import tritonclient.http.aio as triton_aio
-    from tritonclient.utils import np_to_triton_dtype
-
-    tensors = []
-    for name, value in request.items():
-        tensor = triton_http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value, binary_data=True)
-        tensors.append(tensor)
-    outputs = [triton_http.InferRequestedOutput(name, binary_data=True) for name in settings.outputs] or None
-    client = triton_aio.InferenceServerClient(url.split("://", 1)[-1], conn_limit=concurrency)
+    """``concurrency`` callers, each sending its next request when the last is answered; with a
+    ``pool``, spread over its client processes (one event loop each), so that the load generator
+    is not what limits the throughput."""
+    processes = min(settings.client_processes, concurrency) if pool is not None else 1
+    # The same window for every process: far enough ahead for the last of them to be sending.
+    start = time.monotonic() + (0.2 if processes > 1 else 0.0) + settings.warmup_s
+    window = (start, start + settings.seconds)
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    if pool is None or processes == 1:
+        parts = [_run_callers(url, model, dict(request), settings.outputs, concurrency, window)]
+    else:
+        futures = [
+            pool.submit(_run_callers, url, model, dict(request), settings.outputs, share, window)
+            for share in shares
+        ]
+        parts = [future.result() for future in futures]
+    latencies = [latency for part in parts for latency in part.latencies]
+    errors = sum(part.errors for part in parts)
+    elapsed = max(max(part.last_answer for part in parts) - window[0], 1e-9)
     rows = next(iter(request.values())).shape[0] if request else 1
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    window = (start + settings.warmup_s, start + settings.warmup_s + settings.seconds)
-    last_answer = window[0]
-
-    async def caller() -> None:
-        nonlocal errors, last_answer
-        while (sent := time.perf_counter()) < window[1]:
-            try:
-                await client.infer(model, tensors, outputs=outputs)
-                failed = False
-            except Exception:  # counted; a level with errors never wins
-                failed = True
-            answered = time.perf_counter()
-            if sent >= window[0]:
-                latencies.append(answered - sent)
-                errors += failed
-                last_answer = max(last_answer, answered)
-
-    try:
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-    finally:
-        await client.close()
-    elapsed = max(last_answer - window[0], 1e-9)
     values = np.array(latencies or [float("inf")]) * 1e3
     return Level(
         concurrency=concurrency,
@@ -341,6 +360,60 @@ async def _drive(
         p50_ms=float(np.percentile(values, 50)),
         p99_ms=float(np.percentile(values, 99)),
     )
+
+
+def _run_callers(
+    url: str,
+    model: str,
+    request: dict[str, np.ndarray],
+    outputs: tuple[str, ...],
+    concurrency: int,
+    window: tuple[float, float],
+) -> _Samples:
+    """One process's callers (top level: a client process runs it)."""
+    return asyncio.run(_callers(url, model, request, outputs, concurrency, window))
+
+
+async def _callers(
+    url: str,
+    model: str,
+    request: dict[str, np.ndarray],
+    outputs: tuple[str, ...],
+    concurrency: int,
+    window: tuple[float, float],
+) -> _Samples:
+    import tritonclient.http as triton_http
+    import tritonclient.http.aio as triton_aio
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensors = []
+    for name, value in request.items():
+        tensor = triton_http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value, binary_data=True)
+        tensors.append(tensor)
+    asked = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs] or None
+    client = triton_aio.InferenceServerClient(url.split("://", 1)[-1], conn_limit=concurrency)
+    # Sent before the window opens: the warm-up (connections, the batcher's first batches).
+    samples = _Samples(last_answer=window[0])
+
+    async def caller() -> None:
+        while (sent := time.monotonic()) < window[1]:
+            try:
+                await client.infer(model, tensors, outputs=asked)
+                failed = False
+            except Exception:  # counted; a level with errors never wins
+                failed = True
+            answered = time.monotonic()
+            if sent >= window[0]:
+                samples.latencies.append(answered - sent)
+                samples.errors += failed
+                samples.last_answer = max(samples.last_answer, answered)
+
+    try:
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    finally:
+        await client.close()
+    return samples
 
 
 def _command(bundle: Path, settings: TuneSettings, out: Path) -> str:
@@ -355,6 +428,8 @@ def _command(bundle: Path, settings: TuneSettings, out: Path) -> str:
     words += ["--max-concurrency", str(settings.max_concurrency)]
     if settings.outputs:
         words += ["--outputs", ",".join(settings.outputs)]
+    if settings.client_processes > 1:
+        words += ["--client-processes", str(settings.client_processes)]
     return shlex.join([*words, "--out", str(out)])
 
 

@@ -15,10 +15,13 @@ from pipeline.serve import RequestError, ServeClient
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers ready, and refuses every infer request with a v2 error; records the paths."""
+    """Answers ready and model loads, refuses every infer request with a v2 error; records the paths.
+    ``drop``: closes the connection of the next request without answering it, as a server does
+    that closes a kept-alive connection just as a request arrives on it."""
 
     protocol_version = "HTTP/1.1"
     paths: ClassVar[list[str]] = []
+    drop = False
 
     def do_GET(self) -> None:
         self.paths.append(self.path)
@@ -26,7 +29,13 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.paths.append(self.path)
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if Recorder.drop:
+            Recorder.drop, self.close_connection = False, True
+            return
+        if self.path.endswith("/load"):
+            self._answer(200, b"{}")
+            return
         self._answer(400, json.dumps({"error": "input 'x': expected 2 dims, got 1"}).encode())
 
     def _answer(self, status: int, body: bytes) -> None:
@@ -42,7 +51,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    Recorder.paths = []
+    Recorder.paths, Recorder.drop = [], False
     running = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=running.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{running.server_address[1]}"
@@ -54,6 +63,15 @@ def test_serve_client_keeps_the_url_path_when_server_sits_behind_a_gateway_prefi
     client = ServeClient(f"{server}/models-gateway")
     assert client.ready() and client.ready()
     assert Recorder.paths == ["/models-gateway/v2/health/ready"] * 2
+
+
+def test_serve_client_sends_again_on_a_new_connection_when_server_closed_the_kept_one(server: str) -> None:
+    # POST: tritonclient's HTTP library sends a GET again itself, but not a POST.
+    client = ServeClient(server)
+    client.load_model("m")
+    Recorder.drop = True
+    client.load_model("m")
+    assert Recorder.paths == ["/v2/repository/models/m/load"] * 3
 
 
 def test_serve_client_raises_request_error_with_status_and_message_when_server_refuses(server: str) -> None:

@@ -75,13 +75,15 @@ def test_tune_writes_results_plot_and_a_repository_that_serves_the_winner_when_r
         seconds=0.5,
         warmup_s=0.2,
         max_concurrency=2,
+        client_processes=2,  # concurrency 1 runs its callers here, 2 in two client processes
     )
     out = tmp_path / "tune"
     lines: list[str] = []
     report = tune(cnn_bundle.path, settings, out, progress=lines.append)
 
     assert [r.candidate.max_batch_size for r in report.results] == [2, 8]
-    assert all(r.levels and r.levels[0].requests > 0 for r in report.results)
+    assert all([lvl.concurrency for lvl in r.levels] == [1, 2] for r in report.results)
+    assert all(lvl.requests > 0 and lvl.errors == 0 for r in report.results for lvl in r.levels)
     assert report.serial.concurrency == 1 and report.serial.inferences_per_s > 0
     assert report.winner is not None
     best = report.winner.best(settings.target_p99_ms)

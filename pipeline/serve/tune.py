@@ -340,10 +340,10 @@ def _drive(
     window = (start, start + settings.seconds)
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     if pool is None or processes == 1:
-        parts = [_run_callers(url, model, dict(request), settings.outputs, concurrency, window)]
+        parts = [_Callers(url, model, dict(request), settings.outputs, concurrency, window).run()]
     else:
         futures = [
-            pool.submit(_run_callers, url, model, dict(request), settings.outputs, share, window)
+            pool.submit(_Callers(url, model, dict(request), settings.outputs, share, window).run)
             for share in shares
         ]
         parts = [future.result() for future in futures]
@@ -362,58 +362,54 @@ def _drive(
     )
 
 
-def _run_callers(
-    url: str,
-    model: str,
-    request: dict[str, np.ndarray],
-    outputs: tuple[str, ...],
-    concurrency: int,
-    window: tuple[float, float],
-) -> _Samples:
-    """One process's callers (top level: a client process runs it)."""
-    return asyncio.run(_callers(url, model, request, outputs, concurrency, window))
+@dataclass(frozen=True)
+class _Callers:
+    """One process's share of the load: ``concurrency`` callers and the measured window."""
 
+    url: str
+    model: str
+    request: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    concurrency: int
+    window: tuple[float, float]
 
-async def _callers(
-    url: str,
-    model: str,
-    request: dict[str, np.ndarray],
-    outputs: tuple[str, ...],
-    concurrency: int,
-    window: tuple[float, float],
-) -> _Samples:
-    import tritonclient.http as triton_http
-    import tritonclient.http.aio as triton_aio
-    from tritonclient.utils import np_to_triton_dtype
+    def run(self) -> _Samples:
+        """Send until the window closes (a client process runs this too)."""
+        return asyncio.run(self._send())
 
-    tensors = []
-    for name, value in request.items():
-        tensor = triton_http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value, binary_data=True)
-        tensors.append(tensor)
-    asked = [triton_http.InferRequestedOutput(name, binary_data=True) for name in outputs] or None
-    client = triton_aio.InferenceServerClient(url.split("://", 1)[-1], conn_limit=concurrency)
-    # Sent before the window opens: the warm-up (connections, the batcher's first batches).
-    samples = _Samples(last_answer=window[0])
+    async def _send(self) -> _Samples:
+        import tritonclient.http as triton_http
+        import tritonclient.http.aio as triton_aio
+        from tritonclient.utils import np_to_triton_dtype
 
-    async def caller() -> None:
-        while (sent := time.monotonic()) < window[1]:
-            try:
-                await client.infer(model, tensors, outputs=asked)
-                failed = False
-            except Exception:  # counted; a level with errors never wins
-                failed = True
-            answered = time.monotonic()
-            if sent >= window[0]:
-                samples.latencies.append(answered - sent)
-                samples.errors += failed
-                samples.last_answer = max(samples.last_answer, answered)
+        tensors = []
+        for name, value in self.request.items():
+            tensor = triton_http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(value, binary_data=True)
+            tensors.append(tensor)
+        asked = [triton_http.InferRequestedOutput(name, binary_data=True) for name in self.outputs] or None
+        client = triton_aio.InferenceServerClient(self.url.split("://", 1)[-1], conn_limit=self.concurrency)
+        # Sent before the window opens: the warm-up (connections, the batcher's first batches).
+        samples = _Samples(last_answer=self.window[0])
 
-    try:
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-    finally:
-        await client.close()
-    return samples
+        async def caller() -> None:
+            while (sent := time.monotonic()) < self.window[1]:
+                try:
+                    await client.infer(self.model, tensors, outputs=asked)
+                    failed = False
+                except Exception:  # counted; a level with errors never wins
+                    failed = True
+                answered = time.monotonic()
+                if sent >= self.window[0]:
+                    samples.latencies.append(answered - sent)
+                    samples.errors += failed
+                    samples.last_answer = max(samples.last_answer, answered)
+
+        try:
+            await asyncio.gather(*(caller() for _ in range(self.concurrency)))
+        finally:
+            await client.close()
+        return samples
 
 
 def _command(bundle: Path, settings: TuneSettings, out: Path) -> str:

@@ -96,7 +96,7 @@ def tune_main(argv: Sequence[str]) -> int:
     parser.add_argument("--instances", type=_numbers, default=(1, 2), help="instances per device (1,2)")
     parser.add_argument("--policies", type=_items, default=("recorded",), help="runtime presets (recorded)")
     parser.add_argument(
-        "--shapes", type=_items, default=("opt",), help="golden sets to send (opt; max,odd,...)"
+        "--shapes", type=_items, default=(), help="golden sets to send (opt, and max if dynamic)"
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per level (3)")
     parser.add_argument("--max-concurrency", type=int, default=64, help="highest concurrency tried (64)")

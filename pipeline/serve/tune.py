@@ -101,8 +101,9 @@ class TuneSettings:
 
     target_p99_ms: float
     grid: TuneGrid = field(default_factory=TuneGrid)
-    #: Golden sets whose shapes requests take (opt, min, max, odd); the winner is chosen on the first.
-    shapes: tuple[str, ...] = ("opt",)
+    #: Golden sets whose shapes requests take (opt, min, max, odd); the winner is chosen on the
+    #: first. Empty: opt, and max too where the bundle is dynamic (it has a max set).
+    shapes: tuple[str, ...] = ()
     seconds: float = 3.0
     warmup_s: float = 0.5
     max_concurrency: int = 64
@@ -218,6 +219,8 @@ def tune(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PipelineError(f"{out}: exists and is not an empty directory; pick another --out")
     model, golden, _ = golden_requests(bundle)
+    if not settings.shapes:
+        settings = replace(settings, shapes=tuple(shape for shape in ("opt", "max") if shape in golden))
     unknown = [shape for shape in settings.shapes if shape not in golden]
     if unknown:
         raise PipelineError(f"--shapes {unknown}: the bundle's golden sets are {sorted(golden)}")

@@ -81,15 +81,23 @@ def test_tune_writes_results_plot_and_a_repository_that_serves_the_winner_when_r
     lines: list[str] = []
     report = tune(cnn_bundle.path, settings, out, progress=lines.append)
 
-    assert [r.candidate.max_batch_size for r in report.results] == [2, 8]
+    # tiny_cnn's batch is dynamic: by default requests take the opt and the max shape.
+    assert report.settings.shapes == ("opt", "max")
+    assert [(r.candidate.max_batch_size, r.shape) for r in report.results] == [
+        (2, "opt"),
+        (2, "max"),
+        (8, "opt"),
+        (8, "max"),
+    ]
     assert all([lvl.concurrency for lvl in r.levels] == [1, 2] for r in report.results)
     assert all(lvl.requests > 0 and lvl.errors == 0 for r in report.results for lvl in r.levels)
     assert report.serial.concurrency == 1 and report.serial.inferences_per_s > 0
     assert report.winner is not None
     best = report.winner.best(settings.target_p99_ms)
     assert best is not None
-    assert best.inferences_per_s == max(r.best(2000.0).inferences_per_s for r in report.results)  # type: ignore[union-attr]
-    assert lines[0].startswith("batch-1 serial:") and len(lines) == 3
+    on_opt = [r.best(2000.0) for r in report.results if r.shape == "opt"]
+    assert best.inferences_per_s == max(level.inferences_per_s for level in on_opt if level is not None)
+    assert lines[0].startswith("batch-1 serial:") and len(lines) == 5
     assert "winner: batch<=" in report.table()
 
     results = json.loads((out / RESULTS_FILE).read_text())

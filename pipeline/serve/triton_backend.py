@@ -48,9 +48,11 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"bundle refused ({args['model_instance_name']} on {device}): {one_line(exc)}"
             ) from None
-        manifest = self.served.manifest
+        manifest, report = self.served.manifest, self.served.loaded.policy_report
+        applied = "applied" if report.applied else f"not applied: {report.reason}"
         pb_utils.Logger.log_info(
-            f"{manifest.model_name} bundle {manifest.bundle_id} ready on {device}: golden check passed"
+            f"{manifest.model_name} bundle {manifest.bundle_id} ready on {device} under "
+            f"runtime={report.policy.name} ({applied}): golden check passed"
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:

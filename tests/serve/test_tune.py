@@ -4,11 +4,15 @@ the plot and the results a user reads."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import PipelineError
+from pipeline.serve.repository import export_triton
+from pipeline.serve.server import TritonServer
+from pipeline.serve.triton_config import TritonModelConfig
 from pipeline.serve.tune import (
     PLOT_FILE,
     REPOSITORY_DIR,
@@ -136,3 +140,23 @@ def test_tune_cli_refuses_in_one_line_when_a_shape_is_not_a_golden_set(
     )
     assert completed.returncode == 1
     assert completed.stderr.strip().startswith("error: --shapes ['huge']: the bundle's golden sets are [")
+
+
+def test_triton_backend_loads_the_bundle_under_the_runtime_policy_when_config_names_one(
+    cnn_bundle: PublishedBundle, tmp_path: Path
+) -> None:
+    # tune's policy dimension: config.pbtxt's runtime_policy reaches load_bundle in the backend.
+    def preallocated(config: TritonModelConfig) -> TritonModelConfig:
+        return replace(config, runtime_policy="preallocated")
+
+    exported = export_triton(cnn_bundle.path, tmp_path / "models", adjust=preallocated)
+    assert 'key: "runtime_policy"' in (exported.model_dir / "config.pbtxt").read_text()
+    with (tmp_path / "tritonserver.log").open("w") as log:
+        server = TritonServer(tmp_path / "models", port=0, metrics_port=0, workdir=tmp_path, log=log)
+        server.start(timeout_s=180)
+        server.stop()
+    # An export bundle has no engines to put a policy on: the backend says so, and serves it.
+    assert (
+        "under runtime=preallocated (not applied: runtime=preallocated configures TensorRT engines; "
+        "the export backend has none): golden check passed"
+    ) in (tmp_path / "tritonserver.log").read_text()

@@ -110,6 +110,7 @@ class ServeClient:
     def _client(self) -> triton_http.InferenceServerClient:
         client = getattr(self._local, "client", None)
         if client is None:
+            _stops_are_not_errors()
             parts = urllib.parse.urlsplit(self.url if "://" in self.url else f"http://{self.url}")
             client = triton_http.InferenceServerClient(
                 parts.netloc + parts.path.rstrip("/"),
@@ -135,6 +136,17 @@ class ServeClient:
                 code = int(status) if status and status.isdigit() else 0
                 raise RequestError(code, str(exc.message())) from None
         raise AssertionError("unreachable")
+
+
+def _stops_are_not_errors() -> None:
+    """A Ctrl-C or SIGTERM that comes while a request waits is raised in gevent's hub (the
+    client's event loop), which prints a traceback for it before it passes it on to the waiting
+    code. A stop is one line: the hub is told it is no error (it is passed on all the same)."""
+    import gevent
+
+    hub = gevent.get_hub()
+    if not issubclass(KeyboardInterrupt, hub.NOT_ERROR):
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,39 @@ def test_write_log_writes_to_stderr_instead_when_the_log_cannot_be_written(
     assert write_log(blocker / "error.log", "Traceback: the whole story\n") is None
     err = capsys.readouterr().err
     assert "could not be written" in err and "Traceback: the whole story" in err
+
+
+SLOW_CLEANUP = """
+import sys, time
+from pathlib import Path
+from pipeline.signals import clean_stop
+
+marker = Path(sys.argv[1])
+with clean_stop("stopped"):
+    try:
+        print("working", flush=True)
+        time.sleep(60)
+    finally:
+        time.sleep(1.5)  # a cleanup that takes a while, e.g. a server's graceful stop
+        marker.write_text("cleaned up")
+"""
+
+
+def test_clean_stop_finishes_its_cleanup_when_a_second_sigterm_arrives_during_it(tmp_path: Path) -> None:
+    # GNU timeout sends SIGTERM to the process and then to its process group; supervisors repeat it.
+    marker = tmp_path / "cleaned"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLEANUP, str(marker)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "working\n"
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # inside the cleanup now
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err
+    assert marker.read_text() == "cleaned up"
+    assert err.strip().splitlines() == ["interrupted (SIGTERM); stopped"], err

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.serve import RequestError, ServeClient
+from tests.helpers import subprocess_env
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
@@ -83,3 +88,32 @@ def test_serve_client_raises_request_error_with_status_and_message_when_server_r
 
 def test_serve_client_is_not_ready_when_nothing_listens() -> None:
     assert not ServeClient("http://127.0.0.1:1", timeout_s=2).ready()
+
+
+UNANSWERED_LOAD = """
+import socket, sys
+from pipeline.serve import ServeClient
+from pipeline.signals import clean_stop
+
+silent = socket.create_server(("127.0.0.1", 0))  # accepts connections (backlog), answers nothing
+with clean_stop("stopped"):
+    client = ServeClient(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=120)
+    print("waiting", flush=True)
+    client.load_model("bert")  # what tune's model loads look like while the server works
+"""
+
+
+def test_serve_client_stops_in_one_line_when_sigterm_arrives_while_a_request_waits() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", UNANSWERED_LOAD],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "waiting\n"
+    time.sleep(1)  # the request is sent and waits for the answer in gevent's event loop
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == ["interrupted (SIGTERM); stopped"], err

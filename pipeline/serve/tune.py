@@ -29,13 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.serve.client import ServeClient, golden_requests
+from pipeline.serve.client import RequestError, ServeClient, golden_requests
 from pipeline.serve.repository import export_triton
 from pipeline.serve.server import TritonServer
 from pipeline.serve.triton_config import TritonModelConfig
 
 #: What the plot, the results and the winner's repository are called in the output directory.
 RESULTS_FILE, PLOT_FILE, REPOSITORY_DIR = "results.json", "tune.png", "model_repository"
+#: The server's own log, kept beside the results (why a model did not load, or loaded slowly).
+SERVER_LOG = "tritonserver.log"
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,9 @@ class TuneReport:
     results: list[Measured]
     winner: Measured | None
     command: str = ""
+    #: False while the run goes on (``results.json`` is rewritten after each configuration, so a
+    #: run that is stopped or fails keeps what it measured).
+    complete: bool = True
 
     def ratio(self, level: Level) -> float:
         """``level``'s throughput over batch-1 serial's."""
@@ -199,6 +204,7 @@ class TuneReport:
             "results": [asdict(result) for result in self.results],
             "winner": None if self.winner is None else asdict(self.winner.candidate),
             "command": self.command,
+            "complete": self.complete,
         }
 
 
@@ -215,9 +221,11 @@ def tune(
     bundle: Path, settings: TuneSettings, out: Path, progress: Callable[[str], None] = print
 ) -> TuneReport:
     """Measure every candidate of ``settings.grid`` on a real tritonserver and write the results,
-    the plot and the winner's model repository under ``out`` (which must be new or empty)."""
+    the plot and the winner's model repository under ``out`` (which must be new or empty), beside
+    the server's log. ``progress`` gets one line per step: the server, each load, each result."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PipelineError(f"{out}: exists and is not an empty directory; pick another --out")
+    out.mkdir(parents=True, exist_ok=True)
     model, golden, _ = golden_requests(bundle)
     if not settings.shapes:
         settings = replace(settings, shapes=tuple(shape for shape in ("opt", "max") if shape in golden))
@@ -229,18 +237,21 @@ def tune(
         base = export_triton(bundle, workdir / "models").config
         candidates = settings.grid.candidates(base.max_batch_size)
         requests = {shape: _one_row(golden[shape][0], base.max_batch_size > 0) for shape in settings.shapes}
-        with (workdir / "tritonserver.log").open("w") as log, _client_pool(settings.client_processes) as pool:
+        with (out / SERVER_LOG).open("w") as log, _client_pool(settings.client_processes) as pool:
             server = TritonServer(workdir / "models", port=0, metrics_port=0, workdir=workdir, log=log)
             server.explicit_models = True
+            started = time.monotonic()
+            progress(f"starting tritonserver (its log: {out / SERVER_LOG})")
             server.start()
+            progress(f"tritonserver ready in {time.monotonic() - started:.1f} s")
             try:
                 control = ServeClient(server.url, timeout_s=600)
-                measured = _Server(server.url, control, model, base, settings, pool)
+                measured = _Server(server, control, model, base, settings, pool, progress)
                 first = settings.shapes[0]
                 serial_candidate = Candidate(1 if base.max_batch_size else 0, 0, 1)
                 serial = measured.levels(serial_candidate, requests[first], (1,))[0]
                 progress(f"batch-1 serial: {serial.inferences_per_s:.1f} inf/s, p99 {serial.p99_ms:.2f} ms")
-                results = []
+                results: list[Measured] = []
                 for index, candidate in enumerate(candidates, 1):
                     for shape in settings.shapes:
                         levels = measured.ramp(candidate, requests[shape])
@@ -248,6 +259,10 @@ def tune(
                         best = results[-1].best(settings.target_p99_ms)
                         summary = "no level met the target" if best is None else best.describe()
                         progress(f"[{index}/{len(candidates)}] {candidate.label} {shape}: {summary}")
+                        so_far = TuneReport(
+                            str(bundle), model, settings, serial, results, None, complete=False
+                        )
+                        _save(so_far, out)
             finally:
                 server.stop()
     on_first = [r for r in results if r.shape == settings.shapes[0] and r.best(settings.target_p99_ms)]
@@ -283,12 +298,13 @@ def _one_row(inputs: Mapping[str, np.ndarray], batching: bool) -> dict[str, np.n
 class _Server:
     """The server under test: loads a candidate through the model-control API and measures it."""
 
-    url: str
+    server: TritonServer
     control: ServeClient
     model: str
     base: TritonModelConfig
     settings: TuneSettings
     pool: Executor | None = None
+    progress: Callable[[str], None] = print
 
     def ramp(self, candidate: Candidate, request: Mapping[str, np.ndarray]) -> list[Level]:
         """Levels at concurrency 1, 2, 4, ... up to the first whose p99 passes the target (kept)."""
@@ -303,17 +319,29 @@ class _Server:
         stop_early: bool = False,
     ) -> list[Level]:
         """``candidate`` loaded, measured at each concurrency, unloaded."""
-        self.control.load_model(self.model, candidate.apply(self.base).to_json())
+        self._load(candidate)
         try:
             levels = []
             for concurrency in concurrencies:
-                level = _drive(self.url, self.model, request, self.settings, concurrency, self.pool)
+                level = _drive(self.server.url, self.model, request, self.settings, concurrency, self.pool)
                 levels.append(level)
                 if stop_early and (level.p99_ms > self.settings.target_p99_ms or level.errors):
                     break
             return levels
         finally:
             self.control.unload_model(self.model)
+
+    def _load(self, candidate: Candidate) -> None:
+        # Each instance loads the bundle and runs its golden check: seconds for a large model.
+        started = time.monotonic()
+        self.progress(f"loading {candidate.label}")
+        try:
+            self.control.load_model(self.model, candidate.apply(self.base).to_json())
+        except (RequestError, OSError) as exc:
+            raise PipelineError(
+                f"{candidate.label}: the model did not load: {exc}; {self.server.reason()}"
+            ) from None
+        self.progress(f"loaded {candidate.label} in {time.monotonic() - started:.1f} s")
 
 
 @dataclass
@@ -432,9 +460,12 @@ def _command(bundle: Path, settings: TuneSettings, out: Path) -> str:
     return shlex.join([*words, "--out", str(out)])
 
 
-def _write(report: TuneReport, bundle: Path, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _save(report: TuneReport, out: Path) -> None:
     (out / RESULTS_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _write(report: TuneReport, bundle: Path, out: Path) -> None:
+    _save(report, out)
     _plot(report, out / PLOT_FILE)
     if report.winner is not None:
         export_triton(bundle, out / REPOSITORY_DIR, adjust=report.winner.candidate.apply)

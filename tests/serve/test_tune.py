@@ -4,6 +4,7 @@ the plot and the results a user reads."""
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pipeline.serve.tune import (
     PLOT_FILE,
     REPOSITORY_DIR,
     RESULTS_FILE,
+    SERVER_LOG,
     Candidate,
     Level,
     Measured,
@@ -27,6 +29,7 @@ from pipeline.serve.tune import (
 )
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import cli
+from tests.serve.helpers import alive, descendants, start_cli
 
 pytestmark = pytest.mark.usefixtures("triton_installed")
 
@@ -101,11 +104,16 @@ def test_tune_writes_results_plot_and_a_repository_that_serves_the_winner_when_r
     assert best is not None
     on_opt = [r.best(2000.0) for r in report.results if r.shape == "opt"]
     assert best.inferences_per_s == max(level.inferences_per_s for level in on_opt if level is not None)
-    assert lines[0].startswith("batch-1 serial:") and len(lines) == 5
+    assert lines[0].startswith("starting tritonserver") and lines[1].startswith("tritonserver ready in")
+    assert next(line for line in lines if line.startswith(("batch-1", "["))).startswith("batch-1 serial:")
+    assert sum(line.startswith("loaded ") for line in lines) == 5  # the serial baseline and 4 measured
+    assert sum(line.startswith("[") for line in lines) == 4
     assert "winner: batch<=" in report.table()
 
     results = json.loads((out / RESULTS_FILE).read_text())
+    assert results["complete"] is True
     assert results["winner"]["max_batch_size"] == report.winner.candidate.max_batch_size
+    assert "Started HTTPService" in (out / SERVER_LOG).read_text()
     assert results["command"].startswith("python -m pipeline.serve tune ")
     assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = (out / REPOSITORY_DIR / "tiny_cnn" / "config.pbtxt").read_text()
@@ -160,3 +168,31 @@ def test_triton_backend_loads_the_bundle_under_the_runtime_policy_when_config_na
         "under runtime=preallocated (not applied: runtime=preallocated configures TensorRT engines; "
         "the export backend has none): golden check passed"
     ) in (tmp_path / "tritonserver.log").read_text()
+
+
+def test_tune_cli_stops_in_one_line_keeps_what_it_measured_and_leaves_no_process_when_sigterm_arrives(
+    cnn_bundle: PublishedBundle, tmp_path: Path
+) -> None:
+    out = tmp_path / "tune"
+    # Four configurations, about 3 s each here: the signal comes while the second one runs.
+    args = ["--p99-ms", "2000", "--max-batch", "2,8", "--instances", "1,2", "--queue-delay-us", "0"]
+    args += ["--shapes", "opt", "--seconds", "0.5", "--max-concurrency", "2", "--out", str(out)]
+    process = start_cli("tune", str(cnn_bundle.path), *args)
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("[1/4]"):
+            break
+    else:
+        raise AssertionError(f"tune ended before it measured a configuration: {''.join(seen)[-3000:]}")
+    children = descendants(process.pid)
+    assert children  # tritonserver and its backend stub
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)") and "Traceback" not in err, err
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert results["complete"] is False
+    assert [r["candidate"]["max_batch_size"] for r in results["results"]][:1] == [2]
+    assert not [pid for pid in children if alive(pid)]

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Serving on the GPU host, in two device calls back to back (the TensorRT-RTX wheelhouse and the
+# Serving on the GPU host, in device calls back to back (the TensorRT-RTX wheelhouse and the
 # serve wheels do not fit in one call's 64 MiB; a warm host keeps /tmp between calls):
 #   call 1, carry .gpu-wheelhouse:   OUT=$OUT PHASE=build bash scripts/gpu-serve.sh
 #     installs the wheelhouse into /tmp/gpu-site and builds BERT fp16 (static 1x128) and
 #     bert_dynamic fp16 bundles (preallocated) under /tmp/serve-artifacts (MODELS=bert: the first only);
 #   (or instead of call 1: scripts/gpu-verify.sh, whose GPU suite leaves both bundles in /tmp)
 #   call 2, carry .serve-wheelhouse: OUT=$OUT PHASE=serve bash scripts/gpu-serve.sh
-#     installs nvidia-pytriton and numpy<2 (the backend stub's) into /tmp/serve-site (the client
-#     wheels do not fit beside them: they come in call 3).
+#     installs nvidia-pytriton and numpy<2 (the backend stub's) into /tmp/serve-site.
 #   call 3, carry .serve-client-wheelhouse: OUT=$OUT PHASE=tune bash scripts/gpu-serve.sh
 #     installs tritonclient & co. into /tmp/serve-client, runs the GPU serving tests, then
 #     `python -m pipeline.serve tune` on the bert_dynamic bundle (TUNE_ARGS adds to its command
-#     line), serves the winner's repository and runs `check` against it.
+#     line), serves the winner's repository and runs `check` against it. Calls 2 and 3 fit one
+#     call that carries both wheelhouses: PHASE=serve, then PHASE=tune.
 #   call 4 (optional, no carry): OUT=$OUT PHASE=bench bash scripts/gpu-serve.sh
 #     scripts/serve_bench.py: HTTP vs in-process latency on the static bundle, dynamic batching vs
 #     serial requests on the dynamic one. Results under $OUT.
@@ -83,10 +83,11 @@ tune)
   dynamic=$(ls -dt /tmp/pytest-of-*/pytest-*/*/bundles/bert_dynamic-fp16-* $BUNDLES/bundles/bert_dynamic-fp16-* 2>/dev/null | head -n 1)
   echo "bundle: $dynamic"
   # shellcheck disable=SC2086
-  timeout -k 5 "${TUNE_LIMIT:-330}" python3 -m pipeline.serve tune "$dynamic" --p99-ms "${P99_MS:-10}" \
+  # -k 45: a stopped tune stops its tritonserver first (Triton waits up to 20 s for in-flight work).
+  timeout -k 45 "${TUNE_LIMIT:-330}" python3 -m pipeline.serve tune "$dynamic" --p99-ms "${P99_MS:-10}" \
     --outputs pooler_output --out /tmp/tune ${TUNE_ARGS:-} >"$OUT/tune.txt" 2>"$OUT/tune-progress.txt" || status=1
   cat "$OUT/tune.txt"; tail -n 5 "$OUT/tune-progress.txt"
-  cp /tmp/tune/results.json /tmp/tune/tune.png "$OUT/" 2>/dev/null
+  cp /tmp/tune/results.json /tmp/tune/tune.png /tmp/tune/tritonserver.log "$OUT/" 2>/dev/null
   if [ -d /tmp/tune/model_repository ]; then
     python3 -m pipeline.serve /tmp/tune/model_repository --port 0 >/tmp/winner.txt 2>"$OUT/winner-server.log" &
     server=$!

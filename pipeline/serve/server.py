@@ -66,13 +66,16 @@ class TritonInstall:
             ) from None
         server = get_root_module_path() / "tritonserver"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        libraries = get_libs_path()
+        if not libraries.is_dir():
+            # pytriton takes a wheel installed outside site-packages (pip install --target, a
+            # directory on PYTHONPATH) for a source checkout and names the checkout's directory;
+            # the wheel's libraries are beside the package.
+            libraries = get_root_module_path().parent / "nvidia_pytriton.libs"
         install = cls(
-            server / "bin" / "tritonserver",
-            server / "backends" / "python",
-            get_stub_path(version),
-            get_libs_path(),
+            server / "bin" / "tritonserver", server / "backends" / "python", get_stub_path(version), libraries
         )
-        for path in (install.binary, install.python_backend, install.stub):
+        for path in (install.binary, install.python_backend, install.stub, install.libraries):
             if not path.exists():
                 raise ServeError(f"{path}: missing from the nvidia-pytriton install (Python {version})")
         return install

@@ -21,7 +21,7 @@ from pipeline.runtime import load_bundle
 from pipeline.runtime.format import read_manifest
 from pipeline.serve import ServeClient, check_server, export_triton
 from pipeline.serve.client import RequestError
-from pipeline.serve.server import TritonServer
+from pipeline.serve.server import TritonInstall, TritonServer
 from pipeline.stages.package import PublishedBundle
 from tests.helpers import cli, flip_byte
 from tests.serve.helpers import (
@@ -36,6 +36,20 @@ from tests.serve.helpers import (
 )
 
 pytestmark = pytest.mark.usefixtures("triton_installed")
+
+
+def test_triton_install_finds_the_wheels_libraries_when_pytriton_is_installed_outside_site_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pip install --target (the GPU host's layout) or a directory on PYTHONPATH: pytriton's own
+    # helper then takes the install for a source checkout and names a directory the wheel lacks.
+    import site
+
+    monkeypatch.setattr(site, "getsitepackages", lambda: [])
+    monkeypatch.setattr(site, "getusersitepackages", lambda: "/nowhere")
+    libraries = TritonInstall.find().libraries
+    assert libraries.is_dir() and any(libraries.glob("libcudart*")), libraries
+
 
 START_TIMEOUT_S = 180
 

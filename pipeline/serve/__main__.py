@@ -104,7 +104,7 @@ def tune_main(argv: Sequence[str]) -> int:
     parser.add_argument("--client-processes", type=int, default=1, help="load generator processes (1)")
     parser.add_argument("--out", type=Path, help="output directory (default: artifacts/tune/<bundle name>)")
     args = parser.parse_args(argv)
-    from pipeline.serve.tune import REPOSITORY_DIR, TuneGrid, TuneSettings, tune
+    from pipeline.serve.tune import REPOSITORY_DIR, RESULTS_FILE, TuneGrid, TuneSettings, tune
 
     policies = tuple(None if policy == "recorded" else policy for policy in args.policies)
     settings = TuneSettings(
@@ -117,7 +117,10 @@ def tune_main(argv: Sequence[str]) -> int:
         client_processes=args.client_processes,
     )
     out = args.out or Path("artifacts") / "tune" / args.bundle.name.split(".tar")[0]
-    report = tune(args.bundle, settings, out, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    with clean_stop(f"server stopped; what was measured is in {out / RESULTS_FILE}"):
+        report = tune(
+            args.bundle, settings, out, progress=lambda line: print(line, file=sys.stderr, flush=True)
+        )
     print(report.table())
     print(f"results: {out}")
     print(f"reproduce: {report.command}")

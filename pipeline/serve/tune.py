@@ -225,13 +225,13 @@ def tune(
     the server's log. ``progress`` gets one line per step: the server, each load, each result."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PipelineError(f"{out}: exists and is not an empty directory; pick another --out")
-    out.mkdir(parents=True, exist_ok=True)
     model, golden, _ = golden_requests(bundle)
     if not settings.shapes:
         settings = replace(settings, shapes=tuple(shape for shape in ("opt", "max") if shape in golden))
     unknown = [shape for shape in settings.shapes if shape not in golden]
     if unknown:
         raise PipelineError(f"--shapes {unknown}: the bundle's golden sets are {sorted(golden)}")
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pipeline-tune-") as scratch:
         workdir = Path(scratch)
         base = export_triton(bundle, workdir / "models").config

@@ -148,6 +148,7 @@ def test_tune_cli_refuses_in_one_line_when_a_shape_is_not_a_golden_set(
     )
     assert completed.returncode == 1
     assert completed.stderr.strip().startswith("error: --shapes ['huge']: the bundle's golden sets are [")
+    assert not (tmp_path / "t").exists()  # nothing written for a run that never started
 
 
 def test_triton_backend_loads_the_bundle_under_the_runtime_policy_when_config_names_one(

@@ -45,15 +45,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> dict[str, np.
     the 400 answer saying in one line why it is malformed: never the server's error."""
     try:
         return _decode_request(body, None if header_length is None else int(header_length))
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        OverflowError,
-        RecursionError,
-        MemoryError,
-    ) as exc:
+    except MALFORMED as exc:
         return HttpAnswer.error(400, f"malformed v2 request: {one_line(exc)}")
 
 

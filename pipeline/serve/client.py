@@ -38,7 +38,9 @@ class ServeClient:
     ``tritonclient.http``.
 
     A tritonclient client is not thread-safe: each thread gets its own, which keeps its
-    connection open between requests.
+    connection open between requests. Close it (``close()``, or use the client as a context
+    manager) when done: Triton waits for every open connection, up to its exit timeout, before
+    it stops.
     """
 
     url: str
@@ -102,6 +104,12 @@ class ServeClient:
         if client is not None:
             client.close()
             self._local.client = None
+
+    def __enter__(self) -> ServeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _output_names(self, model: str) -> list[str]:
         # JSON answers must be asked for by name (tritonclient asks for all outputs in binary).
@@ -223,36 +231,31 @@ def check_server(
 
     model_name, requests, tolerance = golden_requests(bundle)
     model = model or model_name
-    client = ServeClient(url, timeout_s=timeout_s)
     checks = []
-    for set_name, (inputs, expected) in requests.items():
-        try:
-            # Binary tensors: Triton answers FP16 outputs only that way, and it is exact.
-            answer = client.infer(model, inputs, binary=True)
-        except (RequestError, OSError) as exc:
-            checks.append(SetCheck(set_name, False, str(exc)))
-            continue
-        missing = [name for name in expected if name not in answer]
-        if missing:
-            checks.append(SetCheck(set_name, False, f"outputs missing from the answer: {missing}"))
-            continue
-        try:
-            comparisons = compare(
-                set_name,
-                [torch.from_numpy(np.array(answer[name])) for name in expected],
-                [torch.from_numpy(np.array(value)) for value in expected.values()],
-                tolerance,
-            )
-        except ValueError as exc:  # another number of values than the golden output
-            checks.append(SetCheck(set_name, False, str(exc)))
-            continue
-        worst = max(comparisons, key=lambda c: c.max_abs_error / max(c.allowed_abs_error, 1e-30))
-        shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in inputs.items())
-        checks.append(
-            SetCheck(
-                set_name,
-                all(c.passed for c in comparisons),
-                f"{shapes}; worst max_abs={worst.max_abs_error:.3g} (allowed {worst.allowed_abs_error:.3g})",
-            )
-        )
+    with ServeClient(url, timeout_s=timeout_s) as client:
+        for set_name, (inputs, expected) in requests.items():
+            try:
+                # Binary tensors: Triton answers FP16 outputs only that way, and it is exact.
+                answer = client.infer(model, inputs, binary=True)
+            except (RequestError, OSError) as exc:
+                checks.append(SetCheck(set_name, False, str(exc)))
+                continue
+            missing = [name for name in expected if name not in answer]
+            if missing:
+                checks.append(SetCheck(set_name, False, f"outputs missing from the answer: {missing}"))
+                continue
+            try:
+                comparisons = compare(
+                    set_name,
+                    [torch.from_numpy(np.array(answer[name])) for name in expected],
+                    [torch.from_numpy(np.array(value)) for value in expected.values()],
+                    tolerance,
+                )
+            except ValueError as exc:  # another number of values than the golden output
+                checks.append(SetCheck(set_name, False, str(exc)))
+                continue
+            worst = max(comparisons, key=lambda c: c.max_abs_error / max(c.allowed_abs_error, 1e-30))
+            shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in inputs.items())
+            errors = f"worst max_abs={worst.max_abs_error:.3g} (allowed {worst.allowed_abs_error:.3g})"
+            checks.append(SetCheck(set_name, all(c.passed for c in comparisons), f"{shapes}; {errors}"))
     return ServerCheck(model, tuple(checks))

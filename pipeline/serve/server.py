@@ -200,15 +200,17 @@ class TritonServer:
         )
         self._reader = threading.Thread(target=self._pump_log, name="tritonserver-log", daemon=True)
         self._reader.start()
-        client = ServeClient(self.url, timeout_s=2.0)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not should_stop():
-            if self.process.poll() is not None:
-                self._reader.join(timeout=5)
-                raise ServeError(f"tritonserver exited with code {self.process.returncode}: {self.reason()}")
-            if client.ready():
-                return
-            time.sleep(0.25)
+        with ServeClient(self.url, timeout_s=2.0) as client:
+            while time.monotonic() < deadline and not should_stop():
+                if self.process.poll() is not None:
+                    self._reader.join(timeout=5)
+                    raise ServeError(
+                        f"tritonserver exited with code {self.process.returncode}: {self.reason()}"
+                    )
+                if client.ready():
+                    return
+                time.sleep(0.25)
         self.stop()
         if should_stop():
             raise ServeError("stopped before the model was ready")
@@ -241,7 +243,8 @@ class TritonServer:
 
     def metadata(self, model: str) -> dict[str, Any]:
         """The model's KServe v2 metadata."""
-        return ServeClient(self.url).metadata(model)
+        with ServeClient(self.url) as client:
+            return client.metadata(model)
 
     def stop(self, grace_s: float = EXIT_TIMEOUT_S + KILL_GRACE_S) -> int | None:
         """SIGTERM (in-flight requests finish), wait up to ``grace_s``, then kill the process

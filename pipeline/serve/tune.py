@@ -244,8 +244,8 @@ def tune(
             progress(f"starting tritonserver (its log: {out / SERVER_LOG})")
             server.start()
             progress(f"tritonserver ready in {time.monotonic() - started:.1f} s")
+            control = ServeClient(server.url, timeout_s=600)
             try:
-                control = ServeClient(server.url, timeout_s=600)
                 measured = _Server(server, control, model, base, settings, pool, progress)
                 first = settings.shapes[0]
                 serial_candidate = Candidate(1 if base.max_batch_size else 0, 0, 1)
@@ -264,6 +264,7 @@ def tune(
                         )
                         _save(so_far, out)
             finally:
+                control.close()  # an open connection would hold the server's exit for its timeout
                 server.stop()
     on_first = [r for r in results if r.shape == settings.shapes[0] and r.best(settings.target_p99_ms)]
     winner = max(on_first, key=lambda r: r.best(settings.target_p99_ms).inferences_per_s, default=None)  # type: ignore[union-attr]

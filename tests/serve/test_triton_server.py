@@ -276,6 +276,26 @@ def test_serve_cli_finishes_in_flight_requests_and_leaves_no_process_when_sigter
     assert not [pid for pid in children if alive(pid)]
 
 
+def test_triton_server_stops_without_waiting_out_its_exit_timeout_when_our_clients_are_done(
+    cnn_bundle: PublishedBundle, tmp_path: Path
+) -> None:
+    # The launcher's readiness poll, the metadata the CLI prints and the smoke test each open a
+    # connection; one left open made every stop wait out Triton's exit timeout and log a failure.
+    export_triton(cnn_bundle.path, tmp_path / "models")
+    with (tmp_path / "tritonserver.log").open("w") as log:
+        server = TritonServer(tmp_path / "models", port=0, metrics_port=0, workdir=tmp_path, log=log)
+        server.start(timeout_s=START_TIMEOUT_S)
+        try:
+            assert server.metadata("tiny_cnn")["name"] == "tiny_cnn"
+            assert check_server(server.url, cnn_bundle.path).passed
+        finally:
+            code = server.stop()
+    written = (tmp_path / "tritonserver.log").read_text()
+    assert code == 0
+    assert "HTTP service connections" not in written
+    assert "Exit timeout expired" not in written
+
+
 def test_serve_cli_never_reports_ready_and_logs_why_when_repository_bundle_is_tampered(
     cnn_bundle: PublishedBundle, tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,8 @@ def output_name(entry: Mapping[str, object], index: int) -> str:
 
 #: One request's inputs (or outputs) by name.
 Tensors = Mapping[str, np.ndarray]
-#: A request that passed the input checks: its position and its inputs in declared order.
+#: A request that passed the input checks: its position and its inputs in declared order, on
+#: the host (a batch's requests are stacked there and moved to the device in one copy per input).
 Checked = tuple[int, tuple[torch.Tensor, ...]]
 
 
@@ -119,9 +120,20 @@ class ServedBundle:
             raise BundleError(f"golden check failed on {loaded.device}: {report.summary()}")
         return cls(loaded, batching)
 
-    def run(self, requests: Sequence[Tensors]) -> list[Outcome]:
+    def run(
+        self, requests: Sequence[Tensors], outputs: Sequence[Collection[str]] | None = None
+    ) -> list[Outcome]:
         """Answer each request; requests that pass the input checks and share their non-batch
-        shapes run as one call when the model batches."""
+        shapes run as one call when the model batches. ``outputs``: per request, the outputs it
+        asks for (empty or None: all); only those are copied to the host and checked."""
+        asked = [
+            [
+                name
+                for name in self.output_names
+                if not outputs or not outputs[index] or name in outputs[index]
+            ]
+            for index in range(len(requests))
+        ]
         outcomes: list[Outcome | None] = [None] * len(requests)
         valid: list[Checked] = []
         started = time.perf_counter()
@@ -134,8 +146,13 @@ class ServedBundle:
             self.profile.requests += len(requests)
             self.profile.add("inputs", time.perf_counter() - started)
         for group in self._groups(valid):
+            wanted = [name for name in self.output_names if any(name in asked[index] for index, _ in group)]
             try:
-                answers = self._call(group)
+                arrays = self._call(group, wanted)
+                answers = [
+                    _finite_outcome({name: values[name] for name in asked[index]})
+                    for (index, _), values in zip(group, arrays, strict=True)
+                ]
             except Exception as exc:  # one line for the client; never a traceback
                 answers = [Outcome(error=f"{type(exc).__name__}: {one_line(exc)}")] * len(group)
             for (index, _), answer in zip(group, answers, strict=True):
@@ -150,13 +167,13 @@ class ServedBundle:
         for name, value in request.items():
             # A NaN or Inf in a request was never verified and would come back as bare NaN tokens,
             # which are not JSON: refused here, one line, as the caller's error.
-            if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
+            if not all_finite(np.asarray(value)):
                 raise InputValidationError(f"input '{name}': holds NaN or Inf; send finite values")
         tensors = {name: torch.from_numpy(np.array(value)) for name, value in request.items()}
         checked = self._check(self._check.bind((), tensors))  # declared dtype and shape range
         if self.loaded.policy.check_value_ranges:
             self._check.check_values(checked)  # here, on the host: a bad request fails alone
-        return tuple(tensor.to(self.loaded.device) for tensor in checked)
+        return tuple(checked)
 
     def _groups(self, valid: list[Checked]) -> list[list[Checked]]:
         """Calls to make: one per request, or (batching) requests of equal non-batch shapes
@@ -177,23 +194,23 @@ class ServedBundle:
         spec = self.loaded.specs[0]
         return (spec.max_shape or spec.shape)[0]
 
-    def _call(self, group: list[Checked]) -> list[Outcome]:
+    def _call(self, group: list[Checked], wanted: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """The ``wanted`` outputs of each request of ``group``, run as one call."""
         # Inputs were checked on the host (values too): the model does not read them back again.
         if len(group) == 1:
-            return [_finite_outcome(self._to_numpy(self._model(group[0][1])))]
+            return [self._to_numpy(self._model(group[0][1]), wanted)]
         stacked = [torch.cat(column) for column in zip(*(inputs for _, inputs in group), strict=True)]
-        answers = self._to_numpy(self._model(stacked))  # one copy per output
-        sizes = [inputs[0].shape[0] for _, inputs in group]
-        bounds = np.cumsum(sizes)[:-1]
+        answers = self._to_numpy(self._model(stacked), wanted)  # one copy per output
+        bounds = np.cumsum([inputs[0].shape[0] for _, inputs in group])[:-1]
         pieces = {name: np.split(value, bounds) for name, value in answers.items()}
-        return [
-            _finite_outcome({name: split[position] for name, split in pieces.items()})
-            for position in range(len(group))
-        ]
+        return [{name: split[position] for name, split in pieces.items()} for position in range(len(group))]
 
-    def _model(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    def _model(self, host_inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        started = time.perf_counter()
+        inputs = [tensor.to(self.loaded.device) for tensor in host_inputs]
         if self.profile is None:
             return self.loaded.call_checked_on_host(inputs)
+        self.profile.add("inputs", time.perf_counter() - started)  # the copy in
         if self.loaded.device.type != "cuda":
             started = time.perf_counter()
             outputs = self.loaded.call_checked_on_host(inputs)
@@ -210,11 +227,12 @@ class ServedBundle:
             self.profile.add("model_gpu", begin.elapsed_time(end) / 1e3)
         return outputs
 
-    def _to_numpy(self, outputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    def _to_numpy(self, outputs: Sequence[torch.Tensor], wanted: Sequence[str]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         arrays = {
             name: tensor.detach().cpu().contiguous().numpy()
             for name, tensor in zip(self.output_names, outputs, strict=True)
+            if name in wanted
         }
         if self.profile is not None:
             self.profile.add("outputs", time.perf_counter() - started)
@@ -225,6 +243,15 @@ def _finite_outcome(outputs: dict[str, np.ndarray]) -> Outcome:
     """The answer, or one line where an output holds NaN or Inf (from finite inputs: the model's
     numerics, a server-side failure): JSON has no NaN, and no answer goes out that is not JSON."""
     for name, value in outputs.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        if not all_finite(value):
             return Outcome(error=f"output '{name}' holds NaN or Inf for these inputs; refused")
     return Outcome(outputs=outputs)
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when ``array`` holds no NaN or Inf (always, for integers and booleans)."""
+    if array.dtype == np.float16:
+        # numpy computes float16 isfinite in software, about 15x slower than this test of the
+        # exponent bits (all ones: Inf or NaN); a BERT batch's hidden states took 2.5 ms.
+        return not ((array.view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return not np.issubdtype(array.dtype, np.floating) or bool(np.isfinite(array).all())

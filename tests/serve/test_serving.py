@@ -46,6 +46,41 @@ def test_served_bundle_answers_each_request_alone_when_one_in_a_batch_is_bad(
     served.close()
 
 
+def test_served_bundle_answers_only_the_outputs_each_request_asks_for_when_batched(
+    dynamic_bert_bundle: PublishedBundle,
+) -> None:
+    served = ServedBundle.load(dynamic_bert_bundle.path, batching=True)
+    requests = [ids(2, 12, seed=1), ids(1, 12, seed=2), ids(3, 12, seed=3), ids(1, 12, seed=4)]
+    asks = [["pooler_output"], [], ["last_hidden_state", "pooler_output"], ["last_hidden_state"]]
+    outcomes = served.run(requests, asks)
+    served.close()
+    assert [list(outcome.outputs) for outcome in outcomes] == [
+        ["pooler_output"],
+        ["last_hidden_state", "pooler_output"],  # none named: all
+        ["last_hidden_state", "pooler_output"],
+        ["last_hidden_state"],
+    ]
+    with load_bundle(dynamic_bert_bundle.path) as reference:
+        for request, outcome in zip(requests, outcomes, strict=True):
+            expected = reference(**{name: torch.from_numpy(value) for name, value in request.items()})
+            for name, value in outcome.outputs.items():
+                np.testing.assert_allclose(value, expected[name].numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite_agrees_with_numpy_when_array_holds_nan_inf_or_extremes(dtype: type) -> None:
+    from pipeline.serve.serving import all_finite
+
+    info = np.finfo(dtype)
+    finite = np.array([0.0, -0.0, info.max, info.min, info.tiny, info.smallest_subnormal, 1.5], dtype)
+    assert all_finite(finite) and all_finite(finite.reshape(7, 1)[::2])
+    for special in (np.nan, np.inf, -np.inf):
+        spoiled = finite.copy()
+        spoiled[3] = special
+        assert not all_finite(spoiled)
+    assert all_finite(np.arange(6, dtype=np.int32))
+
+
 def test_served_bundle_refuses_to_load_when_golden_check_fails(
     bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

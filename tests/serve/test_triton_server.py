@@ -216,6 +216,42 @@ def test_triton_server_gives_each_caller_its_own_answer_when_16_threads_send_64_
     assert executions_done < requests_done  # the dynamic batcher stacked requests
 
 
+def test_triton_server_answers_each_request_with_the_outputs_it_asked_for_when_batched_with_others(
+    server: TritonServer, dynamic_bert_bundle: PublishedBundle
+) -> None:
+    # The backend copies to the host only the outputs a batch's requests asked for.
+    asks: list[list[str] | None] = [["pooler_output"], ["last_hidden_state"], None]
+    requests = [bert_request(1 + index % 3, 8 + index % 5) for index in range(24)]
+    names = ["last_hidden_state", "pooler_output"]
+    with load_bundle(dynamic_bert_bundle.path) as reference:
+        answered = [reference(**{k: torch.from_numpy(v) for k, v in r.items()}) for r in requests]
+        expected = [{name: outputs[name].numpy() for name in names} for outputs in answered]
+    answers: dict[int, dict[str, np.ndarray]] = {}
+    errors: list[str] = []
+    client = ServeClient(server.url, timeout_s=60)
+
+    def caller(first: int) -> None:
+        for index in range(first, 24, 8):
+            try:
+                answers[index] = client.infer(
+                    "tiny_bert_dynamic", requests[index], binary=True, outputs=asks[index % 3]
+                )
+            except (RequestError, OSError) as exc:
+                errors.append(f"request {index}: {exc}")
+
+    threads = [threading.Thread(target=caller, args=(first,)) for first in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert sorted(answers) == list(range(24))
+    for index, answer in answers.items():
+        assert sorted(answer) == sorted(asks[index % 3] or names)
+        for name, value in answer.items():
+            np.testing.assert_allclose(value, expected[index][name], atol=1e-3, rtol=1e-2)
+
+
 def test_serve_cli_finishes_in_flight_requests_and_leaves_no_process_when_sigterm_arrives(
     dynamic_bert_bundle: PublishedBundle,
 ) -> None:

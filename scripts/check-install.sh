@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev_python=${1:-.venv/bin/python}
+if [[ $dev_python == */* && $dev_python != /* ]]; then dev_python=$PWD/$dev_python; fi  # the script changes directory
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 versions() { "$dev_python" -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in '$*'.split()))"; }

@@ -93,7 +93,8 @@ tune)
     server=$!
     for _ in $(seq 240); do grep -q "^ready:" /tmp/winner.txt && break; sleep 0.5; done
     url=$(sed -n 's/^url: //p' /tmp/winner.txt)
-    python3 -m pipeline.serve check "$url" "$dynamic" --timeout 120 | tail -n 1 | sed 's/^/winner repository: /' || status=1
+    python3 -m pipeline.serve check "$url" "$dynamic" --timeout 120 >"$OUT/winner-check.txt" 2>&1 || status=1
+    sed 's/^/winner repository: /' "$OUT/winner-check.txt"
     kill -TERM "$server"; wait "$server"
   fi
   exit "$status"

@@ -2,7 +2,8 @@
 
 ``check_server(url, bundle)`` sends every golden set of the bundle (opt, and min/max/odd for
 dynamic models) to a running server (Triton or Ray Serve: the same routes) and compares the
-answers with the golden outputs within the bundle's own tolerance; ``python -m pipeline.serve
+answers with the golden outputs within the bundle's own tolerance (a set with more rows than the
+served model's ``max_batch_size`` goes in several requests); ``python -m pipeline.serve
 check URL BUNDLE`` is the same from a shell.
 """
 
@@ -88,6 +89,17 @@ class ServeClient:
         )
         result = self._call(lambda client: client.infer(model, requested, outputs=wanted))
         return {entry["name"]: result.as_numpy(entry["name"]) for entry in result.get_response()["outputs"]}
+
+    def max_batch_size(self, model: str) -> int | None:
+        """The most rows one request to ``model`` may hold (Triton's ``max_batch_size``; 0: the
+        model does not batch), or None where the server does not say (Ray Serve has no
+        configuration route)."""
+        try:
+            config = self._call(lambda client: client.get_model_config(model))
+        except (RequestError, OSError):
+            return None
+        value = config.get("max_batch_size") if isinstance(config, dict) else None
+        return value if isinstance(value, int) else None
 
     def load_model(self, model: str, config_json: str | None = None) -> None:
         """Load (or load again) ``model``, with ``config_json`` instead of its ``config.pbtxt``
@@ -233,10 +245,10 @@ def check_server(
     model = model or model_name
     checks = []
     with ServeClient(url, timeout_s=timeout_s) as client:
+        limit = client.max_batch_size(model)
         for set_name, (inputs, expected) in requests.items():
             try:
-                # Binary tensors: Triton answers FP16 outputs only that way, and it is exact.
-                answer = client.infer(model, inputs, binary=True)
+                answer, sent = _infer_rows(client, model, inputs, limit)
             except (RequestError, OSError) as exc:
                 checks.append(SetCheck(set_name, False, str(exc)))
                 continue
@@ -257,5 +269,28 @@ def check_server(
             worst = max(comparisons, key=lambda c: c.max_abs_error / max(c.allowed_abs_error, 1e-30))
             shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in inputs.items())
             errors = f"worst max_abs={worst.max_abs_error:.3g} (allowed {worst.allowed_abs_error:.3g})"
+            if sent > 1:
+                errors += f"; sent as {sent} requests of <= {limit} rows (the model's max_batch_size)"
             checks.append(SetCheck(set_name, all(c.passed for c in comparisons), f"{shapes}; {errors}"))
     return ServerCheck(model, tuple(checks))
+
+
+def _infer_rows(
+    client: ServeClient, model: str, inputs: Mapping[str, np.ndarray], limit: int | None
+) -> tuple[dict[str, np.ndarray], int]:
+    """``model``'s outputs for ``inputs`` and the number of requests it took: a batching model
+    whose ``max_batch_size`` is below the set's rows (what ``tune`` may choose) gets the rows in
+    requests of at most ``limit``, and the answers are joined along the batch again."""
+    rows = next(iter(inputs.values())).shape[0] if inputs else 0
+    if not limit or rows <= limit:
+        # Binary tensors: Triton answers FP16 outputs only that way, and it is exact.
+        return client.infer(model, inputs, binary=True), 1
+    parts = [
+        client.infer(
+            model, {name: value[start : start + limit] for name, value in inputs.items()}, binary=True
+        )
+        for start in range(0, rows, limit)
+    ]
+    names = [name for name in parts[0] if all(name in part for part in parts)]
+    joined = {name: np.concatenate([part[name] for part in parts]) for name in names}
+    return joined, len(parts)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -321,6 +322,30 @@ def test_triton_server_stops_without_waiting_out_its_exit_timeout_when_our_clien
     assert "Exit timeout expired" not in written
     # Triton logs once a second while connections are open; a just-closed one may take a moment.
     assert written.count("HTTP service connections") <= 2
+
+
+def test_check_server_sends_large_golden_sets_in_chunks_when_max_batch_size_is_below_their_rows(
+    dynamic_bert_bundle: PublishedBundle, tmp_path: Path
+) -> None:
+    # A repository tune chose may take fewer rows than the bundle's largest golden set: the
+    # smoke test must still check every set, in requests the model's configuration accepts.
+    export_triton(
+        dynamic_bert_bundle.path, tmp_path / "models", adjust=lambda config: replace(config, max_batch_size=2)
+    )
+    with (tmp_path / "tritonserver.log").open("w") as log:
+        server = TritonServer(tmp_path / "models", port=0, metrics_port=0, workdir=tmp_path, log=log)
+        server.start(timeout_s=START_TIMEOUT_S)
+        try:
+            with ServeClient(server.url) as client:
+                assert client.max_batch_size("tiny_bert_dynamic") == 2
+                with pytest.raises(RequestError):  # what the chunks stand in for
+                    client.infer("tiny_bert_dynamic", bert_request(batch=3, seq=16), binary=True)
+            result = check_server(server.url, dynamic_bert_bundle.path, timeout_s=30)
+        finally:
+            server.stop()
+    assert result.passed, result.summary()
+    chunked = {check.name for check in result.sets if "sent as" in check.detail}
+    assert chunked == {"max", "odd"}, result.summary()
 
 
 def test_serve_cli_never_reports_ready_and_logs_why_when_repository_bundle_is_tampered(
